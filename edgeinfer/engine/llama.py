@@ -1,0 +1,245 @@
+"""The llama.cpp engine, on llama-cpp-python's low-level C bindings.
+
+This is the only module that imports ``llama_cpp``. It uses one context with ``slots`` sequences
+(``n_seq_max``) so the runner can put one token of every generating request, plus prompt chunks,
+into a single ``llama_decode`` call. Everything here runs on the model's runner thread.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+import llama_cpp.llama_cpp as C
+
+from edgeinfer.engine.base import BatchItem, EngineInfo, EngineParams, Sampling
+from edgeinfer.errors import ContextLengthExceeded, EngineError, ModelUnavailable
+
+log = logging.getLogger("edgeinfer.llama")
+
+_FTYPES = {
+    "Q4_0": C.LLAMA_FTYPE_MOSTLY_Q4_0,
+    "Q4_1": C.LLAMA_FTYPE_MOSTLY_Q4_1,
+    "Q5_0": C.LLAMA_FTYPE_MOSTLY_Q5_0,
+    "Q5_1": C.LLAMA_FTYPE_MOSTLY_Q5_1,
+    "Q8_0": C.LLAMA_FTYPE_MOSTLY_Q8_0,
+    "Q4_K_M": C.LLAMA_FTYPE_MOSTLY_Q4_K_M,
+    "Q5_K_M": C.LLAMA_FTYPE_MOSTLY_Q5_K_M,
+    "Q6_K": C.LLAMA_FTYPE_MOSTLY_Q6_K,
+}
+# ggml_log_level: NONE=0, DEBUG=1, INFO=2, WARN=3, ERROR=4, CONT=5
+_GGML_LEVELS = {3: logging.WARNING, 4: logging.ERROR}
+_init_lock = threading.Lock()
+_initialised = False
+
+
+@C.llama_log_callback  # type: ignore[untyped-decorator]
+def _log_callback(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
+    # llama.cpp logs chattily at INFO on every load; keep warnings and errors, drop the rest.
+    if level in _GGML_LEVELS:
+        log.log(_GGML_LEVELS[level], text.decode("utf-8", "replace").rstrip())
+
+
+def _init_backend() -> None:
+    global _initialised
+    with _init_lock:
+        if not _initialised:
+            C.llama_log_set(_log_callback, ctypes.c_void_p(0))
+            C.llama_backend_init()
+            _initialised = True
+
+
+def _physical_cores() -> int:
+    return max(1, (os.cpu_count() or 2) // (2 if (os.cpu_count() or 1) > 4 else 1))
+
+
+def _meta(model: Any, key: str) -> str | None:
+    buf = ctypes.create_string_buffer(1 << 16)
+    n = C.llama_model_meta_val_str(model, key.encode(), buf, len(buf))
+    return buf.value.decode("utf-8", "replace") if n >= 0 else None
+
+
+class _Sampler:
+    """A llama.cpp sampler chain; freed by :meth:`LlamaEngine.free_sampler`."""
+
+    def __init__(self, chain: Any) -> None:
+        self.chain = chain
+
+
+class LlamaEngine:
+    """One GGUF model and one multi-sequence context. See :class:`edgeinfer.engine.Engine`."""
+
+    def __init__(self, path: Path, params: EngineParams) -> None:
+        _init_backend()
+        self.params = params
+        mparams = C.llama_model_default_params()
+        mparams.n_gpu_layers = params.gpu_layers if params.gpu_layers >= 0 else 999
+        self._model = C.llama_model_load_from_file(os.fsencode(path), mparams)
+        if not self._model:
+            raise ModelUnavailable(f"llama.cpp could not load {path} (not a valid GGUF model?)")
+        self._vocab = C.llama_model_get_vocab(self._model)
+        threads = params.threads or _physical_cores()
+        cparams = C.llama_context_default_params()
+        cparams.n_ctx = params.n_ctx * params.slots
+        cparams.n_batch = params.n_batch
+        cparams.n_ubatch = params.n_batch
+        cparams.n_seq_max = params.slots
+        cparams.n_threads = threads
+        cparams.n_threads_batch = threads
+        cparams.no_perf = True
+        cparams.kv_unified = False
+        cparams.flash_attn_type = {
+            "auto": C.LLAMA_FLASH_ATTN_TYPE_AUTO,
+            "on": C.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+            "off": C.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+        }[params.flash_attn]
+        self._ctx = C.llama_init_from_model(self._model, cparams)
+        if not self._ctx:
+            C.llama_model_free(self._model)
+            raise ModelUnavailable(f"llama.cpp could not create a context for {path}")
+        self._mem = C.llama_get_memory(self._ctx)
+        self._batch = C.llama_batch_init(params.n_batch, 0, 1)
+        self._n_vocab = C.llama_vocab_n_tokens(self._vocab)
+        self._pieces: dict[int, bytes] = {}
+        self.info = EngineInfo(
+            n_ctx_train=C.llama_model_n_ctx_train(self._model),
+            n_vocab=self._n_vocab,
+            chat_template=_meta(self._model, "tokenizer.chat_template"),
+            bos_text=self._text(C.llama_vocab_bos(self._vocab)),
+            eos_text=self._text(C.llama_vocab_eos(self._vocab)),
+            size_bytes=C.llama_model_size(self._model),
+        )
+
+    def _text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        raw = C.llama_vocab_get_text(self._vocab, token)
+        return raw.decode("utf-8", "replace") if raw else ""
+
+    def tokenize(self, text: str, *, add_special: bool) -> list[int]:
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        buf = (C.llama_token * cap)()
+        n = C.llama_tokenize(self._vocab, data, len(data), buf, cap, add_special, True)
+        if n < 0:
+            cap = -n
+            buf = (C.llama_token * cap)()
+            n = C.llama_tokenize(self._vocab, data, len(data), buf, cap, add_special, True)
+        if n < 0:
+            raise EngineError(f"tokenizer failed with code {n}")
+        return list(buf[:n])
+
+    def token_to_piece(self, token: int) -> bytes:
+        piece = self._pieces.get(token)
+        if piece is None:
+            buf = ctypes.create_string_buffer(256)
+            n = C.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+            piece = buf.raw[: max(n, 0)]
+            self._pieces[token] = piece
+        return piece
+
+    def is_eog(self, token: int) -> bool:
+        return bool(C.llama_vocab_is_eog(self._vocab, token))
+
+    def decode(self, batch: Sequence[BatchItem]) -> None:
+        if len(batch) > self.params.n_batch:
+            # llama_decode aborts the whole process past n_batch; never let it get there.
+            raise EngineError(f"batch of {len(batch)} tokens exceeds n_batch {self.params.n_batch}")
+        b = self._batch
+        for i, item in enumerate(batch):
+            b.token[i] = item.token
+            b.pos[i] = item.pos
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = item.seq
+            b.logits[i] = 1 if item.logits else 0
+        b.n_tokens = len(batch)
+        rc = C.llama_decode(self._ctx, b)
+        if rc == 1:
+            raise ContextLengthExceeded("no room left in the KV cache for this batch")
+        if rc != 0:
+            raise EngineError(f"llama_decode failed with code {rc}")
+
+    def new_sampler(self, sampling: Sampling) -> _Sampler:
+        chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
+        add = C.llama_sampler_chain_add
+        if sampling.logit_bias:
+            arr = (C.llama_logit_bias * len(sampling.logit_bias))()
+            for i, (tok, bias) in enumerate(sampling.logit_bias.items()):
+                arr[i].token = tok  # type: ignore[assignment]
+                arr[i].bias = bias
+            add(chain, C.llama_sampler_init_logit_bias(self._n_vocab, len(arr), arr))
+        if (
+            sampling.repeat_penalty != 1.0
+            or sampling.presence_penalty
+            or sampling.frequency_penalty
+        ):
+            add(
+                chain,
+                C.llama_sampler_init_penalties(
+                    64,
+                    sampling.repeat_penalty,
+                    sampling.frequency_penalty,
+                    sampling.presence_penalty,
+                ),
+            )
+        if sampling.greedy:
+            add(chain, C.llama_sampler_init_greedy())
+            return _Sampler(chain)
+        if sampling.top_k > 0:
+            add(chain, C.llama_sampler_init_top_k(sampling.top_k))
+        if sampling.top_p < 1.0:
+            add(chain, C.llama_sampler_init_top_p(sampling.top_p, 1))
+        if sampling.min_p > 0.0:
+            add(chain, C.llama_sampler_init_min_p(sampling.min_p, 1))
+        add(chain, C.llama_sampler_init_temp(sampling.temperature))
+        seed = sampling.seed if sampling.seed is not None else C.LLAMA_DEFAULT_SEED
+        add(chain, C.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        return _Sampler(chain)
+
+    def sample(self, sampler: Any, batch_index: int) -> int:
+        token = int(C.llama_sampler_sample(sampler.chain, self._ctx, batch_index))
+        return token
+
+    def free_sampler(self, sampler: Any) -> None:
+        if sampler.chain:
+            C.llama_sampler_free(sampler.chain)
+            sampler.chain = None
+
+    def seq_rm(self, seq: int, start: int) -> None:
+        C.llama_memory_seq_rm(self._mem, seq, start, -1)
+
+    def close(self) -> None:
+        if self._ctx:
+            C.llama_batch_free(self._batch)
+            C.llama_free(self._ctx)
+            C.llama_model_free(self._model)
+            self._ctx = None
+            self._model = None
+
+
+def load(path: Path, params: EngineParams) -> LlamaEngine:
+    """The :data:`edgeinfer.engine.EngineFactory` for llama.cpp."""
+    return LlamaEngine(path, params)
+
+
+def quantize(src: Path, dst: Path, ftype: str) -> None:
+    """Requantize ``src`` into ``dst`` with llama.cpp's quantizer (the model store's Quantizer)."""
+    _init_backend()
+    if ftype not in _FTYPES:
+        raise EngineError(f"unsupported quantization type {ftype!r}; one of {', '.join(_FTYPES)}")
+    qparams = C.llama_model_quantize_default_params()
+    qparams.ftype = _FTYPES[ftype]
+    qparams.allow_requantize = True
+    qparams.nthread = _physical_cores()
+    rc = C.llama_model_quantize(os.fsencode(src), os.fsencode(dst), ctypes.byref(qparams))
+    if rc != 0:
+        raise EngineError(f"llama.cpp failed to quantize {src} to {ftype} (code {rc})")
+
+
+__all__ = ["LlamaEngine", "load", "quantize", "llama_cpp"]

@@ -1,0 +1,111 @@
+"""One exception tree for edgeinfer.
+
+Library code raises these; the server maps them to OpenAI error JSON in one place
+(``server/app.py``) and the CLI prints ``error.message`` as one line and picks the exit code.
+
+::
+
+    EdgeInferError                       500 internal_error
+    ├── InvalidRequest                   400 invalid_request_error
+    │   └── ContextLengthExceeded        400 context_length_exceeded
+    ├── ModelNotFound                    404 model_not_found
+    ├── ModelUnavailable                 503 model_unavailable   (failed to load, still pulling)
+    ├── Busy                             503 busy                (bounded queue is full)
+    ├── RequestTimeout                   504 timeout
+    ├── ConfigError                      config_error            (file, key, did-you-mean)
+    ├── ModelStoreError                  model_store_error
+    │   └── IntegrityError               integrity_error         (size / sha256 mismatch)
+    ├── EngineError                      engine_error            (llama.cpp refused something)
+    └── DaemonError                      daemon_error            (socket in use, path too long)
+"""
+
+from __future__ import annotations
+
+
+class EdgeInferError(Exception):
+    """Base of every error edgeinfer raises on purpose.
+
+    Attributes:
+        code: stable machine-readable code, used on the wire and in logs.
+        status: HTTP status the server answers with.
+        type: OpenAI error ``type`` field.
+        param: the request field at fault, when there is one.
+    """
+
+    code = "internal_error"
+    status = 500
+    type = "server_error"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    def to_openai(self) -> dict[str, object]:
+        """The OpenAI error body: ``{"error": {"message", "type", "param", "code"}}``."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class InvalidRequest(EdgeInferError):
+    code = "invalid_request_error"
+    status = 400
+    type = "invalid_request_error"
+
+
+class ContextLengthExceeded(InvalidRequest):
+    code = "context_length_exceeded"
+
+
+class ModelNotFound(EdgeInferError):
+    code = "model_not_found"
+    status = 404
+    type = "invalid_request_error"
+
+
+class ModelUnavailable(EdgeInferError):
+    code = "model_unavailable"
+    status = 503
+    type = "server_error"
+
+
+class Busy(EdgeInferError):
+    code = "busy"
+    status = 503
+    type = "server_error"
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RequestTimeout(EdgeInferError):
+    code = "timeout"
+    status = 504
+    type = "server_error"
+
+
+class ConfigError(EdgeInferError):
+    code = "config_error"
+
+
+class ModelStoreError(EdgeInferError):
+    code = "model_store_error"
+
+
+class IntegrityError(ModelStoreError):
+    code = "integrity_error"
+
+
+class EngineError(EdgeInferError):
+    code = "engine_error"
+
+
+class DaemonError(EdgeInferError):
+    code = "daemon_error"

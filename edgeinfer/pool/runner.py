@@ -1,0 +1,397 @@
+"""One runner thread per loaded model: continuous batching over the context's slots.
+
+The runner thread is the only caller of its :class:`~edgeinfer.engine.Engine`. The event loop
+talks to it through :meth:`ModelRunner.submit` (bounded queue; a full queue raises ``Busy``) and
+receives events through each request's ``emit`` callback, which the runner calls from its own
+thread and which must not block (the service passes ``loop.call_soon_threadsafe``).
+
+Each step is one ``decode`` holding one token of every generating slot plus prompt chunks of
+newly admitted requests under the ``n_batch`` budget (see :func:`slots.plan_step`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from edgeinfer.engine.base import BatchItem, Engine, EngineFactory, EngineParams, Sampling
+from edgeinfer.errors import (
+    Busy,
+    ContextLengthExceeded,
+    EdgeInferError,
+    EngineError,
+    ModelUnavailable,
+    RequestTimeout,
+)
+from edgeinfer.pool.slots import choose_slot, plan_step
+from edgeinfer.pool.text import TextStream
+
+log = logging.getLogger("edgeinfer.runner")
+
+FinishReason = Literal["stop", "length", "cancelled"]
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    ttft_s: float
+    total_s: float
+
+
+@dataclass(frozen=True)
+class Delta:
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    reason: FinishReason
+    usage: Usage
+
+
+@dataclass(frozen=True)
+class Failed:
+    error: EdgeInferError
+
+
+Event = Delta | Finished | Failed
+
+
+@dataclass(eq=False)
+class GenRequest:
+    """A tokenized generation request, handed to a runner."""
+
+    prompt: list[int]
+    sampling: Sampling
+    max_tokens: int
+    emit: Callable[[Event], None]
+    stop: tuple[str, ...] = ()
+    deadline: float | None = None  # monotonic seconds
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    submitted: float = field(default_factory=time.monotonic)
+
+    def cancel(self) -> None:
+        """Called from any thread (client hung up); the slot is freed within one step."""
+        self.cancelled.set()
+
+
+@dataclass(eq=False)
+class _Slot:
+    seq: int
+    cached: list[int] = field(default_factory=list)
+    last_used: float = 0.0
+    req: GenRequest | None = None
+    pending: list[int] = field(default_factory=list)
+    sampler: Any = None
+    text: TextStream | None = None
+    next_token: int | None = None
+    n_gen: int = 0
+    n_cached: int = 0
+    t_first: float | None = None
+
+
+@dataclass
+class RunnerStats:
+    requests: int = 0
+    prompt_tokens: int = 0
+    prompt_tokens_evaluated: int = 0
+    cached_tokens: int = 0
+    generated_tokens: int = 0
+    prefill_seconds: float = 0.0
+    generate_seconds: float = 0.0
+    ttft_seconds_total: float = 0.0
+    ttft_count: int = 0
+    errors: int = 0
+    cancelled: int = 0
+    busy_rejections: int = 0
+
+
+class ModelRunner:
+    """Owns one model's engine on a dedicated thread and schedules requests over its slots."""
+
+    def __init__(
+        self,
+        name: str,
+        path: Path,
+        params: EngineParams,
+        factory: EngineFactory,
+        *,
+        max_queue: int = 64,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self.params = params
+        self._path = path
+        self._factory = factory
+        self._max_queue = max_queue
+        self._clock = clock
+        self._queue: deque[GenRequest] = deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._slots = [_Slot(seq=i) for i in range(params.slots)]
+        self._engine: Engine | None = None
+        self._loaded = threading.Event()
+        self.load_error: EdgeInferError | None = None
+        self.stats = RunnerStats()
+        self._thread = threading.Thread(target=self._main, name=f"runner-{name}", daemon=True)
+
+    # -- event-loop side -------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wait_loaded(self, timeout: float | None = None) -> Engine:
+        """Block until the engine is loaded (called off the event loop); raise its load error."""
+        self._loaded.wait(timeout)
+        if self.load_error is not None:
+            raise self.load_error
+        if self._engine is None:
+            raise ModelUnavailable(f"model {self.name!r} is still loading")
+        return self._engine
+
+    @property
+    def loaded(self) -> bool:
+        return self._engine is not None
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            raise ModelUnavailable(f"model {self.name!r} is not loaded")
+        return self._engine
+
+    def submit(self, req: GenRequest) -> None:
+        """Queue a request; raise ``Busy`` when the bounded queue is full."""
+        if len(req.prompt) >= self.params.n_ctx:
+            raise ContextLengthExceeded(
+                f"the prompt is {len(req.prompt)} tokens; model {self.name!r} has a context of"
+                f" {self.params.n_ctx} tokens per request (prompt plus answer)",
+                param="messages",
+            )
+        with self._cond:
+            if self._stopping:
+                raise ModelUnavailable(f"model {self.name!r} is shutting down")
+            if len(self._queue) >= self._max_queue:
+                self.stats.busy_rejections += 1
+                raise Busy(f"model {self.name!r} has {len(self._queue)} requests queued; retry")
+            self._queue.append(req)
+            self._cond.notify()
+
+    def snapshot(self) -> dict[str, Any]:
+        """Live figures for /stats (read without the lock: ints are atomic enough here)."""
+        s = self.stats
+        return {
+            "slots": len(self._slots),
+            "slots_busy": sum(1 for sl in self._slots if sl.req is not None),
+            "queue_depth": len(self._queue),
+            "requests": s.requests,
+            "prompt_tokens": s.prompt_tokens,
+            "prompt_tokens_evaluated": s.prompt_tokens_evaluated,
+            "cached_tokens": s.cached_tokens,
+            "cached_token_ratio": s.cached_tokens / s.prompt_tokens if s.prompt_tokens else 0.0,
+            "generated_tokens": s.generated_tokens,
+            "prefill_tokens_per_s": _rate(s.prompt_tokens_evaluated, s.prefill_seconds),
+            "generation_tokens_per_s": _rate(s.generated_tokens, s.generate_seconds),
+            "ttft_avg_s": s.ttft_seconds_total / s.ttft_count if s.ttft_count else None,
+            "errors": s.errors,
+            "cancelled": s.cancelled,
+            "busy_rejections": s.busy_rejections,
+        }
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Fail queued requests, cancel running ones, join the thread, free the engine."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join(timeout)
+
+    # -- runner thread ---------------------------------------------------------------------
+
+    def _main(self) -> None:
+        try:
+            self._engine = self._factory(self._path, self.params)
+        except EdgeInferError as exc:
+            self.load_error = exc
+        except Exception as exc:  # a native loader can fail in many ways; report, stay up
+            self.load_error = ModelUnavailable(f"model {self.name!r} failed to load: {exc}")
+        finally:
+            self._loaded.set()
+        if self._engine is None:
+            log.error("model %s failed to load: %s", self.name, self.load_error)
+            self._drain_queue(self.load_error or ModelUnavailable("load failed"))
+            return
+        try:
+            while self._wait_for_work():
+                self._step(self._engine)
+        finally:
+            self._shutdown(self._engine)
+
+    def _wait_for_work(self) -> bool:
+        with self._cond:
+            while not self._stopping and not self._queue and not self._active():
+                self._cond.wait()
+            if self._stopping:
+                return False
+            self._admit(self._engine_or_raise())
+            return True
+
+    def _engine_or_raise(self) -> Engine:
+        assert self._engine is not None
+        return self._engine
+
+    def _active(self) -> list[_Slot]:
+        return [s for s in self._slots if s.req is not None]
+
+    def _admit(self, engine: Engine) -> None:
+        """Move queued requests into idle slots (caller holds the lock)."""
+        while self._queue:
+            idle = [(s.seq, s.cached, s.last_used) for s in self._slots if s.req is None]
+            if not idle:
+                return
+            req = self._queue.popleft()
+            if req.cancelled.is_set():
+                self._finish_unstarted(req)
+                continue
+            seq, reuse = choose_slot(idle, req.prompt)
+            slot = self._slots[seq]
+            engine.seq_rm(seq, reuse)
+            slot.cached = slot.cached[:reuse]
+            slot.pending = req.prompt[reuse:]
+            slot.req, slot.n_gen, slot.n_cached, slot.t_first = req, 0, reuse, None
+            slot.next_token = None
+            slot.sampler = engine.new_sampler(req.sampling)
+            slot.text = TextStream(req.stop)
+            self.stats.requests += 1
+            self.stats.prompt_tokens += len(req.prompt)
+            self.stats.cached_tokens += reuse
+
+    def _finish_unstarted(self, req: GenRequest) -> None:
+        self.stats.cancelled += 1
+        req.emit(Finished("cancelled", Usage(len(req.prompt), 0, 0, 0.0, 0.0)))
+
+    def _step(self, engine: Engine) -> None:
+        now = self._clock()
+        for slot in self._active():
+            assert slot.req is not None
+            if slot.req.cancelled.is_set():
+                self.stats.cancelled += 1
+                self._finish(engine, slot, "cancelled")
+            elif slot.req.deadline is not None and now > slot.req.deadline:
+                self._fail(engine, slot, RequestTimeout("the request ran past its timeout"))
+        generating = [s for s in self._active() if s.next_token is not None]
+        prefilling = [s for s in self._active() if s.next_token is None and s.pending]
+        if not generating and not prefilling:
+            return
+        batch: list[BatchItem] = []
+        outputs: list[tuple[_Slot, int]] = []
+        for slot in generating:
+            assert slot.next_token is not None
+            batch.append(BatchItem(slot.seq, len(slot.cached), slot.next_token, True))
+            slot.cached.append(slot.next_token)
+            outputs.append((slot, len(batch) - 1))
+        plan = plan_step(len(generating), [len(s.pending) for s in prefilling], self.params.n_batch)
+        n_prefill = 0
+        for slot, take in zip(prefilling, plan, strict=True):
+            for k, token in enumerate(slot.pending[:take]):
+                last = k == len(slot.pending) - 1
+                batch.append(BatchItem(slot.seq, len(slot.cached), token, last))
+                slot.cached.append(token)
+            if take == len(slot.pending):
+                outputs.append((slot, len(batch) - 1))
+            slot.pending = slot.pending[take:]
+            n_prefill += take
+        started = self._clock()
+        try:
+            engine.decode(batch)
+        except EdgeInferError as exc:
+            for slot in generating + prefilling:
+                slot.cached = []
+                self._fail(engine, slot, exc)
+            return
+        elapsed = self._clock() - started
+        self._account(elapsed, n_prefill, len(generating))
+        for slot, index in outputs:
+            self._on_token(engine, slot, engine.sample(slot.sampler, index))
+
+    def _account(self, elapsed: float, n_prefill: int, n_gen: int) -> None:
+        # A mixed step's time is split in proportion to the tokens of each kind it held.
+        total = n_prefill + n_gen
+        if total:
+            self.stats.prompt_tokens_evaluated += n_prefill
+            self.stats.prefill_seconds += elapsed * n_prefill / total
+            self.stats.generate_seconds += elapsed * n_gen / total
+
+    def _on_token(self, engine: Engine, slot: _Slot, token: int) -> None:
+        req, text = slot.req, slot.text
+        assert req is not None and text is not None
+        if slot.t_first is None:
+            slot.t_first = self._clock()
+            self.stats.ttft_seconds_total += slot.t_first - req.submitted
+            self.stats.ttft_count += 1
+        if engine.is_eog(token):
+            self._finish(engine, slot, "stop")
+            return
+        slot.n_gen += 1
+        self.stats.generated_tokens += 1
+        out = text.feed(engine.token_to_piece(token))
+        if out:
+            req.emit(Delta(out))
+        if text.stopped:
+            self._finish(engine, slot, "stop")
+        elif slot.n_gen >= req.max_tokens or len(slot.cached) + 1 >= self.params.n_ctx:
+            self._finish(engine, slot, "length")
+        else:
+            slot.next_token = token
+
+    def _release(self, engine: Engine, slot: _Slot) -> GenRequest:
+        req = slot.req
+        assert req is not None
+        if slot.pending:  # prompt only partly evaluated: its KV is incomplete, keep what is
+            slot.pending = []
+        engine.free_sampler(slot.sampler)
+        slot.req, slot.sampler, slot.text, slot.next_token = None, None, None, None
+        slot.last_used = self._clock()
+        return req
+
+    def _finish(self, engine: Engine, slot: _Slot, reason: FinishReason) -> None:
+        text, n_gen, n_cached, t_first = slot.text, slot.n_gen, slot.n_cached, slot.t_first
+        req = self._release(engine, slot)
+        if text is not None and reason != "cancelled":
+            tail = text.flush()
+            if tail:
+                req.emit(Delta(tail))
+        now = self._clock()
+        ttft = (t_first - req.submitted) if t_first is not None else 0.0
+        req.emit(
+            Finished(reason, Usage(len(req.prompt), n_gen, n_cached, ttft, now - req.submitted))
+        )
+
+    def _fail(self, engine: Engine, slot: _Slot, error: EdgeInferError) -> None:
+        self.stats.errors += 1
+        req = self._release(engine, slot)
+        req.emit(Failed(error))
+
+    def _drain_queue(self, error: EdgeInferError) -> None:
+        with self._cond:
+            while self._queue:
+                self._queue.popleft().emit(Failed(error))
+
+    def _shutdown(self, engine: Engine) -> None:
+        self._drain_queue(ModelUnavailable(f"model {self.name!r} is shutting down"))
+        for slot in self._active():
+            self._fail(engine, slot, ModelUnavailable(f"model {self.name!r} is shutting down"))
+        try:
+            engine.close()
+        except EngineError:
+            log.exception("closing model %s", self.name)
+
+
+def _rate(tokens: int, seconds: float) -> float | None:
+    return tokens / seconds if seconds > 0 else None

@@ -1,0 +1,1 @@
+"""The prompt layer: templates now; compression and context selection as they land."""

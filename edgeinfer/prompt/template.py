@@ -1,0 +1,75 @@
+"""Render a chat into a prompt with the model's own template from its GGUF metadata.
+
+Rendered the way Hugging Face transformers (and llama-cpp-python's ``Jinja2ChatFormatter``) do:
+a sandboxed Jinja2 environment with ``trim_blocks``/``lstrip_blocks``, ``tojson`` without ASCII
+escaping, ``raise_exception`` and ``strftime_now``. A model without a template gets ChatML.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+
+import jinja2
+import jinja2.ext
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from edgeinfer.errors import InvalidRequest
+
+CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content']"
+    " + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, **kw: Any) -> str:
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, **kw)
+
+
+def _raise(message: str) -> None:
+    raise InvalidRequest(f"the model's chat template refused these messages: {message}")
+
+
+class _IgnoreGeneration(jinja2.ext.Extension):
+    # transformers' {% generation %} marks assistant spans for training masks; render contents.
+    tags = {"generation"}
+
+    def parse(self, parser: Any) -> Any:
+        parser.stream.skip(1)
+        return parser.parse_statements(("name:endgeneration",), drop_needle=True)
+
+
+@lru_cache(maxsize=16)
+def _compile(source: str) -> jinja2.Template:
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True,
+        lstrip_blocks=True,
+        extensions=[_IgnoreGeneration, jinja2.ext.loopcontrols],
+    )
+    env.filters["tojson"] = _tojson
+    return env.from_string(source)
+
+
+def render_chat(
+    template: str | None,
+    messages: Sequence[Mapping[str, Any]],
+    *,
+    bos_token: str = "",
+    eos_token: str = "",
+) -> str:
+    """The prompt text for ``messages``, ending with the assistant's turn opener."""
+    try:
+        return _compile(template or CHATML).render(
+            messages=list(messages),
+            add_generation_prompt=True,
+            bos_token=bos_token,
+            eos_token=eos_token,
+            raise_exception=_raise,
+            strftime_now=lambda fmt: datetime.now().strftime(fmt),
+        )
+    except jinja2.TemplateError as exc:
+        raise InvalidRequest(f"the model's chat template failed: {exc}") from exc

@@ -1,0 +1,253 @@
+"""The FastAPI app: OpenAI-compatible routes plus edgeinfer's native ones.
+
+Errors reach the wire in exactly one place (the handlers below): every ``EdgeInferError``
+becomes OpenAI error JSON with its stable code and HTTP status; validation failures become
+400 ``invalid_request_error`` naming the field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from edgeinfer import __version__
+from edgeinfer.errors import Busy, EdgeInferError, InvalidRequest
+from edgeinfer.server.schemas import ChatCompletionRequest, CompletionRequest
+from edgeinfer.service import Generation, InferenceService
+
+
+def error_response(exc: EdgeInferError) -> JSONResponse:
+    headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if isinstance(exc, Busy) else {}
+    return JSONResponse(exc.to_openai(), status_code=exc.status, headers=headers)
+
+
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
+
+
+def _is_type_tag(step: str) -> bool:
+    return step in _TYPE_TAGS or "[" in step or step.startswith(("function-", "constrained-"))
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    err = exc.errors()[0]
+    # Union members add their type as a location step ("stop.str"); the field is what counts.
+    loc = [str(p) for p in err.get("loc", ()) if p != "body" and not _is_type_tag(str(p))]
+    if err.get("type") == "json_invalid":
+        return "the request body is not valid JSON", None
+    field = ".".join(loc) or None
+    msg = err.get("msg", "invalid value")
+    if err.get("type") == "extra_forbidden":
+        msg = "unknown or unsupported field"
+    elif err.get("type") == "missing":
+        msg = "required field is missing"
+    return (f"{field}: {msg}" if field else msg), field
+
+
+def _usage(gen: Generation) -> dict[str, Any]:
+    assert gen.result is not None
+    u = gen.result.usage
+    return {
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.prompt_tokens + u.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
+    }
+
+
+def _edgeinfer(gen: Generation) -> dict[str, Any]:
+    """What edgeinfer did for this request; later layers add their entries."""
+    info: dict[str, Any] = {"model": gen.model, "model_sha256": gen.digest}
+    if gen.result is not None:
+        u = gen.result.usage
+        info["cached_tokens"] = u.cached_tokens
+        info["timings"] = {
+            "ttft_ms": round(u.ttft_s * 1000, 1),
+            "total_ms": round(u.total_s * 1000, 1),
+        }
+    return info
+
+
+class _Shape:
+    """The two OpenAI object shapes (chat vs text completion) for bodies and SSE chunks."""
+
+    def __init__(self, chat: bool) -> None:
+        self.chat = chat
+        self.object = "chat.completion" if chat else "text_completion"
+        self.chunk_object = "chat.completion.chunk" if chat else "text_completion"
+        self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+
+    def _base(self, gen: Generation, obj: str) -> dict[str, Any]:
+        return {"id": self.id, "object": obj, "created": gen.created, "model": gen.model}
+
+    def body(self, gen: Generation, text: str) -> dict[str, Any]:
+        assert gen.result is not None
+        choice: dict[str, Any] = {"index": 0, "finish_reason": gen.result.reason, "logprobs": None}
+        if self.chat:
+            choice["message"] = {"role": "assistant", "content": text}
+        else:
+            choice["text"] = text
+        return {
+            **self._base(gen, self.object),
+            "choices": [choice],
+            "usage": _usage(gen),
+            "edgeinfer": _edgeinfer(gen),
+        }
+
+    def chunk(self, gen: Generation, text: str | None, finish: str | None) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
+        if self.chat:
+            choice["delta"] = {} if text is None else {"content": text}
+        else:
+            choice["text"] = text or ""
+        return {**self._base(gen, self.chunk_object), "choices": [choice]}
+
+
+def _sse(data: dict[str, Any] | str) -> bytes:
+    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    return f"data: {payload}\n\n".encode()
+
+
+async def _stream(gen: Generation, shape: _Shape, include_usage: bool) -> AsyncIterator[bytes]:
+    try:
+        if shape.chat:
+            first = shape.chunk(gen, None, None)
+            first["choices"][0]["delta"] = {"role": "assistant", "content": ""}
+            yield _sse(first)
+        async for piece in gen:
+            yield _sse(shape.chunk(gen, piece, None))
+        assert gen.result is not None
+        last = shape.chunk(gen, None, gen.result.reason)
+        last["edgeinfer"] = _edgeinfer(gen)
+        if include_usage:
+            yield _sse(last)
+            yield _sse({**shape.chunk(gen, None, None), "choices": [], "usage": _usage(gen)})
+        else:
+            yield _sse({**last, "usage": _usage(gen)})
+        yield _sse("[DONE]")
+    except EdgeInferError as exc:
+        # Headers are gone already: report the error in-band, the way OpenAI streams do.
+        yield _sse(exc.to_openai())
+    finally:
+        gen.cancel()  # no-op when finished; frees the slot when the client hung up
+
+
+async def _until_disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _collect(request: Request, gen: Generation) -> str | None:
+    """The whole answer, or ``None`` when the client hung up first (its slot is then freed)."""
+    answer = asyncio.ensure_future(gen.text())
+    watcher = asyncio.ensure_future(_until_disconnect(request))
+    try:
+        await asyncio.wait({answer, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if answer.done():
+        return answer.result()
+    gen.cancel()
+    answer.cancel()
+    return None
+
+
+async def _respond(
+    request: Request, start: Awaitable[Generation], shape: _Shape, stream: bool, usage: bool
+) -> Response:
+    gen = await start
+    if stream:
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        return StreamingResponse(
+            _stream(gen, shape, usage), media_type="text/event-stream", headers=headers
+        )
+    text = await _collect(request, gen)
+    if text is None:
+        return Response(status_code=499)
+    return JSONResponse(shape.body(gen, text))
+
+
+def create_app(
+    service: InferenceService, *, on_shutdown: Callable[[], None] | None = None
+) -> FastAPI:
+    """The ASGI app over ``service``; ``on_shutdown`` runs after the server stopped accepting."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        if on_shutdown is not None:
+            await asyncio.to_thread(on_shutdown)
+
+    app = FastAPI(title="edgeinfer", version=__version__, lifespan=lifespan)
+    started = time.time()
+
+    @app.exception_handler(EdgeInferError)
+    async def _edgeinfer_error(_: Request, exc: EdgeInferError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        message, field = _validation_message(exc)
+        return error_response(InvalidRequest(message, param=field))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        err = InvalidRequest(str(exc.detail))
+        err.status = exc.status_code
+        err.code = "not_found" if exc.status_code == 404 else err.code
+        return error_response(err)
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        start = service.chat(body.model, messages, body.options())
+        usage = bool(body.stream_options and body.stream_options.include_usage)
+        return await _respond(request, start, _Shape(chat=True), body.stream, usage)
+
+    @app.post("/v1/completions", response_model=None)
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        start = service.complete(body.model, body.prompt, body.options())
+        usage = bool(body.stream_options and body.stream_options.include_usage)
+        return await _respond(request, start, _Shape(chat=False), body.stream, usage)
+
+    @app.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        data = [
+            {
+                "id": m.name,
+                "object": "model",
+                "created": int(started),
+                "owned_by": "edgeinfer",
+                "edgeinfer": {"status": m.status(), "reason": m.reason(), "quant": m.spec.quant},
+            }
+            for m in service.pool.models()
+        ]
+        return {"object": "list", "data": data}
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        models = {
+            m.name: {"status": m.status(), "reason": m.reason()} for m in service.pool.models()
+        }
+        ready = any(m["status"] == "ready" for m in models.values())
+        return {
+            "status": "ok" if ready else "degraded",
+            "version": __version__,
+            "uptime_s": round(time.time() - started, 1),
+            "models": models,
+        }
+
+    @app.get("/stats")
+    async def stats() -> dict[str, Any]:
+        return {"models": service.pool.snapshot()}
+
+    return app

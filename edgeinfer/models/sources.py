@@ -286,15 +286,15 @@ class UrlFetcher:
         if offset:
             headers["Range"] = f"bytes={offset}-"
         with client.stream("GET", self._url, headers=headers) as resp:
-            if offset and resp.status_code == 416:
-                return False
+            if offset and resp.status_code == 416:  # nothing past offset: done, or a stale file
+                return _content_range(resp.headers.get("content-range", ""))[1] == offset
             if resp.status_code not in (200, 206):
                 raise ModelStoreError(
                     f"downloading {self._label} from {self._url} failed:"
                     f" HTTP {resp.status_code} {resp.reason_phrase}"
                 )
             resumed = resp.status_code == 206 and offset > 0
-            if resumed and _range_start(resp.headers.get("content-range", "")) != offset:
+            if resumed and _content_range(resp.headers.get("content-range", ""))[0] != offset:
                 return False
             start = offset if resumed else 0
             length = resp.headers.get("content-length")
@@ -310,7 +310,10 @@ class UrlFetcher:
         return True
 
 
-def _range_start(content_range: str) -> int | None:
-    """The first byte of a ``Content-Range: bytes A-B/N`` header, None if it does not parse."""
-    match = re.match(r"^bytes (\d+)-\d+/(\d+|\*)$", content_range.strip())
-    return int(match[1]) if match else None
+def _content_range(header: str) -> tuple[int | None, int | None]:
+    """(first byte, total) of ``Content-Range: bytes A-B/N`` or ``bytes */N``; None if absent."""
+    match = re.match(r"^bytes (?:(\d+)-\d+|\*)/(\d+|\*)$", header.strip())
+    if match is None:
+        return None, None
+    first, total = match[1], match[2]
+    return (int(first) if first else None), (int(total) if total != "*" else None)

@@ -74,10 +74,12 @@ def build_pool(
     store: ModelStore,
     names: Sequence[str],
     factory: EngineFactory,
+    *,
+    state_dir: Path | None = None,
 ) -> ModelPool:
     """Pull (first use) and verify each model, then start its runner. A model that fails is
     recorded with its reason and the others still serve."""
-    pool = ModelPool(factory)
+    pool = ModelPool(factory, state_dir=state_dir)
     for name in names:
         spec = catalogue.models[name]
         try:
@@ -105,7 +107,13 @@ def build_app(
     store = ModelStore(
         settings.paths.models_dir, catalogue, quantizer=real_quantizer(), progress=progress
     )
-    pool = build_pool(catalogue, store, names, factory or real_engine_factory())
+    pool = build_pool(
+        catalogue,
+        store,
+        names,
+        factory or real_engine_factory(),
+        state_dir=settings.paths.cache_dir / "kv",
+    )
     pool.wait_loaded()
     service = InferenceService(pool, request_timeout=settings.request_timeout)
     return create_app(service, on_shutdown=pool.stop)

@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from edgeinfer.engine.base import Sampling
+from edgeinfer.engine.base import Sampling, TokenLogprob
 from edgeinfer.errors import EdgeInferError, InvalidRequest
 from edgeinfer.pool.runner import Delta, Event, Failed, Finished, GenRequest, ModelRunner
 from edgeinfer.pool.scheduler import ModelPool, ServedModel
@@ -27,6 +27,10 @@ class GenerateOptions:
     max_tokens: int | None = None
     sampling: Sampling = field(default_factory=Sampling)
     stop: tuple[str, ...] = ()
+    logprobs: int | None = None  # None: off; n: also the top n alternatives
+    response_format: str | None = None  # "json_object" | "json_schema"
+    json_schema: str | None = None
+    timeout: float | None = None  # seconds; the daemon's default when None
 
 
 class Generation:
@@ -40,16 +44,17 @@ class Generation:
         self.model = served.name
         self.digest = served.digest
         self.prompt_tokens = len(request.prompt)
+        self.wants_logprobs = request.logprobs is not None
         self.created = int(time.time())
         self.result: Finished | None = None
         self._request = request
         self._queue = queue
 
-    async def __aiter__(self) -> AsyncIterator[str]:
+    async def __aiter__(self) -> AsyncIterator[Delta]:
         while self.result is None:
             event = await self._queue.get()
             if isinstance(event, Delta):
-                yield event.text
+                yield event
             elif isinstance(event, Finished):
                 self.result = event
             else:
@@ -57,7 +62,16 @@ class Generation:
 
     async def text(self) -> str:
         """Run to the end and return the whole answer."""
-        return "".join([piece async for piece in self])
+        return "".join([delta.text async for delta in self])
+
+    async def collect(self) -> tuple[str, list[TokenLogprob]]:
+        """Run to the end; the answer and the logprobs of its tokens (when asked)."""
+        text: list[str] = []
+        logprobs: list[TokenLogprob] = []
+        async for delta in self:
+            text.append(delta.text)
+            logprobs.extend(delta.logprobs)
+        return "".join(text), logprobs
 
     def cancel(self) -> None:
         if self.result is None:
@@ -84,7 +98,7 @@ class InferenceService:
         )
         # The chat template already holds any BOS it wants; parse its special tokens.
         tokens = await asyncio.to_thread(engine.tokenize, prompt, add_special=False)
-        return self._start(served, runner, tokens, options)
+        return await self._start(served, runner, tokens, options)
 
     async def complete(
         self, model: str | None, prompt: str, options: GenerateOptions
@@ -93,16 +107,19 @@ class InferenceService:
         tokens = await asyncio.to_thread(runner.engine.tokenize, prompt, add_special=True)
         if not tokens:
             raise InvalidRequest("the prompt is empty", param="prompt")
-        return self._start(served, runner, tokens, options)
+        return await self._start(served, runner, tokens, options)
 
-    def _start(
+    async def _start(
         self, served: ServedModel, runner: ModelRunner, tokens: list[int], options: GenerateOptions
     ) -> Generation:
         n_ctx = runner.params.n_ctx
-        if options.max_tokens is not None and options.max_tokens > n_ctx:
+        # With context shift a generation may run past the window, up to the model's cap.
+        limit = served.spec.max_tokens if runner.can_shift else n_ctx
+        if options.max_tokens is not None and options.max_tokens > limit:
             raise InvalidRequest(
-                f"max_tokens is {options.max_tokens}, more than model {served.name!r}'s context"
-                f" of {n_ctx} tokens",
+                f"max_tokens is {options.max_tokens}; model {served.name!r} allows at most"
+                f" {limit} (context {n_ctx} tokens"
+                f"{', context shift on' if runner.can_shift else ''})",
                 param="max_tokens",
             )
         loop = asyncio.get_running_loop()
@@ -114,13 +131,21 @@ class InferenceService:
             except RuntimeError:  # the loop closed under a shutting-down daemon
                 pass
 
+        sampling = options.sampling
+        if options.response_format is not None:
+            grammar = await asyncio.to_thread(
+                runner.engine.grammar_for, options.response_format, options.json_schema
+            )
+            sampling = replace(sampling, grammar=grammar)
+        timeout = options.timeout or self._timeout
         request = GenRequest(
             prompt=tokens,
-            sampling=options.sampling,
+            sampling=sampling,
             max_tokens=options.max_tokens or n_ctx,
             emit=emit,
             stop=options.stop,
-            deadline=time.monotonic() + self._timeout if self._timeout else None,
+            logprobs=options.logprobs,
+            deadline=time.monotonic() + timeout if timeout else None,
         )
         runner.submit(request)
         return Generation(served, request, queue)

@@ -184,3 +184,68 @@ def test_greedy_completion_equals_llama_cpp_python(daemon: Daemon, reference: Ll
         ).json()
     theirs = reference.create_completion(prompt, max_tokens=40, temperature=0)
     assert ours["choices"][0]["text"] == theirs["choices"][0]["text"]  # type: ignore[index]
+
+
+def test_logprobs_and_top_logprobs(daemon: Daemon) -> None:
+    r = chat(daemon, messages=QUESTION, max_tokens=6, temperature=0, logprobs=True, top_logprobs=3)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    content = body["choices"][0]["logprobs"]["content"]
+    assert len(content) == body["usage"]["completion_tokens"]
+    for entry in content:
+        assert entry["logprob"] <= 0.0
+        assert len(entry["top_logprobs"]) == 3
+        # greedy: the sampled token is the most likely one
+        assert entry["logprob"] == pytest.approx(entry["top_logprobs"][0]["logprob"])
+        assert bytes(entry["bytes"]).decode("utf-8", "replace") == entry["token"]
+    joined = b"".join(bytes(e["bytes"]) for e in content).decode("utf-8", "replace")
+    assert joined == body["choices"][0]["message"]["content"]
+    plain = chat(daemon, messages=QUESTION, max_tokens=6, temperature=0).json()
+    assert plain["choices"][0]["logprobs"] is None
+
+
+def test_response_format_json_schema_constrains_the_output(daemon: Daemon) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+        "required": ["city", "population"],
+    }
+    r = chat(
+        daemon,
+        messages=[{"role": "user", "content": "Give me a city and its population as JSON."}],
+        max_tokens=60,
+        temperature=0,
+        response_format={"type": "json_schema", "json_schema": {"name": "c", "schema": schema}},
+    )
+    assert r.status_code == 200, r.text
+    data = json.loads(r.json()["choices"][0]["message"]["content"])
+    assert set(data) == {"city", "population"}
+    assert isinstance(data["city"], str) and isinstance(data["population"], int)
+
+
+def test_response_format_json_object(daemon: Daemon) -> None:
+    r = chat(
+        daemon,
+        messages=[{"role": "user", "content": "Describe a cat as JSON."}],
+        max_tokens=80,
+        temperature=0,
+        response_format={"type": "json_object"},
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    if body["choices"][0]["finish_reason"] == "stop":
+        assert isinstance(json.loads(body["choices"][0]["message"]["content"]), dict)
+    else:  # cut by max_tokens: still a JSON object's beginning
+        assert body["choices"][0]["message"]["content"].lstrip().startswith("{")
+
+
+def test_per_request_timeout(daemon: Daemon) -> None:
+    r = chat(
+        daemon,
+        messages=QUESTION,
+        max_tokens=2000,
+        logit_bias={"0": -100, "2": -100, "4": -100},
+        edgeinfer={"timeout": 0.3},
+    )
+    assert r.status_code == 504
+    assert r.json()["error"]["code"] == "timeout"

@@ -8,6 +8,7 @@ import socket
 import stat
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,30 @@ def test_unknown_model_name_is_one_line(tiny_path: Path) -> None:
     )
     assert out.returncode == 1
     assert "unknown model 'tinyy'" in out.stderr and "tiny" in out.stderr
+
+
+def test_full_queue_answers_busy_with_retry_after(tiny_path: Path) -> None:
+    home = short_socket_dir() / "home"
+    (home / "config").mkdir(parents=True)
+    (home / "config" / "models.toml").write_text("[models.tiny]\nslots = 1\nmax_queue = 1\n")
+    d = start_daemon("--models", "tiny", home=home)
+    body = {
+        "model": "tiny",
+        "max_tokens": 64,
+        "logit_bias": {"0": -100, "2": -100, "4": -100},
+        "messages": [{"role": "user", "content": "Tell me a long story."}],
+    }
+    try:
+        with ThreadPoolExecutor(8) as pool, d.client() as c:
+            responses = list(
+                pool.map(lambda _: c.post("/v1/chat/completions", json=body), range(8))
+            )
+            codes = sorted(r.status_code for r in responses)
+            assert set(codes) == {200, 503}, codes
+            busy = [r for r in responses if r.status_code == 503]
+            assert all(r.json()["error"]["code"] == "busy" for r in busy)
+            assert all(int(r.headers["Retry-After"]) >= 1 for r in busy)
+            assert c.get("/health").json()["models"]["tiny"]["status"] == "ready"
+            assert c.get("/stats").json()["models"]["tiny"]["busy_rejections"] == len(busy)
+    finally:
+        d.stop()

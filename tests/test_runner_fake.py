@@ -12,6 +12,7 @@ import pytest
 from edgeinfer.engine.base import EngineParams, Sampling
 from edgeinfer.engine.fake import FakeEngine, factory
 from edgeinfer.errors import Busy, ContextLengthExceeded, RequestTimeout
+from edgeinfer.pool.prefix_store import PrefixStore
 from edgeinfer.pool.runner import Delta, Event, Failed, Finished, GenRequest, ModelRunner
 
 
@@ -48,8 +49,16 @@ def make_runner(model_file: Path, **kw: object) -> tuple[ModelRunner, FakeEngine
         n_batch=int(kw.pop("n_batch", 64)),  # type: ignore[call-overload]
     )
     max_queue = int(kw.pop("max_queue", 64))  # type: ignore[call-overload]
+    options = {k: kw.pop(k) for k in ("context_shift", "n_keep", "prefix_store") if k in kw}
     make = factory(**kw)
-    runner = ModelRunner("fake", model_file, params, make, max_queue=max_queue)
+    runner = ModelRunner(
+        "fake",
+        model_file,
+        params,
+        make,
+        max_queue=max_queue,
+        **options,  # type: ignore[arg-type]
+    )
     runner.start()
     runner.wait_loaded(5)
     return runner, make.made[0]
@@ -173,8 +182,8 @@ def test_prompt_longer_than_context_is_refused(model_file: Path) -> None:
         runner.stop()
 
 
-def test_generation_stops_at_the_context_end(model_file: Path) -> None:
-    runner, _ = make_runner(model_file, n_ctx=64)
+def test_without_context_shift_generation_stops_at_the_context_end(model_file: Path) -> None:
+    runner, _ = make_runner(model_file, n_ctx=64, context_shift=False)
     try:
         req, sink = request(list(range(60)), max_tokens=1000)
         runner.submit(req)
@@ -233,3 +242,118 @@ def test_missing_model_file_is_a_load_error(tmp_path: Path) -> None:
     runner.start()
     with pytest.raises(Exception, match="no model file"):
         runner.wait_loaded(5)
+
+
+def test_context_shift_slides_the_window_and_keeps_the_head(model_file: Path) -> None:
+    runner, engine = make_runner(model_file, n_ctx=64, n_keep=8, slots=1)
+    try:
+        prompt = list(range(100, 140))
+        req, sink = request(prompt, max_tokens=100)
+        runner.submit(req)
+        _, done = sink.wait()
+        assert isinstance(done, Finished) and done.reason == "length"
+        assert done.usage.completion_tokens == 100  # went on past the 64-token context
+        assert runner.snapshot()["context_shifts"] >= 2
+        # the first n_keep tokens stayed at their positions; after release only they remain
+        assert engine.kv[0] == {p: prompt[p] for p in range(8)}
+    finally:
+        runner.stop()
+
+
+def test_busy_slot_prefix_is_copied_not_recomputed(model_file: Path) -> None:
+    runner, engine = make_runner(model_file, slots=2, decode_delay=0.002)
+    try:
+        shared = list(range(300, 400))
+        first, first_sink = request(shared + [1], max_tokens=200)
+        runner.submit(first)
+        time.sleep(0.05)  # first is generating in its slot
+        second, sink = request(shared + [2], max_tokens=3)
+        runner.submit(second)
+        text, done = sink.wait()
+        assert isinstance(done, Finished)
+        assert done.usage.cached_tokens == len(shared)
+        assert runner.snapshot()["prefix_copied"] == 1
+        first.cancel()
+        first_sink.wait()
+    finally:
+        runner.stop()
+    # the fake's answer is a function of the whole sequence: equal answers, equal histories
+    assert text == run_alone(model_file, shared + [2], max_tokens=3)
+
+
+def test_evicted_prefix_is_restored_from_the_ram_tier(model_file: Path, tmp_path: Path) -> None:
+    store = PrefixStore(ram_bytes=1 << 20, disk_dir=None, disk_bytes=0, min_tokens=32)
+    runner, _ = make_runner(model_file, slots=1, prefix_store=store)
+    try:
+        conv_a = list(range(500, 600))
+        text_a, _ = _run(runner, conv_a + [1])
+        _run(runner, list(range(700, 800)))  # an unrelated prompt evicts conversation A
+        text, done = _run(runner, conv_a + [1])
+        assert isinstance(done, Finished) and done.usage.cached_tokens == len(conv_a)
+        assert text == text_a
+        assert runner.snapshot()["prefix_restored_ram"] == 1
+    finally:
+        runner.stop()
+
+
+def test_disk_tier_survives_a_restart(model_file: Path, tmp_path: Path) -> None:
+    def store() -> PrefixStore:
+        return PrefixStore(
+            ram_bytes=1 << 20, disk_dir=tmp_path / "kv", disk_bytes=1 << 20, min_tokens=32
+        )
+
+    conv = list(range(500, 600))
+    runner, _ = make_runner(model_file, slots=1, prefix_store=store())
+    text_a, _ = _run(runner, conv + [1])
+    runner.stop()  # saves the slot's state to disk
+    runner, _ = make_runner(model_file, slots=1, prefix_store=store())
+    try:
+        text, done = _run(runner, conv + [1])
+        assert isinstance(done, Finished) and done.usage.cached_tokens == len(conv)
+        assert text == text_a
+        assert runner.snapshot()["prefix_restored_disk"] == 1
+        # an unrelated prompt of the same length restores nothing
+        _, other = _run(runner, list(range(900, 1001)))
+        assert isinstance(other, Finished) and other.usage.cached_tokens == 0
+    finally:
+        runner.stop()
+
+
+def _run(runner: ModelRunner, prompt: list[int]) -> tuple[str, Finished | Failed]:
+    req, sink = request(prompt, max_tokens=4)
+    runner.submit(req)
+    return sink.wait()
+
+
+def test_logprobs_travel_with_their_text(model_file: Path) -> None:
+    runner, _ = make_runner(model_file, eos_after=4)
+    try:
+        sink = Sink()
+        req = GenRequest([1, 2], Sampling(temperature=0), 10, sink, logprobs=2)
+        runner.submit(req)
+        deltas = []
+        while True:
+            event = sink.events.get(timeout=5)
+            if not isinstance(event, Delta):
+                break
+            deltas.append(event)
+        pieces = [lp.piece for d in deltas for lp in d.logprobs]
+        assert len(pieces) == 4  # one per generated token, none for the end-of-generation token
+        assert b"".join(pieces).decode() == "".join(d.text for d in deltas)
+        assert all(len(lp.top) == 2 for d in deltas for lp in d.logprobs)
+    finally:
+        runner.stop()
+
+
+def test_a_sampler_the_engine_refuses_fails_only_that_request(model_file: Path) -> None:
+    runner, _ = make_runner(model_file)
+    try:
+        sink = Sink()
+        runner.submit(GenRequest([1], Sampling(grammar="bad grammar"), 5, sink))
+        _, done = sink.wait()
+        assert isinstance(done, Failed) and "refuses" in done.error.message
+        ok, ok_sink = request([1, 2])
+        runner.submit(ok)
+        assert isinstance(ok_sink.wait()[1], Finished)
+    finally:
+        runner.stop()

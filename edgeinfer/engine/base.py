@@ -24,6 +24,8 @@ class EngineParams:
     threads: int = 0  # 0 = physical cores
     gpu_layers: int = 0
     flash_attn: Literal["auto", "on", "off"] = "auto"
+    n_ubatch: int = 512
+    kv_type: Literal["f16", "q8_0"] = "f16"
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class Sampling:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: dict[int, float] = field(default_factory=dict)
+    grammar: str | None = None  # GBNF, from Engine.grammar_for (structured output)
 
     @property
     def greedy(self) -> bool:
@@ -55,6 +58,16 @@ class EngineInfo:
     bos_text: str
     eos_text: str
     size_bytes: int
+    can_shift: bool = True  # whether positions can be shifted (context shift)
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One sampled token's log-probability and its most likely alternatives."""
+
+    piece: bytes
+    logprob: float
+    top: tuple[tuple[bytes, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -89,7 +102,19 @@ class Engine(Protocol):
         """Evaluate one batch (at most ``params.n_batch`` items). Raises EngineError."""
         ...
 
-    def new_sampler(self, sampling: Sampling) -> SamplerHandle: ...
+    def new_sampler(self, sampling: Sampling) -> SamplerHandle:
+        """A sampler chain for one request; raises EngineError for a grammar llama.cpp refuses."""
+        ...
+
+    def grammar_for(self, kind: str, schema: str | None) -> str:
+        """GBNF for ``response_format`` ``json_object`` or ``json_schema`` (raises
+        InvalidRequest for a schema that cannot be converted). Pure: any thread may call it."""
+        ...
+
+    def logprobs(self, batch_index: int, token: int, top_n: int) -> TokenLogprob:
+        """Log-probability of ``token`` under the raw logits of ``batch_index``, and the
+        ``top_n`` most likely tokens there."""
+        ...
 
     def sample(self, sampler: SamplerHandle, batch_index: int) -> int:
         """Sample from the logits of ``batch_index`` of the last decode and accept the token."""
@@ -97,8 +122,24 @@ class Engine(Protocol):
 
     def free_sampler(self, sampler: SamplerHandle) -> None: ...
 
-    def seq_rm(self, seq: int, start: int) -> None:
-        """Forget the KV of ``seq`` from position ``start`` on."""
+    def seq_rm(self, seq: int, start: int, end: int = -1) -> None:
+        """Forget the KV of ``seq`` in positions ``[start, end)`` (``end=-1``: to the end)."""
+        ...
+
+    def seq_cp(self, src: int, dst: int) -> None:
+        """Make ``dst`` a copy of the whole of ``src`` (the caller trims it with seq_rm)."""
+        ...
+
+    def seq_shift(self, seq: int, start: int, delta: int) -> None:
+        """Add ``delta`` to the positions of ``seq`` from ``start`` on (context shift)."""
+        ...
+
+    def state_get(self, seq: int) -> bytes:
+        """The saved state (KV) of one sequence, for the prompt-cache tiers."""
+        ...
+
+    def state_set(self, seq: int, state: bytes) -> None:
+        """Load a state saved by :meth:`state_get` into ``seq`` (which must be empty)."""
         ...
 
     def close(self) -> None: ...

@@ -9,12 +9,13 @@ It records every decode call. Real-model tests run the same scenarios on ``engin
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgeinfer.engine.base import BatchItem, EngineInfo, EngineParams, Sampling
-from edgeinfer.errors import EngineError
+from edgeinfer.engine.base import BatchItem, EngineInfo, EngineParams, Sampling, TokenLogprob
+from edgeinfer.errors import EngineError, InvalidRequest
 
 EOS = 0
 _WORDS = ["alpha", "beta", "gamma", "delta", "echo", "fox", "golf", "hotel", "india", "juliet"]
@@ -75,6 +76,8 @@ class FakeEngine:
                 self._last[i] = item.seq
 
     def new_sampler(self, sampling: Sampling) -> _FakeSampler:
+        if sampling.grammar is not None and sampling.grammar.startswith("bad"):
+            raise InvalidRequest("fake engine refuses grammars starting with 'bad'")
         return _FakeSampler(sampling, self.eos_after)
 
     def sample(self, sampler: _FakeSampler, batch_index: int) -> int:
@@ -85,13 +88,35 @@ class FakeEngine:
         history = ",".join(str(seq[p]) for p in range(len(seq)))
         return 1 + int(hashlib.md5(history.encode()).hexdigest(), 16) % 999
 
+    def grammar_for(self, kind: str, schema: str | None) -> str:
+        return f"{kind}:{schema}"
+
+    def logprobs(self, batch_index: int, token: int, top_n: int) -> TokenLogprob:
+        piece = self.token_to_piece(token)
+        return TokenLogprob(piece, -0.5, tuple((piece, -0.5) for _ in range(top_n)))
+
     def free_sampler(self, sampler: _FakeSampler) -> None:
         pass
 
-    def seq_rm(self, seq: int, start: int) -> None:
+    def seq_rm(self, seq: int, start: int, end: int = -1) -> None:
         kv = self.kv.setdefault(seq, {})
-        for pos in [p for p in kv if p >= start]:
+        for pos in [p for p in kv if p >= max(start, 0) and (end < 0 or p < end)]:
             del kv[pos]
+
+    def seq_cp(self, src: int, dst: int) -> None:
+        self.kv[dst] = dict(self.kv.get(src, {}))
+
+    def seq_shift(self, seq: int, start: int, delta: int) -> None:
+        kv = self.kv.setdefault(seq, {})
+        moved = {p + delta if p >= start else p: t for p, t in kv.items()}
+        self.kv[seq] = moved
+
+    def state_get(self, seq: int) -> bytes:
+        kv = self.kv.get(seq, {})
+        return json.dumps([kv[p] for p in sorted(kv)]).encode()
+
+    def state_set(self, seq: int, state: bytes) -> None:
+        self.kv[seq] = dict(enumerate(json.loads(state)))
 
     def close(self) -> None:
         self.closed = True

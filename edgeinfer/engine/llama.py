@@ -17,9 +17,11 @@ from typing import Any
 
 import llama_cpp
 import llama_cpp.llama_cpp as C
+import llama_cpp.llama_grammar as llama_grammar
+import numpy as np
 
-from edgeinfer.engine.base import BatchItem, EngineInfo, EngineParams, Sampling
-from edgeinfer.errors import ContextLengthExceeded, EngineError, ModelUnavailable
+from edgeinfer.engine.base import BatchItem, EngineInfo, EngineParams, Sampling, TokenLogprob
+from edgeinfer.errors import ContextLengthExceeded, EngineError, InvalidRequest, ModelUnavailable
 
 log = logging.getLogger("edgeinfer.llama")
 
@@ -34,6 +36,7 @@ _FTYPES = {
     "Q6_K": C.LLAMA_FTYPE_MOSTLY_Q6_K,
 }
 # ggml_log_level: NONE=0, DEBUG=1, INFO=2, WARN=3, ERROR=4, CONT=5
+_KV_TYPES = {"f16": C.GGML_TYPE_F16, "q8_0": C.GGML_TYPE_Q8_0}
 _GGML_LEVELS = {3: logging.WARNING, 4: logging.ERROR}
 _init_lock = threading.Lock()
 _initialised = False
@@ -88,7 +91,9 @@ class LlamaEngine:
         cparams = C.llama_context_default_params()
         cparams.n_ctx = params.n_ctx * params.slots
         cparams.n_batch = params.n_batch
-        cparams.n_ubatch = params.n_batch
+        cparams.n_ubatch = min(params.n_ubatch, params.n_batch)
+        cparams.type_k = _KV_TYPES[params.kv_type]
+        cparams.type_v = _KV_TYPES[params.kv_type]
         cparams.n_seq_max = params.slots
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
@@ -114,6 +119,7 @@ class LlamaEngine:
             bos_text=self._text(C.llama_vocab_bos(self._vocab)),
             eos_text=self._text(C.llama_vocab_eos(self._vocab)),
             size_bytes=C.llama_model_size(self._model),
+            can_shift=bool(C.llama_memory_can_shift(self._mem)),
         )
 
     def _text(self, token: int) -> str:
@@ -188,6 +194,12 @@ class LlamaEngine:
                     sampling.presence_penalty,
                 ),
             )
+        if sampling.grammar is not None:
+            grammar = C.llama_sampler_init_grammar(self._vocab, sampling.grammar.encode(), b"root")
+            if not grammar:
+                C.llama_sampler_free(chain)
+                raise InvalidRequest("llama.cpp refused the grammar for response_format")
+            add(chain, grammar)
         if sampling.greedy:
             add(chain, C.llama_sampler_init_greedy())
             return _Sampler(chain)
@@ -206,13 +218,55 @@ class LlamaEngine:
         token = int(C.llama_sampler_sample(sampler.chain, self._ctx, batch_index))
         return token
 
+    def grammar_for(self, kind: str, schema: str | None) -> str:
+        if kind == "json_object":
+            return str(llama_grammar.JSON_GBNF)
+        try:
+            return str(llama_grammar.json_schema_to_gbnf(schema or "{}"))
+        except Exception as exc:  # the converter raises bare exceptions of several kinds
+            raise InvalidRequest(
+                f"response_format.json_schema cannot be turned into a grammar: {exc}",
+                param="response_format",
+            ) from exc
+
+    def logprobs(self, batch_index: int, token: int, top_n: int) -> TokenLogprob:
+        ptr = C.llama_get_logits_ith(self._ctx, batch_index)
+        logits = np.ctypeslib.as_array(ptr, shape=(self._n_vocab,)).astype(np.float64)
+        peak = logits.max()
+        logz = peak + np.log(np.exp(logits - peak).sum())
+        top: tuple[tuple[bytes, float], ...] = ()
+        if top_n > 0:
+            best = np.argpartition(-logits, top_n)[:top_n]
+            best = best[np.argsort(-logits[best])]
+            top = tuple((self.token_to_piece(int(t)), float(logits[t] - logz)) for t in best)
+        return TokenLogprob(self.token_to_piece(token), float(logits[token] - logz), top)
+
     def free_sampler(self, sampler: Any) -> None:
         if sampler.chain:
             C.llama_sampler_free(sampler.chain)
             sampler.chain = None
 
-    def seq_rm(self, seq: int, start: int) -> None:
-        C.llama_memory_seq_rm(self._mem, seq, start, -1)
+    def seq_rm(self, seq: int, start: int, end: int = -1) -> None:
+        C.llama_memory_seq_rm(self._mem, seq, start, end)
+
+    def seq_cp(self, src: int, dst: int) -> None:
+        C.llama_memory_seq_rm(self._mem, dst, -1, -1)
+        C.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
+
+    def seq_shift(self, seq: int, start: int, delta: int) -> None:
+        C.llama_memory_seq_add(self._mem, seq, start, -1, delta)
+
+    def state_get(self, seq: int) -> bytes:
+        size = C.llama_state_seq_get_size(self._ctx, seq)
+        buf = (ctypes.c_uint8 * size)()
+        written = C.llama_state_seq_get_data(self._ctx, buf, size, seq)
+        return bytes(buf)[:written]
+
+    def state_set(self, seq: int, state: bytes) -> None:
+        C.llama_memory_seq_rm(self._mem, seq, -1, -1)
+        buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        if C.llama_state_seq_set_data(self._ctx, buf, len(state), seq) == 0:
+            raise EngineError("llama.cpp refused a saved sequence state")
 
     def close(self) -> None:
         if self._ctx:

@@ -20,7 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from edgeinfer.engine.base import BatchItem, Engine, EngineFactory, EngineParams, Sampling
+from edgeinfer.engine.base import (
+    BatchItem,
+    Engine,
+    EngineFactory,
+    EngineParams,
+    Sampling,
+    TokenLogprob,
+)
 from edgeinfer.errors import (
     Busy,
     ContextLengthExceeded,
@@ -29,12 +36,15 @@ from edgeinfer.errors import (
     ModelUnavailable,
     RequestTimeout,
 )
-from edgeinfer.pool.slots import choose_slot, plan_step
+from edgeinfer.pool.prefix_store import PrefixStore
+from edgeinfer.pool.slots import choose_slot, common_prefix, plan_reuse, plan_step
 from edgeinfer.pool.text import TextStream
 
 log = logging.getLogger("edgeinfer.runner")
 
 FinishReason = Literal["stop", "length", "cancelled"]
+# A copy or restore must bring at least this many more prompt tokens than the slot has.
+_MIN_GAIN = 16
 
 
 @dataclass(frozen=True)
@@ -49,6 +59,7 @@ class Usage:
 @dataclass(frozen=True)
 class Delta:
     text: str
+    logprobs: tuple[TokenLogprob, ...] = ()  # the tokens this text came from, when asked
 
 
 @dataclass(frozen=True)
@@ -74,6 +85,7 @@ class GenRequest:
     max_tokens: int
     emit: Callable[[Event], None]
     stop: tuple[str, ...] = ()
+    logprobs: int | None = None  # None: off; n: the sampled token's logprob and the top n
     deadline: float | None = None  # monotonic seconds
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.monotonic)
@@ -96,6 +108,12 @@ class _Slot:
     n_gen: int = 0
     n_cached: int = 0
     t_first: float | None = None
+    shifted: bool = False  # after a context shift only the first n_keep tokens are reusable
+    prompt_len: int = 0  # where the last request's prompt ended: a restore boundary
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # not yet emitted
+
+    def reusable(self, n_keep: int) -> list[int]:
+        return self.cached[:n_keep] if self.shifted else self.cached
 
 
 @dataclass
@@ -112,6 +130,11 @@ class RunnerStats:
     errors: int = 0
     cancelled: int = 0
     busy_rejections: int = 0
+    prefix_kept: int = 0  # requests that reused their own slot's KV
+    prefix_copied: int = 0  # ... copied from another slot
+    prefix_restored_ram: int = 0
+    prefix_restored_disk: int = 0
+    context_shifts: int = 0
 
 
 class ModelRunner:
@@ -126,6 +149,9 @@ class ModelRunner:
         *,
         max_queue: int = 64,
         clock: Callable[[], float] = time.monotonic,
+        prefix_store: PrefixStore | None = None,
+        context_shift: bool = True,
+        n_keep: int = 128,
     ) -> None:
         self.name = name
         self.params = params
@@ -133,6 +159,9 @@ class ModelRunner:
         self._factory = factory
         self._max_queue = max_queue
         self._clock = clock
+        self._store = prefix_store
+        self._context_shift = context_shift
+        self._n_keep = min(n_keep, params.n_ctx // 2)
         self._queue: deque[GenRequest] = deque()
         self._cond = threading.Condition()
         self._stopping = False
@@ -156,6 +185,11 @@ class ModelRunner:
         if self._engine is None:
             raise ModelUnavailable(f"model {self.name!r} is still loading")
         return self._engine
+
+    @property
+    def can_shift(self) -> bool:
+        """Whether generations may slide past the context window (config and engine allow)."""
+        return self._context_shift and self._engine is not None and self._engine.info.can_shift
 
     @property
     def loaded(self) -> bool:
@@ -203,6 +237,24 @@ class ModelRunner:
             "errors": s.errors,
             "cancelled": s.cancelled,
             "busy_rejections": s.busy_rejections,
+            "prefix_kept": s.prefix_kept,
+            "prefix_copied": s.prefix_copied,
+            "prefix_restored_ram": s.prefix_restored_ram,
+            "prefix_restored_disk": s.prefix_restored_disk,
+            "context_shifts": s.context_shifts,
+            "prompt_cache": self._store_snapshot(),
+        }
+
+    def _store_snapshot(self) -> dict[str, Any] | None:
+        if self._store is None:
+            return None
+        st = self._store.stats
+        return {
+            "ram_bytes": self._store.ram_bytes,
+            "saved": st.saved,
+            "ram_hits": st.ram_hits,
+            "disk_hits": st.disk_hits,
+            "spilled_to_disk": st.spilled,
         }
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -259,18 +311,69 @@ class ModelRunner:
             if req.cancelled.is_set():
                 self._finish_unstarted(req)
                 continue
+            try:
+                sampler = engine.new_sampler(req.sampling)
+            except EdgeInferError as exc:
+                self.stats.errors += 1
+                req.emit(Failed(exc))
+                continue
             seq, reuse = choose_slot(idle, req.prompt)
             slot = self._slots[seq]
-            engine.seq_rm(seq, reuse)
-            slot.cached = slot.cached[:reuse]
+            reuse = self._place_prefix(engine, slot, req.prompt, reuse)
             slot.pending = req.prompt[reuse:]
+            slot.prompt_len = len(req.prompt)
             slot.req, slot.n_gen, slot.n_cached, slot.t_first = req, 0, reuse, None
             slot.next_token = None
-            slot.sampler = engine.new_sampler(req.sampling)
+            slot.sampler = sampler
+            slot.logprobs = []
             slot.text = TextStream(req.stop)
             self.stats.requests += 1
             self.stats.prompt_tokens += len(req.prompt)
             self.stats.cached_tokens += reuse
+
+    def _place_prefix(self, engine: Engine, slot: _Slot, prompt: list[int], reuse: int) -> int:
+        """Put the longest available prefix of ``prompt`` into ``slot``'s sequence: what the slot
+        holds, a copy from another slot, or a saved state; return its length."""
+        limit = len(prompt) - 1  # the last prompt token is always evaluated, for its logits
+        src, copy = self._best_other_slot(slot, prompt)
+        hit = None
+        if self._store is not None:
+            hit = self._store.lookup(prompt, better_than=max(reuse, copy) + _MIN_GAIN - 1)
+        restore = min(len(hit.tokens), limit) if hit is not None else 0
+        how = plan_reuse(reuse, min(copy, limit), restore, min_gain=_MIN_GAIN)
+        self._save_evicted(engine, slot, keep=reuse if how == "slot" else 0)
+        if how == "copy":
+            engine.seq_cp(src, slot.seq)
+            reuse = min(copy, limit)
+            self.stats.prefix_copied += 1
+        elif how == "restore" and hit is not None:
+            engine.state_set(slot.seq, hit.state)
+            reuse = restore
+            if hit.tier == "ram":
+                self.stats.prefix_restored_ram += 1
+            else:
+                self.stats.prefix_restored_disk += 1
+        elif reuse:
+            self.stats.prefix_kept += 1
+        engine.seq_rm(slot.seq, reuse)
+        slot.cached = prompt[:reuse]
+        return reuse
+
+    def _best_other_slot(self, slot: _Slot, prompt: list[int]) -> tuple[int, int]:
+        best = (slot.seq, 0)
+        for other in self._slots:
+            if other is not slot:
+                n = common_prefix(other.reusable(self._n_keep), prompt)
+                if n > best[1]:
+                    best = (other.seq, n)
+        return best
+
+    def _save_evicted(self, engine: Engine, slot: _Slot, keep: int) -> None:
+        """Before a slot's KV is overwritten, keep a long-enough state in the RAM tier."""
+        if self._store is None or slot.shifted:
+            return
+        if len(slot.cached) - keep >= self._store.min_tokens:
+            self._store.put(slot.cached, engine.state_get(slot.seq), bounds=[slot.prompt_len])
 
     def _finish_unstarted(self, req: GenRequest) -> None:
         self.stats.cancelled += 1
@@ -318,7 +421,10 @@ class ModelRunner:
         elapsed = self._clock() - started
         self._account(elapsed, n_prefill, len(generating))
         for slot, index in outputs:
-            self._on_token(engine, slot, engine.sample(slot.sampler, index))
+            token = engine.sample(slot.sampler, index)
+            if slot.req is not None and slot.req.logprobs is not None and not engine.is_eog(token):
+                slot.logprobs.append(engine.logprobs(index, token, slot.req.logprobs))
+            self._on_token(engine, slot, token)
 
     def _account(self, elapsed: float, n_prefill: int, n_gen: int) -> None:
         # A mixed step's time is split in proportion to the tokens of each kind it held.
@@ -342,19 +448,40 @@ class ModelRunner:
         self.stats.generated_tokens += 1
         out = text.feed(engine.token_to_piece(token))
         if out:
-            req.emit(Delta(out))
+            req.emit(Delta(out, tuple(slot.logprobs)))
+            slot.logprobs = []
         if text.stopped:
             self._finish(engine, slot, "stop")
-        elif slot.n_gen >= req.max_tokens or len(slot.cached) + 1 >= self.params.n_ctx:
+        elif slot.n_gen >= req.max_tokens:
+            self._finish(engine, slot, "length")
+        elif len(slot.cached) + 1 >= self.params.n_ctx and not self._shift(engine, slot):
             self._finish(engine, slot, "length")
         else:
             slot.next_token = token
 
+    def _shift(self, engine: Engine, slot: _Slot) -> bool:
+        """Context shift: keep the first n_keep tokens, drop half of the rest, slide positions."""
+        if not self.can_shift:
+            return False
+        keep = self._n_keep
+        discard = (len(slot.cached) - keep) // 2
+        if discard <= 0:
+            return False
+        engine.seq_rm(slot.seq, keep, keep + discard)
+        engine.seq_shift(slot.seq, keep + discard, -discard)
+        slot.cached = slot.cached[:keep] + slot.cached[keep + discard :]
+        slot.shifted = True
+        self.stats.context_shifts += 1
+        return True
+
     def _release(self, engine: Engine, slot: _Slot) -> GenRequest:
         req = slot.req
         assert req is not None
-        if slot.pending:  # prompt only partly evaluated: its KV is incomplete, keep what is
-            slot.pending = []
+        slot.pending = []  # a partly evaluated prompt keeps the KV it has: still a prefix
+        if slot.shifted:  # shifted KV is not what a fresh evaluation would give: keep n_keep
+            engine.seq_rm(slot.seq, self._n_keep)
+            slot.cached = slot.cached[: self._n_keep]
+            slot.shifted = False
         engine.free_sampler(slot.sampler)
         slot.req, slot.sampler, slot.text, slot.next_token = None, None, None, None
         slot.last_used = self._clock()
@@ -362,11 +489,12 @@ class ModelRunner:
 
     def _finish(self, engine: Engine, slot: _Slot, reason: FinishReason) -> None:
         text, n_gen, n_cached, t_first = slot.text, slot.n_gen, slot.n_cached, slot.t_first
+        logprobs = tuple(slot.logprobs)
         req = self._release(engine, slot)
         if text is not None and reason != "cancelled":
             tail = text.flush()
-            if tail:
-                req.emit(Delta(tail))
+            if tail or logprobs:
+                req.emit(Delta(tail, logprobs))
         now = self._clock()
         ttft = (t_first - req.submitted) if t_first is not None else 0.0
         req.emit(
@@ -387,6 +515,12 @@ class ModelRunner:
         self._drain_queue(ModelUnavailable(f"model {self.name!r} is shutting down"))
         for slot in self._active():
             self._fail(engine, slot, ModelUnavailable(f"model {self.name!r} is shutting down"))
+        if self._store is not None:  # what the slots hold survives a restart on disk
+            for slot in self._slots:
+                if len(slot.cached) >= self._store.min_tokens and not slot.shifted:
+                    state = engine.state_get(slot.seq)
+                    self._store.save_to_disk(slot.cached, state, bounds=[slot.prompt_len])
+            self._store.flush()
         try:
             engine.close()
         except EngineError:

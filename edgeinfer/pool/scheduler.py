@@ -16,6 +16,7 @@ from typing import Any
 from edgeinfer.config.schema import ModelSpec
 from edgeinfer.engine.base import EngineFactory, EngineParams
 from edgeinfer.errors import EdgeInferError, ModelNotFound, ModelUnavailable
+from edgeinfer.pool.prefix_store import PrefixStore
 from edgeinfer.pool.runner import ModelRunner
 
 log = logging.getLogger("edgeinfer.pool")
@@ -30,6 +31,8 @@ def engine_params(spec: ModelSpec) -> EngineParams:
         threads=spec.threads,
         gpu_layers=spec.gpu_layers,
         flash_attn=spec.flash_attn,
+        n_ubatch=spec.n_ubatch,
+        kv_type=spec.kv_type,
     )
 
 
@@ -60,8 +63,15 @@ class ServedModel:
 class ModelPool:
     """Owns the runners of all served models. Start once, stop once."""
 
-    def __init__(self, factory: EngineFactory, *, runner: Callable[..., ModelRunner] = ModelRunner):
+    def __init__(
+        self,
+        factory: EngineFactory,
+        *,
+        state_dir: Path | None = None,
+        runner: Callable[..., ModelRunner] = ModelRunner,
+    ) -> None:
         self._factory = factory
+        self._state_dir = state_dir
         self._make_runner = runner
         self._models: dict[str, ServedModel] = {}
         self.default: str | None = None
@@ -69,11 +79,33 @@ class ModelPool:
     def add(self, spec: ModelSpec, path: Path, digest: str | None) -> None:
         """Serve ``spec`` from the verified file at ``path``; its runner loads on its thread."""
         runner = self._make_runner(
-            spec.name, path, engine_params(spec), self._factory, max_queue=spec.max_queue
+            spec.name,
+            path,
+            engine_params(spec),
+            self._factory,
+            max_queue=spec.max_queue,
+            prefix_store=self._prefix_store(spec, digest),
+            context_shift=spec.context_shift,
+            n_keep=spec.n_keep,
         )
         self._models[spec.name] = ServedModel(spec.name, spec, digest, runner)
         self.default = self.default or spec.name
         runner.start()
+
+    def _prefix_store(self, spec: ModelSpec, digest: str | None) -> PrefixStore | None:
+        """The model's prompt-cache tiers. Saved states only fit the same file, context size
+        and KV type, so those name the disk folder."""
+        if spec.prompt_cache_ram_mb == 0 and spec.prompt_cache_disk_mb == 0:
+            return None
+        disk = None
+        if self._state_dir is not None and digest and spec.prompt_cache_disk_mb:
+            disk = self._state_dir / f"{spec.name}-{digest[:16]}-{spec.n_ctx}-{spec.kv_type}"
+        return PrefixStore(
+            ram_bytes=spec.prompt_cache_ram_mb << 20,
+            disk_dir=disk,
+            disk_bytes=spec.prompt_cache_disk_mb << 20,
+            min_tokens=spec.prompt_cache_min_tokens,
+        )
 
     def add_failed(self, spec: ModelSpec, error: EdgeInferError) -> None:
         """Record a model that could not be pulled or verified, so requests get the reason."""

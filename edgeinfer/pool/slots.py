@@ -25,12 +25,18 @@ def choose_slot(
         prompt: the request's prompt tokens.
 
     Returns:
-        ``(slot id, tokens to reuse)``. The slot sharing the longest prefix wins; among equals,
-        the least recently used one, so a slot holding a long prefix someone else may want is
-        kept as long as possible. At least one prompt token is always left to evaluate, because
-        sampling needs the logits of the last prompt token.
+        ``(slot id, tokens to reuse)``. Each slot scores the prefix it shares minus half of the
+        KV it would have to throw away, so a conversation continues in its own slot while a new
+        one takes an empty slot rather than wiping another conversation for a shared template
+        head (the runner copies such a head over instead). Among equals, the least recently used
+        slot. At least one prompt token is always left to evaluate: sampling needs its logits.
     """
-    best = max(idle, key=lambda s: (common_prefix(s[1], prompt), -s[2]))
+
+    def score(slot: tuple[int, Sequence[int], float]) -> tuple[float, float]:
+        shared = common_prefix(slot[1], prompt)
+        return shared - (len(slot[1]) - shared) / 2, -slot[2]
+
+    best = max(idle, key=score)
     reuse = min(common_prefix(best[1], prompt), max(len(prompt) - 1, 0))
     return best[0], reuse
 
@@ -51,3 +57,21 @@ def plan_step(n_generating: int, prefill_left: Sequence[int], budget: int) -> li
         plan.append(take)
         left -= take
     return plan
+
+
+def plan_reuse(in_slot: int, copy: int, restore: int, *, min_gain: int) -> str:
+    """How a new request gets its prompt prefix into its slot.
+
+    Args:
+        in_slot: prefix tokens already in the chosen idle slot (free to keep).
+        copy: prefix tokens another slot holds (a ``seq_cp`` inside the context).
+        restore: prefix tokens of a saved state in the RAM/disk tiers (a state load).
+        min_gain: tokens a copy or restore must add over ``in_slot`` to be worth doing.
+
+    Returns:
+        ``"slot"``, ``"copy"`` or ``"restore"``. On a tie, copying wins: it stays inside the
+        context, where a restore must first move the state in.
+    """
+    if max(copy, restore) - in_slot < min_gain:
+        return "slot"
+    return "copy" if copy >= restore else "restore"

@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgeinfer import __version__
+from edgeinfer.engine.base import TokenLogprob
 from edgeinfer.errors import Busy, EdgeInferError, InvalidRequest
 from edgeinfer.server.schemas import ChatCompletionRequest, CompletionRequest
 from edgeinfer.service import Generation, InferenceService
@@ -89,9 +90,13 @@ class _Shape:
     def _base(self, gen: Generation, obj: str) -> dict[str, Any]:
         return {"id": self.id, "object": obj, "created": gen.created, "model": gen.model}
 
-    def body(self, gen: Generation, text: str) -> dict[str, Any]:
+    def body(self, gen: Generation, text: str, logprobs: list[TokenLogprob]) -> dict[str, Any]:
         assert gen.result is not None
-        choice: dict[str, Any] = {"index": 0, "finish_reason": gen.result.reason, "logprobs": None}
+        choice: dict[str, Any] = {
+            "index": 0,
+            "finish_reason": gen.result.reason,
+            "logprobs": _logprobs(logprobs) if gen.wants_logprobs else None,
+        }
         if self.chat:
             choice["message"] = {"role": "assistant", "content": text}
         else:
@@ -103,13 +108,34 @@ class _Shape:
             "edgeinfer": _edgeinfer(gen),
         }
 
-    def chunk(self, gen: Generation, text: str | None, finish: str | None) -> dict[str, Any]:
-        choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
+    def chunk(
+        self,
+        gen: Generation,
+        text: str | None,
+        finish: str | None,
+        logprobs: tuple[TokenLogprob, ...] = (),
+    ) -> dict[str, Any]:
+        lp = _logprobs(logprobs) if gen.wants_logprobs and text is not None else None
+        choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": lp}
         if self.chat:
             choice["delta"] = {} if text is None else {"content": text}
         else:
             choice["text"] = text or ""
         return {**self._base(gen, self.chunk_object), "choices": [choice]}
+
+
+def _token(piece: bytes, logprob: float) -> dict[str, Any]:
+    return {"token": piece.decode("utf-8", "replace"), "logprob": logprob, "bytes": list(piece)}
+
+
+def _logprobs(tokens: list[TokenLogprob] | tuple[TokenLogprob, ...]) -> dict[str, Any]:
+    """OpenAI's chat ``logprobs`` object: one entry per generated token."""
+    return {
+        "content": [
+            {**_token(t.piece, t.logprob), "top_logprobs": [_token(p, lp) for p, lp in t.top]}
+            for t in tokens
+        ]
+    }
 
 
 def _sse(data: dict[str, Any] | str) -> bytes:
@@ -123,8 +149,8 @@ async def _stream(gen: Generation, shape: _Shape, include_usage: bool) -> AsyncI
             first = shape.chunk(gen, None, None)
             first["choices"][0]["delta"] = {"role": "assistant", "content": ""}
             yield _sse(first)
-        async for piece in gen:
-            yield _sse(shape.chunk(gen, piece, None))
+        async for delta in gen:
+            yield _sse(shape.chunk(gen, delta.text, None, delta.logprobs))
         assert gen.result is not None
         last = shape.chunk(gen, None, gen.result.reason)
         last["edgeinfer"] = _edgeinfer(gen)
@@ -146,9 +172,9 @@ async def _until_disconnect(request: Request) -> None:
         pass
 
 
-async def _collect(request: Request, gen: Generation) -> str | None:
+async def _collect(request: Request, gen: Generation) -> tuple[str, list[TokenLogprob]] | None:
     """The whole answer, or ``None`` when the client hung up first (its slot is then freed)."""
-    answer = asyncio.ensure_future(gen.text())
+    answer = asyncio.ensure_future(gen.collect())
     watcher = asyncio.ensure_future(_until_disconnect(request))
     try:
         await asyncio.wait({answer, watcher}, return_when=asyncio.FIRST_COMPLETED)
@@ -170,10 +196,10 @@ async def _respond(
         return StreamingResponse(
             _stream(gen, shape, usage), media_type="text/event-stream", headers=headers
         )
-    text = await _collect(request, gen)
-    if text is None:
+    answer = await _collect(request, gen)
+    if answer is None:
         return Response(status_code=499)
-    return JSONResponse(shape.body(gen, text))
+    return JSONResponse(shape.body(gen, *answer))
 
 
 def create_app(

@@ -7,9 +7,11 @@ setting took effect when it did not.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import json
+from dataclasses import replace
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edgeinfer.engine.base import Sampling
 from edgeinfer.service import GenerateOptions
@@ -44,6 +46,28 @@ class StreamOptions(_Strict):
 class EdgeInferOptions(_Strict):
     """edgeinfer's own per-request options (the openai SDK sends them through ``extra_body``)."""
 
+    timeout: Annotated[float, Field(gt=0, le=86_400)] | None = None
+
+
+class JsonSchemaFormat(_Strict):
+    name: str = "response"
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+
+
+class ResponseFormat(_Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("json_schema is required for type json_schema")
+        return self
+
 
 Stop = str | Annotated[list[str], Field(max_length=4)] | None
 
@@ -65,6 +89,7 @@ class _Sampling(_Strict):
     stream_options: StreamOptions | None = None
     n: Annotated[int, Field(ge=1, le=1)] = 1
     user: str | None = None
+    response_format: ResponseFormat | None = None
     edgeinfer: EdgeInferOptions | None = None
 
     @field_validator("logit_bias")
@@ -77,9 +102,17 @@ class _Sampling(_Strict):
 
     def options(self) -> GenerateOptions:
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        fmt = self.response_format
+        kind = fmt.type if fmt is not None and fmt.type != "text" else None
+        schema = None
+        if fmt is not None and fmt.json_schema is not None:
+            schema = json.dumps(fmt.json_schema.schema_)
         return GenerateOptions(
             max_tokens=self.max_tokens,
             stop=stop,
+            response_format=kind,
+            json_schema=schema,
+            timeout=self.edgeinfer.timeout if self.edgeinfer else None,
             sampling=Sampling(
                 temperature=self.temperature,
                 top_p=self.top_p,
@@ -97,12 +130,20 @@ class _Sampling(_Strict):
 class ChatCompletionRequest(_Sampling):
     messages: Annotated[list[Message], Field(min_length=1)]
     max_completion_tokens: Annotated[int, Field(ge=1, le=_MAX_TOKENS_LIMIT)] | None = None
+    logprobs: bool = False
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ChatCompletionRequest:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
 
     def options(self) -> GenerateOptions:
         opts = super().options()
-        if self.max_completion_tokens is not None and self.max_tokens is None:
-            return GenerateOptions(self.max_completion_tokens, opts.sampling, opts.stop)
-        return opts
+        max_tokens = self.max_tokens if self.max_tokens is not None else self.max_completion_tokens
+        logprobs = (self.top_logprobs or 0) if self.logprobs else None
+        return replace(opts, max_tokens=max_tokens, logprobs=logprobs)
 
 
 class CompletionRequest(_Sampling):

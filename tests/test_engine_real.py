@@ -1,0 +1,216 @@
+"""Continuous batching and prefix reuse on the real `tiny` model: correct, isolated, visible."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgeinfer.config.load import bundled_catalogue_path, load_catalogue
+from edgeinfer.engine import llama
+from edgeinfer.engine.base import Sampling
+from edgeinfer.errors import InvalidRequest
+from edgeinfer.pool.scheduler import ModelPool
+from edgeinfer.pool.slots import common_prefix
+from edgeinfer.service import GenerateOptions, InferenceService
+from tests.conftest import start_daemon
+
+pytestmark = pytest.mark.real
+
+GREEDY = GenerateOptions(max_tokens=48, sampling=Sampling(temperature=0))
+
+
+class Pool:
+    """A real in-process pool over the real engine (no HTTP), for precise scheduling tests."""
+
+    def __init__(self, path: Path, state_dir: Path | None = None, **spec: Any) -> None:
+        base = load_catalogue([bundled_catalogue_path()]).models["tiny"]
+        self.pool = ModelPool(llama.load, state_dir=state_dir)
+        self.pool.add(base.model_copy(update=spec), path, "0" * 64)
+        self.pool.wait_loaded()
+        self.service = InferenceService(self.pool)
+
+    def chat(self, *conversations: list[dict[str, str]], options: GenerateOptions = GREEDY) -> Any:
+        async def one(messages: list[dict[str, str]]) -> tuple[str, Any]:
+            gen = await self.service.chat("tiny", messages, options)
+            return await gen.text(), gen.result
+
+        async def many() -> list[tuple[str, Any]]:
+            return await asyncio.gather(*(one(m) for m in conversations))
+
+        return asyncio.run(many())
+
+    def stats(self) -> dict[str, Any]:
+        snapshot: dict[str, Any] = self.pool.snapshot()["tiny"]
+        return snapshot
+
+    def tokens(self, messages: list[dict[str, str]]) -> list[int]:
+        from edgeinfer.prompt.template import render_chat
+
+        engine = self.pool.get("tiny")[1].engine
+        prompt = render_chat(engine.info.chat_template, messages)
+        return engine.tokenize(prompt, add_special=False)
+
+    def close(self) -> None:
+        self.pool.stop()
+
+
+@pytest.fixture
+def pools(tiny_path: Path) -> Iterator[list[Pool]]:
+    made: list[Pool] = []
+    yield made
+    for p in made:
+        p.close()
+
+
+def user(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+QUESTIONS = [
+    "What is the tallest mountain on Earth?",
+    "Write a haiku about autumn leaves.",
+    "Explain what a CPU does in two sentences.",
+    "List three uses of copper.",
+    "Why do cats purr?",
+    "Translate 'good morning' into French.",
+    "What is 12 times 12?",
+    "Describe the color blue to someone who cannot see.",
+]
+
+
+def test_greedy_output_alone_equals_output_among_seven_concurrent(
+    tiny_path: Path, pools: list[Pool]
+) -> None:
+    alone = []
+    for q in QUESTIONS:
+        fresh = Pool(tiny_path, slots=8)
+        pools.append(fresh)
+        alone.append(fresh.chat(user(q))[0][0])
+    shared = Pool(tiny_path, slots=8)
+    pools.append(shared)
+    together = [text for text, _ in shared.chat(*(user(q) for q in QUESTIONS))]
+    assert together == alone
+    assert shared.stats()["requests"] == 8
+
+
+def test_interleaved_conversations_never_see_each_other(tiny_path: Path, pools: list[Pool]) -> None:
+    topics = {"a": "my dog Rex, a brown beagle", "b": "my car, a red 1967 Mustang"}
+    follow_ups = ["What did I just tell you about?", "Give it a nickname.", "Summarise it."]
+
+    def run(pool: Pool, names: list[str]) -> dict[str, list[str]]:
+        history = {
+            n: [{"role": "user", "content": f"Let me tell you about {topics[n]}."}] for n in names
+        }
+        answers: dict[str, list[str]] = {n: [] for n in names}
+        for turn in range(3):
+            for n in names:  # round robin: a, b, a, b, ...
+                ((text, result),) = pool.chat(history[n])
+                answers[n].append(text)
+                # the reused KV is never more than what this conversation itself evaluated
+                assert result.usage.cached_tokens <= len(pool.tokens(history[n])) - 1
+                history[n] += [
+                    {"role": "assistant", "content": text},
+                    {"role": "user", "content": follow_ups[turn]},
+                ]
+        return answers
+
+    together = Pool(tiny_path, slots=2)
+    pools.append(together)
+    interleaved = run(together, ["a", "b"])
+    for name in ("a", "b"):
+        alone = Pool(tiny_path, slots=2)
+        pools.append(alone)
+        assert run(alone, [name])[name] == interleaved[name]
+    assert together.stats()["prefix_kept"] >= 4  # each conversation continued in its slot
+
+    # an unrelated new conversation gets at most the chat template's shared head
+    fresh = user("Tell me about the history of the printing press.")
+    ((_, result),) = together.chat(fresh)
+    head = max(
+        common_prefix(together.tokens(fresh), together.tokens(user(f"Let me tell you about {t}.")))
+        for t in topics.values()
+    )
+    assert result.usage.cached_tokens <= head
+
+
+def test_context_shift_generates_past_the_window(tiny_path: Path, pools: list[Pool]) -> None:
+    pool = Pool(tiny_path, n_ctx=192, n_keep=32, slots=1)
+    pools.append(pool)
+    no_eos = {0: -100.0, 2: -100.0, 4: -100.0}  # SmolLM2's end-of-generation tokens
+    options = GenerateOptions(max_tokens=300, sampling=Sampling(temperature=0, logit_bias=no_eos))
+    ((text, result),) = pool.chat(user("Count from one to one thousand in words."), options=options)
+    assert result.reason == "length"
+    assert result.usage.completion_tokens == 300
+    assert result.usage.prompt_tokens + 300 > 192
+    assert pool.stats()["context_shifts"] >= 1
+    assert len(text) > 300
+
+
+def test_context_shift_off_stops_at_the_window(tiny_path: Path, pools: list[Pool]) -> None:
+    pool = Pool(tiny_path, n_ctx=192, slots=1, context_shift=False)
+    pools.append(pool)
+    no_eos = {0: -100.0, 2: -100.0, 4: -100.0}
+    options = GenerateOptions(max_tokens=190, sampling=Sampling(temperature=0, logit_bias=no_eos))
+    ((_, result),) = pool.chat(user("Count from one to one thousand in words."), options=options)
+    assert result.reason == "length"
+    assert result.usage.prompt_tokens + result.usage.completion_tokens <= 192
+    assert pool.stats()["context_shifts"] == 0
+    with pytest.raises(InvalidRequest, match="at most 192"):  # more than fits: refused upfront
+        pool.chat(user("hi"), options=GenerateOptions(max_tokens=300))
+
+
+def test_evicted_conversation_is_restored_exactly_from_ram(
+    tiny_path: Path, pools: list[Pool]
+) -> None:
+    pool = Pool(tiny_path, slots=1, prompt_cache_min_tokens=64)
+    pools.append(pool)
+    long = user(
+        "Here are my notes. "
+        + " ".join(f"Item {i} is {i * 7} grams." for i in range(40))
+        + " What is item 3?"
+    )
+    ((first, _),) = pool.chat(long)
+    pool.chat(user("Something else entirely: what is the capital of Italy?"))  # evicts it
+    ((again, result),) = pool.chat(long)
+    assert pool.stats()["prefix_restored_ram"] == 1
+    assert result.usage.cached_tokens == result.usage.prompt_tokens - 1
+    assert again == first
+
+
+def test_disk_tier_serves_a_warm_prompt_after_a_daemon_restart(tiny_path: Path) -> None:
+    d = start_daemon("--models", "tiny", wait=False)
+    d.stop()  # only to get a home; configure a low save threshold for this test
+    (d.home / "config").mkdir(parents=True, exist_ok=True)
+    (d.home / "config" / "models.toml").write_text("[models.tiny]\nprompt_cache_min_tokens = 64\n")
+    body = {
+        "model": "tiny",
+        "max_tokens": 24,
+        "temperature": 0,
+        "messages": user(
+            "Notes: "
+            + " ".join(f"Box {i} holds {i * 3} apples." for i in range(40))
+            + " How many apples are in box 5?"
+        ),
+    }
+    first = start_daemon("--models", "tiny", home=d.home)
+    with first.client() as c:
+        cold = c.post("/v1/chat/completions", json=body).json()
+    first.stop()
+    second = start_daemon("--models", "tiny", home=d.home)
+    try:
+        with second.client() as c:
+            warm = c.post("/v1/chat/completions", json=body).json()
+            stats = c.get("/stats").json()["models"]["tiny"]
+    finally:
+        second.stop()
+    assert cold["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+    assert (
+        warm["usage"]["prompt_tokens_details"]["cached_tokens"]
+        == warm["usage"]["prompt_tokens"] - 1
+    )
+    assert stats["prefix_restored_disk"] == 1
+    assert warm["choices"][0]["message"]["content"] == cold["choices"][0]["message"]["content"]

@@ -24,28 +24,6 @@ def _setup_logging(verbose: bool) -> None:
     )
 
 
-def _progress() -> object:
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=False,
-    )
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     from edgeinfer.bootstrap import DaemonSettings, build_app
     from edgeinfer.server.daemon import refuse_if_live, run
@@ -57,9 +35,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     refuse_if_live(path)
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
     settings = DaemonSettings(paths=paths, socket=path, models=models)
-    progress = _progress()
-    with progress:  # type: ignore[attr-defined]
-        app = build_app(settings, progress=progress)  # type: ignore[arg-type]
+    from rich.console import Console
+
+    progress = cli_models.progress_bars(Console(stderr=True))
+    with progress:
+        app = build_app(settings, progress=progress)
     run(app, path)
     return 0
 

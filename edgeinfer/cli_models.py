@@ -72,15 +72,20 @@ class _Env:
         )
 
     def progress(self) -> Progress:
-        return Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=self.err,
-            disable=not self.err.is_terminal,  # bars are for people; logs get the result line
-        )
+        return progress_bars(self.err)
+
+
+def progress_bars(console: Console) -> Progress:
+    """Download-style bars on ``console`` (stderr), shown only when it is a terminal."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not console.is_terminal,  # bars are for people; logs get the result line
+    )
 
 
 def run(

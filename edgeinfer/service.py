@@ -15,7 +15,8 @@ from typing import Any
 
 from edgeinfer.engine.base import Sampling, TokenLogprob
 from edgeinfer.errors import EdgeInferError, InvalidRequest
-from edgeinfer.pool.runner import Delta, Event, Failed, Finished, GenRequest, ModelRunner
+from edgeinfer.pool.events import Delta, Event, Failed, Finished, GenRequest
+from edgeinfer.pool.runner import ModelRunner
 from edgeinfer.pool.scheduler import ModelPool, ServedModel
 from edgeinfer.prompt.template import render_chat
 

@@ -12,8 +12,9 @@ import pytest
 from edgeinfer.engine.base import EngineParams, Sampling
 from edgeinfer.engine.fake import FakeEngine, factory
 from edgeinfer.errors import Busy, ContextLengthExceeded, RequestTimeout
+from edgeinfer.pool.events import Delta, Event, Failed, Finished, GenRequest
 from edgeinfer.pool.prefix_store import PrefixStore
-from edgeinfer.pool.runner import Delta, Event, Failed, Finished, GenRequest, ModelRunner
+from edgeinfer.pool.runner import ModelRunner
 
 
 class Sink:

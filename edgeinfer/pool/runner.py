@@ -18,14 +18,13 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from edgeinfer.engine.base import (
     BatchItem,
     Engine,
     EngineFactory,
     EngineParams,
-    Sampling,
     TokenLogprob,
 )
 from edgeinfer.errors import (
@@ -36,63 +35,22 @@ from edgeinfer.errors import (
     ModelUnavailable,
     RequestTimeout,
 )
+from edgeinfer.pool.events import (
+    Delta,
+    Failed,
+    Finished,
+    FinishReason,
+    GenRequest,
+    Usage,
+)
 from edgeinfer.pool.prefix_store import PrefixStore
 from edgeinfer.pool.slots import choose_slot, common_prefix, plan_reuse, plan_step
 from edgeinfer.pool.text import TextStream
 
 log = logging.getLogger("edgeinfer.runner")
 
-FinishReason = Literal["stop", "length", "cancelled"]
 # A copy or restore must bring at least this many more prompt tokens than the slot has.
 _MIN_GAIN = 16
-
-
-@dataclass(frozen=True)
-class Usage:
-    prompt_tokens: int
-    completion_tokens: int
-    cached_tokens: int
-    ttft_s: float
-    total_s: float
-
-
-@dataclass(frozen=True)
-class Delta:
-    text: str
-    logprobs: tuple[TokenLogprob, ...] = ()  # the tokens this text came from, when asked
-
-
-@dataclass(frozen=True)
-class Finished:
-    reason: FinishReason
-    usage: Usage
-
-
-@dataclass(frozen=True)
-class Failed:
-    error: EdgeInferError
-
-
-Event = Delta | Finished | Failed
-
-
-@dataclass(eq=False)
-class GenRequest:
-    """A tokenized generation request, handed to a runner."""
-
-    prompt: list[int]
-    sampling: Sampling
-    max_tokens: int
-    emit: Callable[[Event], None]
-    stop: tuple[str, ...] = ()
-    logprobs: int | None = None  # None: off; n: the sampled token's logprob and the top n
-    deadline: float | None = None  # monotonic seconds
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    submitted: float = field(default_factory=time.monotonic)
-
-    def cancel(self) -> None:
-        """Called from any thread (client hung up); the slot is freed within one step."""
-        self.cancelled.set()
 
 
 @dataclass(eq=False)

@@ -1,0 +1,62 @@
+"""What flows between the event loop and a runner: the request, and the events it emits."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from edgeinfer.engine.base import Sampling, TokenLogprob
+from edgeinfer.errors import EdgeInferError
+
+FinishReason = Literal["stop", "length", "cancelled"]
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    ttft_s: float
+    total_s: float
+
+
+@dataclass(frozen=True)
+class Delta:
+    text: str
+    logprobs: tuple[TokenLogprob, ...] = ()  # the tokens this text came from, when asked
+
+
+@dataclass(frozen=True)
+class Finished:
+    reason: FinishReason
+    usage: Usage
+
+
+@dataclass(frozen=True)
+class Failed:
+    error: EdgeInferError
+
+
+Event = Delta | Finished | Failed
+
+
+@dataclass(eq=False)
+class GenRequest:
+    """A tokenized generation request, handed to a runner."""
+
+    prompt: list[int]
+    sampling: Sampling
+    max_tokens: int
+    emit: Callable[[Event], None]
+    stop: tuple[str, ...] = ()
+    logprobs: int | None = None  # None: off; n: the sampled token's logprob and the top n
+    deadline: float | None = None  # monotonic seconds
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    submitted: float = field(default_factory=time.monotonic)
+
+    def cancel(self) -> None:
+        """Called from any thread (client hung up); the slot is freed within one step."""
+        self.cancelled.set()

@@ -1,0 +1,404 @@
+"""Helpers for scripts/bench_engine.py: deterministic workload text, server processes, replies,
+tables. Nothing here measures anything by itself."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+# -- workload text ----------------------------------------------------------------------------
+
+_SUBJECTS = [
+    "The old lighthouse keeper",
+    "A young civil engineer",
+    "The city council",
+    "Our neighbour's cat",
+    "The research team",
+    "A travelling violinist",
+    "The night-shift baker",
+    "A retired sea captain",
+    "The village librarian",
+    "Two curious students",
+    "The orchard manager",
+    "A clockmaker's apprentice",
+]
+_VERBS = [
+    "repaired",
+    "described",
+    "discovered",
+    "painted",
+    "measured",
+    "forgot about",
+    "catalogued",
+    "photographed",
+    "argued over",
+    "carefully wrapped",
+    "sold",
+    "borrowed",
+]
+_OBJECTS = [
+    "a broken brass compass",
+    "the northern footbridge",
+    "three copper kettles",
+    "an unfinished map of the coast",
+    "the blue wooden boat",
+    "a jar of wild honey",
+    "the tallest pine on the hill",
+    "a box of faded letters",
+    "the station's signal lamp",
+    "a pair of leather boots",
+    "the seventh chapter of an old novel",
+    "a basket of green apples",
+]
+_TAILS = [
+    "before the storm arrived",
+    "while the market was closing",
+    "after a long and quiet winter",
+    "in the reading room of the library",
+    "on the first warm day of spring",
+    "without telling anyone",
+    "as the tide went out",
+    "during the harvest festival",
+    "late on a Tuesday evening",
+    "under a sky full of gulls",
+    "with surprising patience",
+    "because the mayor had asked",
+]
+TOPICS_ADJ = ["brave", "lonely", "clever", "tiny", "ancient", "curious", "sleepy", "noisy"]
+TOPICS_NOUN = ["robot", "dragon", "gardener", "lighthouse", "fox", "pirate", "astronaut", "baker"]
+
+
+def sentences(seed: int) -> Callable[[], str]:
+    """A deterministic source of varied sentences (same seed, same sequence)."""
+    rng = random.Random(seed)
+
+    def next_sentence() -> str:
+        parts = [rng.choice(_SUBJECTS), rng.choice(_VERBS), rng.choice(_OBJECTS)]
+        tail = rng.choice(_TAILS)
+        day = f" on day {rng.randint(2, 400)}" if rng.random() < 0.3 else ""
+        return f"{' '.join(parts)} {tail}{day}."
+
+    return next_sentence
+
+
+def text_of_tokens(count: Callable[[str], int], n_tokens: int, seed: int) -> str:
+    """Varied prose of at least ``n_tokens`` tokens (counted with the model's tokenizer)."""
+    nxt = sentences(seed)
+    words: list[str] = []
+    while True:
+        words.extend(nxt() for _ in range(4))
+        text = " ".join(words)
+        if count(text) >= n_tokens:
+            return text
+
+
+def topics(n: int, offset: int = 0) -> list[str]:
+    """``n`` distinct story topics such as "a brave robot"; ``offset`` skips earlier ones."""
+    pairs = [(a, b) for b in TOPICS_NOUN for a in TOPICS_ADJ]
+    return [f"a {a} {b}" for a, b in pairs[offset : offset + n]]
+
+
+def chatml(messages: Sequence[tuple[str, str]], *, open_assistant: bool = True) -> str:
+    """ChatML (SmolLM2 and Qwen use it), formatted once and sent raw to every side."""
+    body = "".join(f"<|im_start|>{role}\n{content}<|im_end|>\n" for role, content in messages)
+    return body + ("<|im_start|>assistant\n" if open_assistant else "")
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+# -- one answered request ------------------------------------------------------------------------
+
+
+@dataclass
+class Reply:
+    """One answered request, as every side reports it."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int | None  # prompt tokens whose KV was reused
+    evaluated: int | None  # prompt tokens the engine really evaluated for this request
+    client_ttft_s: float | None  # streaming only: time to the first content chunk
+    server_ttft_ms: float | None
+    wall_s: float
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("text")
+        return data
+
+
+def reply_from_openai(body: Mapping[str, Any], text: str, wall: float, ttft: float | None) -> Reply:
+    """A :class:`Reply` from an OpenAI completion body (edgeinfer's or llama-server's)."""
+    usage = body.get("usage") or {}
+    timings = body.get("timings") or {}  # llama-server
+    ours = (body.get("edgeinfer") or {}).get("timings") or {}
+    details = usage.get("prompt_tokens_details") or {}
+    prompt = int(usage.get("prompt_tokens", 0))
+    cached = details.get("cached_tokens", timings.get("cache_n"))
+    evaluated = timings.get("prompt_n")
+    if evaluated is None and cached is not None:
+        evaluated = prompt - int(cached)
+    server_ttft = ours.get("ttft_ms", timings.get("prompt_ms"))
+    return Reply(
+        text=text,
+        prompt_tokens=prompt,
+        completion_tokens=int(usage.get("completion_tokens", 0)),
+        cached_tokens=None if cached is None else int(cached),
+        evaluated=None if evaluated is None else int(evaluated),
+        client_ttft_s=ttft,
+        server_ttft_ms=None if server_ttft is None else float(server_ttft),
+        wall_s=wall,
+    )
+
+
+def merge_chunk(into: dict[str, Any], chunk: Mapping[str, Any]) -> str:
+    """Fold one SSE chunk's usage/timings into ``into``; return its text (may be empty)."""
+    if "error" in chunk:
+        raise BenchError(f"server error in stream: {json.dumps(chunk['error'])}")
+    for key in ("usage", "timings", "edgeinfer"):
+        if chunk.get(key):
+            into[key] = chunk[key]
+    choices = chunk.get("choices") or []
+    return str(choices[0].get("text") or "") if choices else ""
+
+
+class BenchError(RuntimeError):
+    """The benchmark cannot go on (a server failed to start, a request failed)."""
+
+
+# -- processes ----------------------------------------------------------------------------------
+
+
+class ServerProcess:
+    """A server subprocess (edgeinfer daemon or llama-server) logging to a file."""
+
+    def __init__(
+        self, argv: list[str], env: dict[str, str], log: Path, ready: Callable[[], bool]
+    ) -> None:
+        self.argv, self.env, self.log, self._ready = argv, env, log, ready
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, timeout: float = 300.0) -> float:
+        """Start and wait until ready; return the seconds it took."""
+        t0 = time.monotonic()
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=out)
+        while time.monotonic() - t0 < timeout:
+            if self.proc.poll() is not None:
+                raise BenchError(
+                    f"{self.argv[0]} exited with {self.proc.returncode}:\n{self.tail()}"
+                )
+            if self._ready():
+                return time.monotonic() - t0
+            time.sleep(0.1)
+        self.stop()
+        raise BenchError(f"{self.argv[0]} not ready after {timeout:.0f} s:\n{self.tail()}")
+
+    def stop(self, timeout: float = 30.0) -> float:
+        """SIGTERM, wait (SIGKILL past ``timeout``); return the seconds it took."""
+        t0 = time.monotonic()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return time.monotonic() - t0
+
+    def tail(self, n: int = 30) -> str:
+        lines = self.log.read_text(errors="replace").splitlines() if self.log.exists() else []
+        return "\n".join(lines[-n:])
+
+
+def unix_accepts(path: Path) -> bool:
+    """Whether something accepts on the socket (httpx leaks a socket on a refused connect)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rss_mib(pid: int) -> float | None:
+    """Resident set size of ``pid`` in MiB (Linux /proc, else psutil when installed)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    try:
+        psutil = importlib.import_module("psutil")  # optional, never a dependency
+    except ImportError:
+        return None
+    return float(psutil.Process(pid).memory_info().rss) / (1 << 20)
+
+
+class CpuWatch:
+    """CPU seconds other processes used since it was made (Linux): a busy machine skews figures.
+
+    Whole-machine busy time from /proc/stat, less this process's, its waited-for children's and
+    the live server's (``server()`` gives its pid, which may change across a restart).
+    """
+
+    def __init__(self, server: Callable[[], int | None] = lambda: None) -> None:
+        self._server = server
+        self._busy, self._ours = _machine_busy_s(), self._our_cpu_s()
+
+    def _our_cpu_s(self) -> float:
+        t = os.times()
+        pid = self._server()
+        return t.user + t.system + t.children_user + t.children_system + _proc_cpu_s(pid)
+
+    def others_s(self) -> float | None:
+        busy = _machine_busy_s()
+        if busy is None or self._busy is None:
+            return None
+        return max(0.0, (busy - self._busy) - (self._our_cpu_s() - self._ours))
+
+
+def machine_share(cpu_s: float | None, wall_s: float) -> float | None:
+    """``cpu_s`` CPU seconds over ``wall_s`` as a share of all the machine's CPUs."""
+    return None if cpu_s is None or wall_s <= 0 else cpu_s / wall_s / (os.cpu_count() or 1)
+
+
+def _machine_busy_s() -> float | None:
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except (OSError, IndexError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq = (int(f) for f in fields[:7])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def _proc_cpu_s(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+@contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """Silence native code writing to fd 2 (llama.cpp's context warnings)."""
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def physical_cores() -> int:
+    """The thread count edgeinfer's engine picks for ``threads = 0`` (same rule, both sides)."""
+    n = os.cpu_count() or 2
+    return max(1, n // 2 if n > 4 else n)
+
+
+# -- user catalogue for the daemon ----------------------------------------------------------------
+
+
+def toml_value(value: Any) -> str:
+    """The TOML for the plain values a ModelSpec dumps to (no dates, no nested arrays of tables)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        items = [f"{k} = {toml_value(v)}" for k, v in value.items() if v is not None]
+        return "{ " + ", ".join(items) + " }"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+def toml_table(name: str, values: Mapping[str, Any]) -> str:
+    lines = [f"[models.{json.dumps(name)}]"]
+    lines += [f"{k} = {toml_value(v)}" for k, v in values.items() if v is not None]
+    return "\n".join(lines) + "\n"
+
+
+# -- output -------------------------------------------------------------------------------------
+
+
+def note(message: str) -> None:
+    """Progress, on stderr so stdout holds only the report."""
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def fmt(value: object, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    cells = [list(headers)] + [[fmt(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    print(f"\n{title}")
+    for k, row in enumerate(cells):
+        line = "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
+        print("  " + line.rstrip())
+        if k == 0:
+            print("  " + "  ".join("-" * w for w in widths))
+
+
+def verdict(value: float | None, op: str, target: float, unit: str = "x") -> str:
+    """ "target >= 1.6x: MET" (``op`` is ">=" or "<=")."""
+    shown = f"{target:g}{unit}" if unit == "x" else f"{target:.0%}"
+    if value is None:
+        return f"target {op} {shown}: n/a"
+    met = value >= target if op == ">=" else value <= target
+    return f"target {op} {shown}: {'MET' if met else 'NOT MET'}"
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None

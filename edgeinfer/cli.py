@@ -75,6 +75,21 @@ def cmd_health(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_paths(args: argparse.Namespace) -> int:
+    """Where edgeinfer keeps things (for curl's --unix-socket, backups, clean-ups)."""
+    paths = resolve()
+    rows = {
+        "socket": socket_path(paths, args.socket),
+        "config": paths.user_models_toml,
+        "models": paths.models_dir,
+        "cache": paths.cache_dir,
+        "logs": paths.log_dir,
+    }
+    for name, value in rows.items():
+        print(f"{name:<7} {value}")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from edgeinfer.bootstrap import catalogue_paths, real_quantizer
 
@@ -107,6 +122,10 @@ def parser() -> argparse.ArgumentParser:
     health = sub.add_parser("health", help="print the daemon's health")
     health.add_argument("--socket")
     health.set_defaults(func=cmd_health)
+
+    where = sub.add_parser("paths", help="print the socket, config, model and cache paths")
+    where.add_argument("--socket")
+    where.set_defaults(func=cmd_paths)
 
     cli_models.register(sub)
     for name, action in sub.choices.items():

@@ -9,6 +9,7 @@ socket path. Callers pass the results down; nothing deeper reads the environment
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,12 +57,17 @@ def resolve(env: dict[str, str] | None = None) -> Paths:
     else:
         dirs = platformdirs.PlatformDirs(APP, appauthor=False)
         data = Path(dirs.user_data_dir)
+        with warnings.catch_warnings():
+            # Without XDG_RUNTIME_DIR platformdirs falls back to a private dir under /tmp and
+            # warns; `edgeinfer paths` and the daemon's start line say where the socket is.
+            warnings.simplefilter("ignore", platformdirs.RuntimeDirWarning)
+            runtime = Path(dirs.user_runtime_dir)
         paths = Paths(
             config_dir=Path(dirs.user_config_dir),
             data_dir=data,
             cache_dir=Path(dirs.user_cache_dir),
             log_dir=Path(dirs.user_log_dir),
-            runtime_dir=Path(dirs.user_runtime_dir),
+            runtime_dir=runtime,
             models_dir=data / "models",
         )
     models = env.get("EDGEINFER_MODELS_DIR")

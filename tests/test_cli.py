@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -70,3 +72,16 @@ def test_ask_unknown_model_is_one_line(daemon: Daemon) -> None:
     )
     assert out.returncode == 1
     assert "model 'nope' is not served here" in out.stderr
+
+
+def test_paths_follow_edgeinfer_home(tmp_path: Path) -> None:
+    env = {**os.environ, "EDGEINFER_HOME": str(tmp_path / "h")}
+    env.pop("EDGEINFER_SOCKET", None)
+    env.pop("EDGEINFER_MODELS_DIR", None)
+    out = subprocess.run(
+        [sys.executable, "-m", "edgeinfer", "paths"], capture_output=True, text=True, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    rows = dict(line.split(maxsplit=1) for line in out.stdout.splitlines())
+    assert rows["socket"] == str(tmp_path / "h" / "run" / "edgeinfer.sock")
+    assert rows["models"] == str(tmp_path / "h" / "data" / "models")

@@ -12,8 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edgeinfer.cache.layer import ResponseCache
+from edgeinfer.cache.store import CacheStore, default_path
 from edgeinfer.config.load import bundled_catalogue_path, load_catalogue
 from edgeinfer.config.schema import Catalogue
+from edgeinfer.embed.base import MINILM_DIM, MINILM_NAME
 from edgeinfer.engine.base import EngineFactory
 from edgeinfer.errors import ConfigError, EdgeInferError
 from edgeinfer.models.store import ModelStore, Quantizer
@@ -34,6 +37,10 @@ class DaemonSettings:
     socket: Path
     models: Sequence[str] | None = None  # None: every catalogue entry with serve = true
     request_timeout: float = 600.0
+    cache: bool = True
+    cache_threshold: float = 0.95
+    cache_max_bytes: int = 512 << 20
+    cache_ttl_s: float | None = 7 * 24 * 3600.0
 
 
 def catalogue_paths(paths: Paths) -> list[Path]:
@@ -55,6 +62,20 @@ def real_quantizer() -> Quantizer:
     from edgeinfer.engine import llama
 
     return llama.quantize
+
+
+def open_cache_store(paths: Paths, settings: DaemonSettings | None = None) -> CacheStore:
+    """The cache database as the daemon opens it (the CLI's ``cache`` commands use it too)."""
+    s = settings or DaemonSettings(paths=paths, socket=paths.default_socket)
+    store = CacheStore(
+        default_path(paths),
+        dim=MINILM_DIM,
+        max_bytes=s.cache_max_bytes,
+        ttl_s=s.cache_ttl_s,
+        embedder=MINILM_NAME,
+    )
+    store.start()
+    return store
 
 
 def served_names(catalogue: Catalogue, requested: Sequence[str] | None) -> list[str]:
@@ -115,5 +136,29 @@ def build_app(
         state_dir=settings.paths.cache_dir / "kv",
     )
     pool.wait_loaded()
-    service = InferenceService(pool, request_timeout=settings.request_timeout)
-    return create_app(service, on_shutdown=pool.stop)
+    cache = build_cache(settings, pool) if settings.cache else None
+    service = InferenceService(pool, cache=cache, request_timeout=settings.request_timeout)
+
+    def shutdown() -> None:
+        pool.stop()
+        if cache is not None:
+            cache.close()
+
+    return create_app(service, on_shutdown=shutdown)
+
+
+def build_cache(settings: DaemonSettings, pool: ModelPool) -> ResponseCache | None:
+    """The exact + semantic response cache. Without its embedding model (say, offline on first
+    use) the daemon still serves, uncached, and says why in the log."""
+    from edgeinfer.embed.onnx import open_minilm  # onnxruntime loads only for the daemon
+
+    try:
+        embedder = open_minilm(settings.paths.models_dir)
+        store = open_cache_store(settings.paths, settings)
+    except EdgeInferError as exc:
+        log.error("response cache disabled: %s", exc.message)
+        return None
+    for served in pool.models():
+        if served.digest:  # entries of a model file that changed can never be served again
+            store.purge_model(served.name, served.digest)
+    return ResponseCache(store, embedder, threshold=settings.cache_threshold)

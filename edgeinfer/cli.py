@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from edgeinfer import __version__, cli_models
 from edgeinfer.errors import EdgeInferError
@@ -34,7 +35,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Fail fast on a live daemon before pulling or loading gigabytes.
     refuse_if_live(path)
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
-    settings = DaemonSettings(paths=paths, socket=path, models=models)
+    settings = DaemonSettings(paths=paths, socket=path, models=models, cache=not args.no_cache)
     from rich.console import Console
 
     progress = cli_models.progress_bars(Console(stderr=True))
@@ -90,6 +91,37 @@ def cmd_paths(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    """``edgeinfer cache stats|clear|export|import``: the database directly (SQLite locking
+    makes that safe beside a running daemon); stats add the daemon's live savings if it runs."""
+    import json
+
+    from edgeinfer.bootstrap import open_cache_store
+    from edgeinfer.client import Client
+    from edgeinfer.errors import DaemonError
+
+    paths = resolve()
+    store = open_cache_store(paths)
+    try:
+        if args.cache_command == "stats":
+            report: dict[str, object] = {"store": store.stats()}
+            try:
+                with Client(socket_path(paths, args.socket), timeout=10) as client:
+                    report["layers"] = (client.stats().get("cache") or {}).get("layers")
+            except DaemonError:
+                report["layers"] = "no daemon running: hit and savings counters live in it"
+            print(json.dumps(report, indent=2))
+        elif args.cache_command == "clear":
+            print(f"removed {store.clear()} entries")
+        elif args.cache_command == "export":
+            print(f"exported {store.export(Path(args.file))} entries to {args.file}")
+        else:
+            print(f"imported {store.import_(Path(args.file))} entries from {args.file}")
+    finally:
+        store.close()
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from edgeinfer.bootstrap import catalogue_paths, real_quantizer
 
@@ -107,6 +139,7 @@ def parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the daemon on a Unix socket")
     serve.add_argument("--models", help="comma-separated models to serve (default: catalogue)")
     serve.add_argument("--socket", help="socket path (default: the user runtime dir)")
+    serve.add_argument("--no-cache", action="store_true", help="run without the response cache")
     serve.add_argument("-v", "--verbose", action="store_true")
     serve.set_defaults(func=cmd_serve)
 
@@ -122,6 +155,16 @@ def parser() -> argparse.ArgumentParser:
     health = sub.add_parser("health", help="print the daemon's health")
     health.add_argument("--socket")
     health.set_defaults(func=cmd_health)
+
+    cache = sub.add_parser("cache", help="response cache: stats, clear, export, import")
+    cache_cmds = cache.add_subparsers(dest="cache_command", required=True)
+    stats = cache_cmds.add_parser("stats", help="entries, sizes, hits and savings per layer")
+    stats.add_argument("--socket", help="the daemon to ask for its live counters")
+    cache_cmds.add_parser("clear", help="remove every entry")
+    for name in ("export", "import"):
+        cmd = cache_cmds.add_parser(name, help=f"{name} entries as JSONL")
+        cmd.add_argument("file")
+    cache.set_defaults(func=cmd_cache)
 
     where = sub.add_parser("paths", help="print the socket, config, model and cache paths")
     where.add_argument("--socket")

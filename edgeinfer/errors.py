@@ -16,6 +16,7 @@ Library code raises these; the server maps them to OpenAI error JSON in one plac
     ├── ModelStoreError                  model_store_error
     │   └── IntegrityError               integrity_error         (size / sha256 mismatch)
     ├── EngineError                      engine_error            (llama.cpp refused something)
+    ├── CacheError                       cache_error             (cache database, export file)
     └── DaemonError                      daemon_error            (socket in use, path too long)
 """
 
@@ -109,3 +110,7 @@ class EngineError(EdgeInferError):
 
 class DaemonError(EdgeInferError):
     code = "daemon_error"
+
+
+class CacheError(EdgeInferError):
+    code = "cache_error"

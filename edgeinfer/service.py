@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from edgeinfer.cache.entry import CacheHit
+from edgeinfer.cache.layer import CacheRequest, ResponseCache
 from edgeinfer.engine.base import Sampling, TokenLogprob
 from edgeinfer.errors import EdgeInferError, InvalidRequest
-from edgeinfer.pool.events import Delta, Event, Failed, Finished, GenRequest
+from edgeinfer.pool.events import Delta, Event, Failed, Finished, GenRequest, Usage
 from edgeinfer.pool.runner import ModelRunner
 from edgeinfer.pool.scheduler import ModelPool, ServedModel
 from edgeinfer.prompt.template import render_chat
@@ -32,32 +34,78 @@ class GenerateOptions:
     response_format: str | None = None  # "json_object" | "json_schema"
     json_schema: str | None = None
     timeout: float | None = None  # seconds; the daemon's default when None
+    cache: str | None = None  # edgeinfer.cache: "off" | "exact" | "semantic"; None = policy
+    cache_threshold: float | None = None
+
+    def key_fields(self) -> dict[str, Any]:
+        """Everything here that changes the generated text, for the cache keys."""
+        fields = asdict(self.sampling)
+        fields.pop("grammar")  # derived from response_format/json_schema, which are keyed
+        fields["logit_bias"] = {str(k): v for k, v in self.sampling.logit_bias.items()}
+        return {
+            **fields,
+            "max_tokens": self.max_tokens,
+            "stop": list(self.stop),
+            "response_format": self.response_format,
+            "json_schema": self.json_schema,
+        }
 
 
 class Generation:
-    """One running generation: iterate it for text deltas, then read :attr:`result`.
+    """One answer in flight: iterate it for text deltas, then read :attr:`result`.
 
-    Iteration raises the request's error (an :class:`EdgeInferError`) if it fails; leaving the
-    iteration early (client hung up) must be followed by :meth:`cancel`, which frees the slot.
+    Produced by the engine (events from the runner thread) or replayed from the cache; the
+    server treats both alike. Iteration raises the request's error (an ``EdgeInferError``) if it
+    fails; leaving early (client hung up) must be followed by :meth:`cancel`, which frees the slot.
     """
 
-    def __init__(self, served: ServedModel, request: GenRequest, queue: asyncio.Queue[Event]):
-        self.model = served.name
-        self.digest = served.digest
-        self.prompt_tokens = len(request.prompt)
-        self.wants_logprobs = request.logprobs is not None
+    def __init__(
+        self,
+        model: str,
+        digest: str | None,
+        queue: asyncio.Queue[Event],
+        *,
+        prompt_tokens: int,
+        cancel: Callable[[], None] = lambda: None,
+        wants_logprobs: bool = False,
+        cache: dict[str, Any] | None = None,
+        on_finish: Callable[[str, Finished], None] | None = None,
+    ) -> None:
+        self.model = model
+        self.digest = digest
+        self.prompt_tokens = prompt_tokens
+        self.wants_logprobs = wants_logprobs
+        self.cache = cache or {"layer": None, "similarity": None}
         self.created = int(time.time())
         self.result: Finished | None = None
-        self._request = request
         self._queue = queue
+        self._cancel = cancel
+        self._on_finish = on_finish
+        self._text: list[str] = []
+
+    @classmethod
+    def replay(cls, model: str, digest: str | None, hit: CacheHit) -> Generation:
+        """A generation served from a cache hit, in the same shape as a fresh one."""
+        answer = hit.response
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+        queue.put_nowait(Delta(str(answer.get("content", ""))))
+        usage = Usage(hit.prompt_tokens, hit.completion_tokens, hit.prompt_tokens, 0.0, 0.0)
+        queue.put_nowait(Finished(answer.get("finish_reason", "stop"), usage))
+        info: dict[str, Any] = {"layer": hit.layer, "similarity": round(hit.similarity, 4)}
+        if hit.layer == "semantic":
+            info["question"] = hit.question
+        return cls(model, digest, queue, prompt_tokens=hit.prompt_tokens, cache=info)
 
     async def __aiter__(self) -> AsyncIterator[Delta]:
         while self.result is None:
             event = await self._queue.get()
             if isinstance(event, Delta):
+                self._text.append(event.text)
                 yield event
             elif isinstance(event, Finished):
                 self.result = event
+                if self._on_finish is not None and event.reason != "cancelled":
+                    self._on_finish("".join(self._text), event)
             else:
                 raise event.error
 
@@ -76,20 +124,42 @@ class Generation:
 
     def cancel(self) -> None:
         if self.result is None:
-            self._request.cancel()
+            self._cancel()
 
 
 class InferenceService:
     """Entry point of every request; built once by the composition root."""
 
-    def __init__(self, pool: ModelPool, *, request_timeout: float | None = 600.0) -> None:
+    def __init__(
+        self,
+        pool: ModelPool,
+        *,
+        cache: ResponseCache | None = None,
+        request_timeout: float | None = 600.0,
+    ) -> None:
         self.pool = pool
+        self.cache = cache
         self._timeout = request_timeout
 
     async def chat(
         self, model: str | None, messages: Sequence[Mapping[str, Any]], options: GenerateOptions
     ) -> Generation:
         served, runner = self.pool.get(model)
+        cached = None
+        if self.cache is not None and options.logprobs is None:  # a stored answer has none
+            cached = self.cache.request(
+                model=served.name,
+                digest=served.digest or "",
+                messages=[dict(m) for m in messages],
+                fields=options.key_fields(),
+                temperature=options.sampling.temperature,
+                seed=options.sampling.seed,
+                mode=options.cache,
+                threshold=options.cache_threshold,
+            )
+            hit = await self.cache.lookup(cached)
+            if hit is not None:
+                return Generation.replay(served.name, served.digest, hit)
         engine = runner.engine
         prompt = render_chat(
             engine.info.chat_template,
@@ -99,7 +169,20 @@ class InferenceService:
         )
         # The chat template already holds any BOS it wants; parse its special tokens.
         tokens = await asyncio.to_thread(engine.tokenize, prompt, add_special=False)
-        return await self._start(served, runner, tokens, options)
+        return await self._start(served, runner, tokens, options, self._storer(cached))
+
+    def _storer(self, req: CacheRequest | None) -> Callable[[str, Finished], None] | None:
+        """Step 6: what a finished generation hands to the cache."""
+        cache = self.cache
+        if cache is None or req is None or req.mode == "off":
+            return None
+
+        def store(text: str, done: Finished) -> None:
+            answer = {"content": text, "finish_reason": done.reason}
+            usage = (done.usage.prompt_tokens, done.usage.completion_tokens)
+            cache.put(req, answer, usage, done.usage.total_s)
+
+        return store
 
     async def complete(
         self, model: str | None, prompt: str, options: GenerateOptions
@@ -111,7 +194,12 @@ class InferenceService:
         return await self._start(served, runner, tokens, options)
 
     async def _start(
-        self, served: ServedModel, runner: ModelRunner, tokens: list[int], options: GenerateOptions
+        self,
+        served: ServedModel,
+        runner: ModelRunner,
+        tokens: list[int],
+        options: GenerateOptions,
+        on_finish: Callable[[str, Finished], None] | None = None,
     ) -> Generation:
         n_ctx = runner.params.n_ctx
         # With context shift a generation may run past the window, up to the model's cap.
@@ -149,7 +237,15 @@ class InferenceService:
             deadline=time.monotonic() + timeout if timeout else None,
         )
         runner.submit(request)
-        return Generation(served, request, queue)
+        return Generation(
+            served.name,
+            served.digest,
+            queue,
+            prompt_tokens=len(tokens),
+            cancel=request.cancel,
+            wants_logprobs=request.logprobs is not None,
+            on_finish=on_finish,
+        )
 
 
 __all__ = ["EdgeInferError", "Failed", "GenerateOptions", "Generation", "InferenceService"]

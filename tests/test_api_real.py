@@ -17,6 +17,7 @@ from tests.conftest import Daemon
 pytestmark = pytest.mark.real
 
 QUESTION = [{"role": "user", "content": "Name three primary colors."}]
+NO_CACHE = {"cache": "off"}  # tests of the engine itself, not of the response cache
 
 
 def chat(daemon: Daemon, **body: Any) -> httpx.Response:
@@ -73,8 +74,8 @@ def test_chat_streamed_matches_non_streamed(daemon: Daemon) -> None:
 
 def test_repeated_prompt_reuses_the_kv_prefix(daemon: Daemon) -> None:
     messages = [{"role": "user", "content": "Repeat after me: the quick brown fox."}]
-    chat(daemon, messages=messages, max_tokens=4, temperature=0)
-    again = chat(daemon, messages=messages, max_tokens=4, temperature=0).json()
+    chat(daemon, messages=messages, max_tokens=4, temperature=0, edgeinfer=NO_CACHE)
+    again = chat(daemon, messages=messages, max_tokens=4, temperature=0, edgeinfer=NO_CACHE).json()
     cached = again["usage"]["prompt_tokens_details"]["cached_tokens"]
     assert cached == again["usage"]["prompt_tokens"] - 1
 

@@ -188,6 +188,7 @@ def test_disk_tier_serves_a_warm_prompt_after_a_daemon_restart(tiny_path: Path) 
     (d.home / "config" / "models.toml").write_text("[models.tiny]\nprompt_cache_min_tokens = 64\n")
     body = {
         "model": "tiny",
+        "edgeinfer": {"cache": "off"},  # the KV disk tier, not the response cache
         "max_tokens": 24,
         "temperature": 0,
         "messages": user(

@@ -22,8 +22,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgeinfer import __version__
 from edgeinfer.engine.base import TokenLogprob
-from edgeinfer.errors import Busy, EdgeInferError, InvalidRequest
-from edgeinfer.server.schemas import ChatCompletionRequest, CompletionRequest
+from edgeinfer.errors import Busy, EdgeInferError, InvalidRequest, ModelUnavailable
+from edgeinfer.server.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from edgeinfer.service import Generation, InferenceService
 
 
@@ -67,7 +67,7 @@ def _usage(gen: Generation) -> dict[str, Any]:
 
 def _edgeinfer(gen: Generation) -> dict[str, Any]:
     """What edgeinfer did for this request; later layers add their entries."""
-    info: dict[str, Any] = {"model": gen.model, "model_sha256": gen.digest}
+    info: dict[str, Any] = {"model": gen.model, "model_sha256": gen.digest, "cache": gen.cache}
     if gen.result is not None:
         u = gen.result.usage
         info["cached_tokens"] = u.cached_tokens
@@ -259,6 +259,24 @@ def create_app(
         ]
         return {"object": "list", "data": data}
 
+    @app.post("/v1/embeddings")
+    async def embeddings(body: EmbeddingRequest) -> dict[str, Any]:
+        if service.cache is None:
+            raise ModelUnavailable("the embedding model is not loaded (see the daemon's log)")
+        embedder = service.cache.embedder
+        texts = body.texts()
+        vectors = await asyncio.to_thread(embedder.embed, texts)
+        tokens = sum(await asyncio.to_thread(embedder.token_counts, texts))
+        return {
+            "object": "list",
+            "model": embedder.name,
+            "data": [
+                {"object": "embedding", "index": i, "embedding": [float(x) for x in vec]}
+                for i, vec in enumerate(vectors)
+            ],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+
     @app.get("/health")
     async def health() -> dict[str, Any]:
         models = {
@@ -274,6 +292,7 @@ def create_app(
 
     @app.get("/stats")
     async def stats() -> dict[str, Any]:
-        return {"models": service.pool.snapshot()}
+        cache = await asyncio.to_thread(service.cache.stats) if service.cache else None
+        return {"models": service.pool.snapshot(), "cache": cache}
 
     return app

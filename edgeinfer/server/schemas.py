@@ -47,6 +47,8 @@ class EdgeInferOptions(_Strict):
     """edgeinfer's own per-request options (the openai SDK sends them through ``extra_body``)."""
 
     timeout: Annotated[float, Field(gt=0, le=86_400)] | None = None
+    cache: Literal["off", "exact", "semantic"] | None = None
+    cache_threshold: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
 
 
 class JsonSchemaFormat(_Strict):
@@ -113,6 +115,8 @@ class _Sampling(_Strict):
             response_format=kind,
             json_schema=schema,
             timeout=self.edgeinfer.timeout if self.edgeinfer else None,
+            cache=self.edgeinfer.cache if self.edgeinfer else None,
+            cache_threshold=self.edgeinfer.cache_threshold if self.edgeinfer else None,
             sampling=Sampling(
                 temperature=self.temperature,
                 top_p=self.top_p,
@@ -150,3 +154,13 @@ class CompletionRequest(_Sampling):
     prompt: str
     echo: Literal[False] = False
     suffix: None = None
+
+
+class EmbeddingRequest(_Strict):
+    input: str | Annotated[list[str], Field(min_length=1, max_length=2048)]
+    model: str | None = None
+    encoding_format: Literal["float"] = "float"
+    user: str | None = None
+
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)

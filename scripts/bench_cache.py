@@ -1,0 +1,207 @@
+"""Benchmark the semantic cache: hit quality on a labelled set, and lookup latency at scale.
+
+1. Precision and recall of semantic hits on labelled pairs (default: the dev set in
+   tests/data/semantic_pairs.jsonl) at thresholds 0.80-0.98, with and without the guard. The first
+   question of a pair is the stored one, the second the incoming one. Precision = served pairs that
+   were paraphrases / all served pairs; recall = served paraphrases / all paraphrases.
+2. Lookup latency, real embedding of the incoming question included, at 1k / 10k / 100k entries:
+   CacheStore (sqlite-vec Hamming KNN over sign bits + exact cosine rerank + guard) against a
+   brute-force numpy scan (exact cosine over all vectors + the same guard), in one run on the same
+   data. Entries are random unit vectors plus the real embeddings of the labelled set's stored
+   questions, all in ONE namespace (the worst case: the KNN cannot skip anything); queries are the
+   labelled set's incoming questions. "agree" is the share of queries where both methods serve the
+   same entry (or both miss).
+
+    .venv/bin/python scripts/bench_cache.py --quick
+    .venv/bin/python scripts/bench_cache.py --pairs heldout.jsonl --sizes 1000 --queries 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from edgeinfer.cache.entry import CacheEntry  # noqa: E402
+from edgeinfer.cache.guard import guard  # noqa: E402
+from edgeinfer.cache.store import GUARDED, CacheStore  # noqa: E402
+from edgeinfer.embed.onnx import OnnxEmbedder, open_minilm  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+THRESHOLDS = [round(0.80 + 0.02 * i, 2) for i in range(10)]
+NAMESPACE = "bench"
+
+
+def quality(pairs: list[dict[str, str]], sims: np.ndarray) -> list[dict[str, Any]]:
+    """Precision/recall per threshold, with and without the guard."""
+    same = np.array([p["label"] == "same" for p in pairs])
+    passed = np.array([guard(p["a"], p["b"]) is None for p in pairs])
+    rows = []
+    for threshold in THRESHOLDS:
+        row: dict[str, Any] = {"threshold": threshold}
+        for name, allowed in (("plain", np.ones_like(passed)), ("guard", passed)):
+            served = (sims >= threshold) & allowed
+            right = int((served & same).sum())
+            row[name] = {
+                "served": int(served.sum()),
+                "precision": right / served.sum() if served.any() else 1.0,
+                "recall": right / same.sum(),
+            }
+        rows.append(row)
+    return rows
+
+
+def print_quality(rows: list[dict[str, Any]], pairs: list[dict[str, str]]) -> None:
+    same = sum(p["label"] == "same" for p in pairs)
+    print(f"\n## Semantic hits on {len(pairs)} pairs ({same} paraphrases)\n")
+    print("| threshold | served | precision | recall "
+          "| served+guard | precision+guard | recall+guard |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        p, g = r["plain"], r["guard"]
+        print(
+            f"| {r['threshold']:.2f} | {p['served']} | {p['precision']:.3f} | {p['recall']:.3f} "
+            f"| {g['served']} | {g['precision']:.3f} | {g['recall']:.3f} |"
+        )
+
+
+def build(path: Path, size: int, planted: list[str], vectors: np.ndarray, dim: int) -> tuple[
+    CacheStore, np.ndarray, list[str]
+]:  # fmt: skip
+    """A store and the same data as a numpy matrix: random unit rows plus the planted questions."""
+    rng = np.random.default_rng(size)
+    randoms = rng.standard_normal((size - len(planted), dim)).astype(np.float32)
+    randoms /= np.linalg.norm(randoms, axis=1, keepdims=True)
+    matrix = np.vstack([randoms, vectors]).astype(np.float32)
+    questions = [f"stored filler question number {i}" for i in range(len(randoms))] + planted
+    store = CacheStore(path, dim=dim, max_bytes=1 << 40, ttl_s=None)
+    store.start()
+    for start in range(0, size, 5000):
+        store.put_many([
+            CacheEntry(f"k{i}", NAMESPACE, "tiny", "d", questions[i], matrix[i],
+                       {"choices": [{"message": {"content": f"answer {i}"}}]}, 20, 30, 1.0)
+            for i in range(start, min(size, start + 5000))
+        ])  # fmt: skip
+    return store, matrix, questions
+
+
+def brute_force(matrix: np.ndarray, questions: list[str], vector: np.ndarray, question: str,
+                threshold: float) -> str | None:  # fmt: skip
+    """The same decision as CacheStore.lookup_semantic, by exact cosine over every row."""
+    sims = matrix @ vector
+    top = np.argpartition(-sims, GUARDED)[:GUARDED] if len(sims) > GUARDED else np.arange(len(sims))
+    for i in top[np.argsort(-sims[top])]:
+        if sims[i] >= threshold and guard(questions[i], question) is None:
+            return str(questions[i])
+    return None
+
+
+def latency(embedder: OnnxEmbedder, pairs: list[dict[str, str]], sizes: list[int],
+            queries: int, threshold: float) -> list[dict[str, Any]]:  # fmt: skip
+    planted = sorted({p["a"] for p in pairs})
+    vectors = embedder.embed(planted)
+    asks = [p["b"] for p in pairs][:queries]
+    asks = (asks * (queries // max(1, len(asks)) + 1))[:queries]
+    rows = []
+    for size in sizes:
+        with tempfile.TemporaryDirectory(prefix="bench-cache-") as tmp:
+            t0 = time.perf_counter()
+            store, matrix, questions = build(
+                Path(tmp) / "c.sqlite3", size, planted, vectors, embedder.dim
+            )
+            built = time.perf_counter() - t0
+            store.lookup_semantic(NAMESPACE, vectors[0], planted[0], threshold)  # open the reader
+            vec_ms, np_ms, search_vec, search_np, agree = [], [], [], [], 0
+            for question in asks:
+                t0 = time.perf_counter()
+                v = embedder.embed([question])[0]
+                t1 = time.perf_counter()
+                hit = store.lookup_semantic(NAMESPACE, v, question, threshold)
+                t2 = time.perf_counter()
+                v2 = embedder.embed([question])[0]
+                t3 = time.perf_counter()
+                mine = brute_force(matrix, questions, v2, question, threshold)
+                t4 = time.perf_counter()
+                vec_ms.append((t2 - t0) * 1e3)
+                search_vec.append((t2 - t1) * 1e3)
+                np_ms.append((t4 - t2) * 1e3)
+                search_np.append((t4 - t3) * 1e3)
+                agree += (hit.question if hit else None) == mine
+            file_mb = sum(p.stat().st_size for p in Path(tmp).iterdir()) / 1e6
+            store.close()
+        rows.append({
+            "entries": size, "build_s": built, "file_mb": file_mb, "queries": len(asks),
+            "sqlite_vec_ms": _pcts(vec_ms), "numpy_ms": _pcts(np_ms),
+            "sqlite_vec_search_ms": _pcts(search_vec), "numpy_search_ms": _pcts(search_np),
+            "agree": agree / len(asks),
+        })  # fmt: skip
+    return rows
+
+
+def _pcts(values: list[float]) -> dict[str, float]:
+    return {"p50": float(np.percentile(values, 50)), "p99": float(np.percentile(values, 99))}
+
+
+def print_latency(rows: list[dict[str, Any]], threshold: float) -> None:
+    print(f"\n## Lookup latency, embedding included (threshold {threshold}, one namespace)\n")
+    print("| entries | sqlite-vec p50 | p99 | numpy p50 | p99 "
+          "| search only: sqlite-vec p50 / numpy p50 | agree | build s | db MB |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        v, n, sv, sn = (
+            r["sqlite_vec_ms"],
+            r["numpy_ms"],
+            r["sqlite_vec_search_ms"],
+            r["numpy_search_ms"],
+        )
+        print(
+            f"| {r['entries']:,} | {v['p50']:.2f} ms | {v['p99']:.2f} ms | {n['p50']:.2f} ms "
+            f"| {n['p99']:.2f} ms | {sv['p50']:.2f} / {sn['p50']:.2f} ms | {r['agree']:.0%} "
+            f"| {r['build_s']:.1f} | {r['file_mb']:.0f} |"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--pairs", type=Path, default=REPO / "tests" / "data" / "semantic_pairs.jsonl"
+    )
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 100_000])
+    parser.add_argument("--queries", type=int, default=300, help="lookups per size")
+    parser.add_argument("--threshold", type=float, default=0.80, help="for the latency runs")
+    parser.add_argument("--quick", action="store_true", help="100 lookups per size")
+    parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--models-dir", type=Path, default=Path(
+        os.environ.get("EDGEINFER_TEST_MODELS", REPO / ".edgeinfer-test" / "models")))  # fmt: skip
+    args = parser.parse_args(argv)
+    queries = 100 if args.quick else args.queries
+
+    embedder = open_minilm(args.models_dir, threads=args.threads)
+    pairs = [
+        json.loads(line) for line in args.pairs.read_text(encoding="utf-8").splitlines() if line
+    ]
+    a = embedder.embed([p["a"] for p in pairs])
+    b = embedder.embed([p["b"] for p in pairs])
+    rows = quality(pairs, (a * b).sum(axis=1))
+    print_quality(rows, pairs)
+    lat = latency(embedder, pairs, args.sizes, queries, args.threshold)
+    print_latency(lat, args.threshold)
+    if args.json:
+        args.json.write_text(json.dumps({"quality": rows, "latency": lat}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

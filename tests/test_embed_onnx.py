@@ -1,0 +1,94 @@
+"""The real MiniLM embedder (int8 ONNX via onnxruntime), its asset files, and the fake."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeinfer.embed.fake import FakeEmbedder
+from edgeinfer.embed.onnx import OnnxEmbedder
+from edgeinfer.errors import ModelStoreError, ModelUnavailable
+from edgeinfer.models.assets import ASSETS, asset_path, ensure_asset
+from tests.cache_fixtures import minilm_fixture  # noqa: F401
+from tests.conftest import MODELS_DIR
+
+pytestmark = pytest.mark.real
+
+
+def test_dimensions_and_unit_rows(minilm: OnnxEmbedder) -> None:
+    vectors = minilm.embed(["hello", "a much longer sentence about sqlite and vectors", ""])
+    assert minilm.dim == 384 and vectors.shape == (3, 384) and vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert minilm.embed([]).shape == (0, 384)
+
+
+def test_similarities_match_the_reference_figures(minilm: OnnxEmbedder) -> None:
+    """MODELS.md: cos(reset, forgot) = 0.89; either against France about 0.05-0.07."""
+    reset, forgot, france = minilm.embed([
+        "How do I reset my password?",
+        "I forgot my password, how can I change it?",
+        "What is the capital of France?",
+    ])  # fmt: skip
+    assert float(reset @ forgot) == pytest.approx(0.89, abs=0.01)
+    assert 0.0 < float(reset @ france) < 0.12 and 0.0 < float(forgot @ france) < 0.12
+
+
+def test_a_text_embeds_the_same_alone_or_in_a_padded_batch(minilm: OnnxEmbedder) -> None:
+    texts = ["Hi", "How do I merge two dictionaries in Python without losing keys?", "ok then"]
+    batched = minilm.embed(texts)
+    alone = np.vstack([minilm.embed([t]) for t in texts])
+    assert np.allclose(batched, alone, atol=1e-4)
+
+
+def test_long_texts_are_truncated_not_refused(minilm: OnnxEmbedder) -> None:
+    long = "word " * 2000
+    assert minilm.embed([long]).shape == (1, 384)
+
+
+def test_batches_larger_than_the_chunk(minilm: OnnxEmbedder) -> None:
+    small = OnnxEmbedder(
+        asset_path(MODELS_DIR, "minilm-onnx"), asset_path(MODELS_DIR, "minilm-tokenizer"), batch=2
+    )
+    texts = [f"sentence number {i}" for i in range(5)]
+    assert np.allclose(small.embed(texts), minilm.embed(texts), atol=1e-4)
+
+
+def test_a_broken_model_file_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"not onnx")
+    with pytest.raises(ModelUnavailable, match="cannot load the embedding model"):
+        OnnxEmbedder(bad, asset_path(MODELS_DIR, "minilm-tokenizer"))
+
+
+def test_assets_are_verified_and_refetched_when_damaged(tmp_path: Path) -> None:
+    path = ensure_asset(tmp_path, "minilm-tokenizer")
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == ASSETS["minilm-tokenizer"].sha256
+    path.write_bytes(b"{}")
+    assert (
+        ensure_asset(tmp_path, "minilm-tokenizer").stat().st_size == ASSETS["minilm-tokenizer"].size
+    )
+    with pytest.raises(ModelStoreError, match="unknown asset"):
+        ensure_asset(tmp_path, "nope")
+
+
+def test_only_the_onnx_module_imports_onnxruntime() -> None:
+    code = (
+        "import sys, edgeinfer.cache, edgeinfer.cache.store, edgeinfer.embed, edgeinfer.models;"
+        "print('onnxruntime' in sys.modules, 'tokenizers' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_fake_embedder_is_deterministic_and_word_based() -> None:
+    fake = FakeEmbedder(32)
+    a, b, c = fake.embed(["Reset my password", "reset MY password", "capital of France"])
+    assert float(a @ b) == pytest.approx(1.0) and float(a @ c) < 0.8
+    assert fake.calls == [["Reset my password", "reset MY password", "capital of France"]]
+    with pytest.raises(ValueError):
+        FakeEmbedder(30)

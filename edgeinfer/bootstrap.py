@@ -13,12 +13,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgeinfer.cache.layer import ResponseCache
+from edgeinfer.cache.savings import (
+    ENCODING_ASSETS,
+    CostEstimator,
+    Price,
+    load_encoding,
+)
 from edgeinfer.cache.store import CacheStore, default_path
 from edgeinfer.config.load import bundled_catalogue_path, load_catalogue
-from edgeinfer.config.schema import Catalogue
+from edgeinfer.config.schema import CacheSettings, Catalogue
 from edgeinfer.embed.base import MINILM_DIM, MINILM_NAME
 from edgeinfer.engine.base import EngineFactory
 from edgeinfer.errors import ConfigError, EdgeInferError
+from edgeinfer.models.assets import ensure_asset
 from edgeinfer.models.store import ModelStore, Quantizer
 from edgeinfer.paths import Paths
 from edgeinfer.pool.scheduler import ModelPool
@@ -37,10 +44,7 @@ class DaemonSettings:
     socket: Path
     models: Sequence[str] | None = None  # None: every catalogue entry with serve = true
     request_timeout: float = 600.0
-    cache: bool = True
-    cache_threshold: float = 0.95
-    cache_max_bytes: int = 512 << 20
-    cache_ttl_s: float | None = 7 * 24 * 3600.0
+    cache: bool = True  # False: `serve --no-cache`; [cache] enabled in models.toml also counts
 
 
 def catalogue_paths(paths: Paths) -> list[Path]:
@@ -64,14 +68,13 @@ def real_quantizer() -> Quantizer:
     return llama.quantize
 
 
-def open_cache_store(paths: Paths, settings: DaemonSettings | None = None) -> CacheStore:
+def open_cache_store(paths: Paths, settings: CacheSettings) -> CacheStore:
     """The cache database as the daemon opens it (the CLI's ``cache`` commands use it too)."""
-    s = settings or DaemonSettings(paths=paths, socket=paths.default_socket)
     store = CacheStore(
         default_path(paths),
         dim=MINILM_DIM,
-        max_bytes=s.cache_max_bytes,
-        ttl_s=s.cache_ttl_s,
+        max_bytes=settings.max_mb << 20,
+        ttl_s=settings.ttl_hours * 3600 if settings.ttl_hours else None,
         embedder=MINILM_NAME,
     )
     store.start()
@@ -136,7 +139,9 @@ def build_app(
         state_dir=settings.paths.cache_dir / "kv",
     )
     pool.wait_loaded()
-    cache = build_cache(settings, pool) if settings.cache else None
+    cache = None
+    if settings.cache and catalogue.cache.enabled:
+        cache = build_cache(settings.paths, catalogue, pool)
     service = InferenceService(pool, cache=cache, request_timeout=settings.request_timeout)
 
     def shutdown() -> None:
@@ -147,18 +152,34 @@ def build_app(
     return create_app(service, on_shutdown=shutdown)
 
 
-def build_cache(settings: DaemonSettings, pool: ModelPool) -> ResponseCache | None:
+def build_cache(paths: Paths, catalogue: Catalogue, pool: ModelPool) -> ResponseCache | None:
     """The exact + semantic response cache. Without its embedding model (say, offline on first
     use) the daemon still serves, uncached, and says why in the log."""
     from edgeinfer.embed.onnx import open_minilm  # onnxruntime loads only for the daemon
 
+    settings = catalogue.cache
     try:
-        embedder = open_minilm(settings.paths.models_dir)
-        store = open_cache_store(settings.paths, settings)
+        embedder = open_minilm(paths.models_dir)
+        estimator = cost_estimator(paths, catalogue)
+        store = open_cache_store(paths, settings)
     except EdgeInferError as exc:
         log.error("response cache disabled: %s", exc.message)
         return None
     for served in pool.models():
         if served.digest:  # entries of a model file that changed can never be served again
             store.purge_model(served.name, served.digest)
-    return ResponseCache(store, embedder, threshold=settings.cache_threshold)
+    return ResponseCache(store, embedder, threshold=settings.threshold, estimator=estimator)
+
+
+def cost_estimator(paths: Paths, catalogue: Catalogue) -> CostEstimator | None:
+    """Counts tokens as the [cache] estimate_with cloud API would (tiktoken, offline)."""
+    name = catalogue.cache.estimate_with
+    if name is None:
+        return None
+    price = catalogue.prices[name]
+    vocab = ensure_asset(paths.models_dir, ENCODING_ASSETS[price.encoding])
+    encoding = load_encoding(price.encoding, vocab, paths.cache_dir / "tiktoken")
+    return CostEstimator(
+        Price(price.input_per_1m, price.output_per_1m, price.encoding),
+        lambda text: len(encoding.encode(text, disallowed_special=())),
+    )

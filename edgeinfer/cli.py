@@ -96,12 +96,12 @@ def cmd_cache(args: argparse.Namespace) -> int:
     makes that safe beside a running daemon); stats add the daemon's live savings if it runs."""
     import json
 
-    from edgeinfer.bootstrap import open_cache_store
+    from edgeinfer.bootstrap import load, open_cache_store
     from edgeinfer.client import Client
     from edgeinfer.errors import DaemonError
 
     paths = resolve()
-    store = open_cache_store(paths)
+    store = open_cache_store(paths, load(paths).cache)
     try:
         if args.cache_command == "stats":
             report: dict[str, object] = {"store": store.stats()}

@@ -43,6 +43,10 @@ def test_exact_hit_serves_the_same_answer_with_its_layer(daemon: Daemon) -> None
     assert layers["exact"]["hits"] >= 1
     assert layers["exact"]["measured"]["completion_tokens_saved"] >= 1
     assert layers["exact"]["measured"]["time_saved_s"] > 0
+    # estimated apart: tokens as gpt-4o-mini (o200k, tiktoken offline) would count, priced
+    estimated = layers["exact"]["estimated"]
+    assert estimated["prompt_tokens"] > 0 and estimated["completion_tokens"] > 0
+    assert estimated["api_cost_saved_usd"] > 0
 
 
 def test_streamed_hit_has_the_shape_of_a_generation(daemon: Daemon) -> None:

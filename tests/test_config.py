@@ -239,3 +239,39 @@ def test_catalogue_objects_are_frozen_and_checked() -> None:
     }
     with pytest.raises(ValueError, match="form a loop: a -> b -> a"):
         Catalogue.model_validate({"models": loop})
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "[cache]\nthreshhold = 0.9\n",
+            "cache.threshhold: unknown key (did you mean 'threshold'?)",
+        ),
+        ("[cahce]\n", "cahce: unknown key (did you mean 'cache'?)"),
+        ("[cache]\nestimate_with = 'nope'\n", "cache.estimate_with: no [prices.nope] table"),
+        ("[prices.x]\ninput_per_1m = -1\noutput_per_1m = 1\n", "prices.x.input_per_1m"),
+        (
+            "[prices.x]\ninput_per_1m = 1\noutput_per_1m = 1\nencodng = 'a'\n",
+            "prices.x.encodng: unknown key (did you mean 'encoding'?)",
+        ),
+    ],
+)
+def test_cache_and_prices_tables_are_strict(tmp_path: Path, text: str, expected: str) -> None:
+    user = tmp_path / "models.toml"
+    user.write_text(text)
+    catalogue, problems = check_catalogue([bundled_catalogue_path(), user])
+    assert catalogue is None
+    assert any(expected in p and str(user) in p for p in problems), problems
+
+
+def test_user_cache_settings_override_bundled_ones(tmp_path: Path) -> None:
+    user = tmp_path / "models.toml"
+    user.write_text(
+        "[cache]\nthreshold = 0.9\n[prices.mine]\ninput_per_1m = 1\noutput_per_1m = 2\n"
+    )
+    catalogue, problems = check_catalogue([bundled_catalogue_path(), user])
+    assert catalogue is not None, problems
+    assert catalogue.cache.threshold == 0.9
+    assert catalogue.cache.estimate_with == "gpt-4o-mini"  # untouched keys keep bundled values
+    assert set(catalogue.prices) == {"gpt-4o-mini", "gpt-4o", "mine"}

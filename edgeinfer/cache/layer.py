@@ -23,7 +23,7 @@ from edgeinfer.cache.key import (
     namespace_key,
     semantic_question,
 )
-from edgeinfer.cache.savings import Savings
+from edgeinfer.cache.savings import CostEstimator, Savings
 from edgeinfer.cache.store import CacheStore
 from edgeinfer.embed.base import Embedder
 
@@ -48,10 +48,18 @@ class CacheRequest:
 class ResponseCache:
     """Exact and semantic layers in front of generation (DESIGN.md steps 1, 2 and 6)."""
 
-    def __init__(self, store: CacheStore, embedder: Embedder, *, threshold: float) -> None:
+    def __init__(
+        self,
+        store: CacheStore,
+        embedder: Embedder,
+        *,
+        threshold: float,
+        estimator: CostEstimator | None = None,
+    ) -> None:
         self.store = store
         self.embedder = embedder
         self.threshold = threshold
+        self.estimator = estimator
         self.savings = Savings()
 
     def request(
@@ -84,7 +92,7 @@ class ResponseCache:
             return None
         hit = await asyncio.to_thread(self.store.lookup_exact, req.exact)
         if hit is not None:
-            self.savings.hit(hit)
+            await self._record(req, hit)
             return hit
         self.savings.miss("exact")
         if req.mode != "semantic" or req.question is None:
@@ -94,10 +102,18 @@ class ResponseCache:
             self.store.lookup_semantic, req.namespace, req.vector, req.question, req.threshold
         )
         if hit is not None:
-            self.savings.hit(hit)
+            await self._record(req, hit)
             return hit
         self.savings.miss("semantic")
         return None
+
+    async def _record(self, req: CacheRequest, hit: CacheHit) -> None:
+        """Measured savings always; the estimated API cost when a price is configured."""
+        estimate = None
+        if self.estimator is not None:
+            completion = str(hit.response.get("content", ""))
+            estimate = await asyncio.to_thread(self.estimator.estimate, req.messages, completion)
+        self.savings.hit(hit, estimate)
 
     def put(
         self, req: CacheRequest, answer: dict[str, Any], usage: tuple[int, int], seconds: float

@@ -15,9 +15,11 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from edgeinfer.config.schema import (
+    CacheSettings,
     Catalogue,
     ModelSpec,
     PathSource,
+    PriceSpec,
     PypiSource,
     QuantizeSource,
     UrlSource,
@@ -32,6 +34,10 @@ _SOURCE_MODELS: dict[str, type[BaseModel]] = {
     "url": UrlSource,
     "quantize": QuantizeSource,
 }
+
+
+_TABLES: dict[str, type[BaseModel] | None] = {"cache": CacheSettings, "prices": None}
+"""Top-level tables besides [models]; a user file's keys override the bundled ones."""
 
 
 def bundled_catalogue_path() -> Path:
@@ -52,8 +58,12 @@ def _fields_at(loc: tuple[int | str, ...], raw: dict[str, Any]) -> list[str]:
             model = _SOURCE_MODELS.get(source.get("type", "") if isinstance(source, dict) else "")
             if model is not None:
                 return [(f.alias or n) for n, f in model.model_fields.items()]
+    if len(loc) == 2 and loc[0] == "cache":
+        return list(CacheSettings.model_fields)
+    if len(loc) == 3 and loc[0] == "prices":
+        return list(PriceSpec.model_fields)
     if len(loc) == 1:
-        return ["models"]
+        return ["models", *_TABLES]
     return []
 
 
@@ -90,6 +100,9 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     """User entries override bundled ones key by key; a user `source` replaces it whole."""
     merged = {k: v for k, v in base.items()}
     for key, value in override.items():
+        if key in _TABLES and isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+            continue
         if key != "models" or not isinstance(value, dict):
             merged[key] = value
             continue
@@ -131,7 +144,13 @@ def check_catalogue(paths: list[Path]) -> tuple[Catalogue | None, list[str]]:
     problems += [f"{origin.get(name, paths[-1])}: {msg}" for name, msg in found]
     if problems:
         return None, problems
-    return Catalogue(models=specs), []
+    try:
+        extra = {k: merged[k] for k in _TABLES if k in merged}
+        return Catalogue.model_validate({"models": {}, **extra}).model_copy(
+            update={"models": specs}
+        ), []
+    except ValidationError as exc:
+        return None, [f"{paths[-1]}: {_describe(e, merged)}" for e in exc.errors()]
 
 
 def _merged_specs(
@@ -157,8 +176,11 @@ def _validate(raw: dict[str, Any], *, partial: bool) -> list[Any]:
     """Schema errors of one file. A user file may set a few keys of a bundled entry."""
     errors: list[Any] = []
     for key in raw:
-        if key != "models":
+        if key not in ("models", *_TABLES):
             errors.append({"loc": (key,), "type": "extra_forbidden", "msg": ""})
+    for key, model in _TABLES.items():
+        if key in raw:
+            errors += _table_errors(key, model, raw[key])
     models = raw.get("models", {})
     if not isinstance(models, dict):
         return errors + [{"loc": ("models",), "type": "dict_type", "msg": "must be a table"}]
@@ -178,6 +200,25 @@ def _validate(raw: dict[str, Any], *, partial: bool) -> list[Any]:
             ModelSpec.model_validate(data)
         except ValidationError as exc:
             errors += [{**e, "loc": ("models", name, *e["loc"])} for e in exc.errors()]
+    return errors
+
+
+def _table_errors(key: str, model: type[BaseModel] | None, value: Any) -> list[Any]:
+    """Schema errors of a top-level table other than [models] ([cache], [prices])."""
+    if not isinstance(value, dict):
+        return [{"loc": (key,), "type": "x", "msg": "must be a table"}]
+    # [prices] is a table of price tables; [cache] is one table
+    checks = (
+        [((key, name), PriceSpec, row) for name, row in value.items()]
+        if model is None
+        else [((key,), model, value)]
+    )
+    errors: list[Any] = []
+    for prefix, schema, data in checks:
+        try:
+            schema.model_validate(data)
+        except ValidationError as exc:
+            errors += [{**e, "loc": (*prefix, *e["loc"])} for e in exc.errors()]
     return errors
 
 

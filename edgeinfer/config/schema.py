@@ -179,16 +179,41 @@ def _quantize_loop(name: str, specs: Mapping[str, ModelSpec]) -> list[str]:
     return []
 
 
+class PriceSpec(_Strict):
+    """A cloud API's list price, to put an (estimated) figure on what the cache saved."""
+
+    input_per_1m: float = Field(ge=0.0, description="USD per million prompt tokens")
+    output_per_1m: float = Field(ge=0.0, description="USD per million completion tokens")
+    encoding: Literal["cl100k_base", "o200k_base"] = "o200k_base"
+
+
+class CacheSettings(_Strict):
+    """The response cache ([cache] in models.toml)."""
+
+    enabled: bool = True
+    threshold: float = Field(default=0.95, gt=0.0, le=1.0, description="semantic cosine")
+    ttl_hours: float | None = Field(default=168.0, gt=0.0, description="none = keep")
+    max_mb: int = Field(default=512, ge=1)
+    estimate_with: str | None = Field(default=None, description="a [prices] entry")
+
+
 class Catalogue(_Strict):
     """The merged catalogue: bundled models.toml plus the user's overrides."""
 
     models: dict[str, ModelSpec] = Field(default_factory=dict)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    prices: dict[str, PriceSpec] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _names_and_refs(self) -> Catalogue:
         problems = catalogue_problems(self.models)
         if problems:
             raise ValueError("; ".join(msg for _, msg in problems))
+        if self.cache.estimate_with is not None and self.cache.estimate_with not in self.prices:
+            raise ValueError(
+                f"cache.estimate_with: no [prices.{self.cache.estimate_with}] table"
+                f" (prices: {', '.join(self.prices) or 'none'})"
+            )
         return self
 
     def get(self, name: str) -> ModelSpec | None:

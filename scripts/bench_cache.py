@@ -170,6 +170,78 @@ def print_latency(rows: list[dict[str, Any]], threshold: float) -> None:
         )
 
 
+E2E_QUESTIONS = [
+    ("How do I reset my password?", "How can I reset my password?"),
+    ("What is the capital of Australia?", "What's the capital city of Australia?"),
+    ("Explain what a hash table is.", "Can you explain what a hash table is?"),
+]
+
+
+def end_to_end(models_dir: Path, model: str, rounds: int) -> dict[str, Any]:
+    """Over the real daemon's socket: a generation, then the same answer from each layer."""
+    import httpx
+    from _benchutil import ServerProcess, unix_accepts
+
+    with tempfile.TemporaryDirectory(prefix="eic-", dir="/tmp") as tmp:
+        sock = Path(tmp) / "ei.sock"
+        env = {
+            **os.environ,
+            "EDGEINFER_HOME": f"{tmp}/home",
+            "EDGEINFER_MODELS_DIR": str(models_dir),
+        }
+        argv = [
+            sys.executable,
+            "-m",
+            "edgeinfer",
+            "serve",
+            "--models",
+            model,
+            "--socket",
+            str(sock),
+        ]
+        server = ServerProcess(argv, env, Path(tmp) / "daemon.log", lambda: unix_accepts(sock))
+        server.start()
+        times: dict[str, list[float]] = {"generation": [], "exact": [], "semantic": []}
+        try:
+            transport = httpx.HTTPTransport(uds=str(sock))
+            with httpx.Client(transport=transport, base_url="http://ei", timeout=300) as client:
+                for i in range(rounds):
+                    for question, paraphrase in E2E_QUESTIONS:
+                        q = f"{question} (round {i})" if i else question
+                        p = f"{paraphrase} (round {i})" if i else paraphrase
+                        for kind, text in (("generation", q), ("exact", q), ("semantic", p)):
+                            times[kind].append(_timed_ask(client, model, text, kind))
+        finally:
+            server.stop()
+    return {k: _pcts(v) for k, v in times.items() if v}
+
+
+def _timed_ask(client: Any, model: str, text: str, expect: str) -> float:
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": text}],
+        "max_tokens": 128,
+        "temperature": 0,
+        "edgeinfer": {"cache_threshold": 0.8},
+    }
+    t0 = time.perf_counter()
+    reply = client.post("/v1/chat/completions", json=body).json()
+    elapsed = (time.perf_counter() - t0) * 1000
+    layer = reply["edgeinfer"]["cache"]["layer"]
+    if (layer or "generation") != expect:
+        print(f"  note: {text!r} expected {expect}, got {layer or 'generation'}", file=sys.stderr)
+    return elapsed
+
+
+def print_end_to_end(e2e: dict[str, Any]) -> None:
+    gen = e2e["generation"]["p50"]
+    print("\nEnd to end over the socket: the same answer generated vs served from the cache (ms)")
+    print(f"  {'served by':<12}{'p50':>10}{'p99':>10}{'vs generation':>16}")
+    for kind, row in e2e.items():
+        share = row["p50"] / gen if gen else float("nan")
+        print(f"  {kind:<12}{row['p50']:>10.1f}{row['p99']:>10.1f}{share:>15.1%}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -183,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="100 lookups per size")
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--model", default="tiny", help="model for the end-to-end section")
+    parser.add_argument("--skip-e2e", action="store_true", help="skip the daemon section")
     parser.add_argument("--models-dir", type=Path, default=Path(
         os.environ.get("EDGEINFER_TEST_MODELS", REPO / ".edgeinfer-test" / "models")))  # fmt: skip
     args = parser.parse_args(argv)
@@ -198,8 +272,11 @@ def main(argv: list[str] | None = None) -> int:
     print_quality(rows, pairs)
     lat = latency(embedder, pairs, args.sizes, queries, args.threshold)
     print_latency(lat, args.threshold)
+    e2e = {} if args.skip_e2e else end_to_end(args.models_dir, args.model, 2 if args.quick else 4)
+    if e2e:
+        print_end_to_end(e2e)
     if args.json:
-        args.json.write_text(json.dumps({"quality": rows, "latency": lat}, indent=2))
+        args.json.write_text(json.dumps({"quality": rows, "latency": lat, "e2e": e2e}, indent=2))
     return 0
 
 

@@ -17,6 +17,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from edgeinfer.pool import slots
+from edgeinfer.server import daemon
+
 # -- workload text ----------------------------------------------------------------------------
 
 _SUBJECTS = [
@@ -115,12 +118,7 @@ def chatml(messages: Sequence[tuple[str, str]], *, open_assistant: bool = True) 
     return body + ("<|im_start|>assistant\n" if open_assistant else "")
 
 
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+common_prefix = slots.common_prefix
 
 
 # -- one answered request ------------------------------------------------------------------------
@@ -234,16 +232,7 @@ class ServerProcess:
         return "\n".join(lines[-n:])
 
 
-def unix_accepts(path: Path) -> bool:
-    """Whether something accepts on the socket (httpx leaks a socket on a refused connect)."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(str(path))
-        return True
-    except OSError:
-        return False
-    finally:
-        probe.close()
+unix_accepts = daemon.accepts
 
 
 def free_port() -> int:

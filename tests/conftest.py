@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ import pytest
 from edgeinfer.config.load import bundled_catalogue_path, load_catalogue
 from edgeinfer.engine.llama import quantize
 from edgeinfer.models.store import ModelStore
+from edgeinfer.server.daemon import accepts
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS_DIR = Path(os.environ.get("EDGEINFER_TEST_MODELS", REPO / ".edgeinfer-test" / "models"))
@@ -102,24 +102,12 @@ def start_daemon(
     return daemon
 
 
-def _accepts(path: Path) -> bool:
-    # httpx leaks its socket when a Unix connect is refused; probe with one we close ourselves.
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(str(path))
-        return True
-    except OSError:
-        return False
-    finally:
-        probe.close()
-
-
 def wait_healthy(daemon: Daemon, timeout: float = 180.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if daemon.proc.poll() is not None:
             raise AssertionError(f"daemon exited with {daemon.proc.returncode}:\n{daemon.output()}")
-        if daemon.socket.exists() and _accepts(daemon.socket):
+        if daemon.socket.exists() and accepts(daemon.socket):
             try:
                 with daemon.client(timeout=5) as c:
                     if c.get("/health").status_code == 200:

@@ -25,6 +25,19 @@ from edgeinfer.paths import check_socket_path, ensure_private_dir
 log = logging.getLogger("edgeinfer.daemon")
 
 
+def accepts(path: Path) -> bool:
+    """Whether anything accepts connections on the Unix socket ``path`` (tests and scripts
+    poll this before talking HTTP: httpx leaks its socket when a Unix connect is refused)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
 def _is_live(path: Path) -> bool:
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.settimeout(1.0)

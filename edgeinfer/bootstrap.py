@@ -28,8 +28,10 @@ from edgeinfer.errors import ConfigError, EdgeInferError
 from edgeinfer.models.assets import ensure_asset
 from edgeinfer.models.store import ModelStore, Quantizer
 from edgeinfer.paths import Paths
+from edgeinfer.pool.runner import LatencyObserver
 from edgeinfer.pool.scheduler import ModelPool
 from edgeinfer.service import InferenceService
+from edgeinfer.stats import Metrics
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -100,10 +102,11 @@ def build_pool(
     factory: EngineFactory,
     *,
     state_dir: Path | None = None,
+    observer: LatencyObserver | None = None,
 ) -> ModelPool:
     """Pull (first use) and verify each model, then start its runner. A model that fails is
     recorded with its reason and the others still serve."""
-    pool = ModelPool(factory, state_dir=state_dir)
+    pool = ModelPool(factory, state_dir=state_dir, observer=observer)
     for name in names:
         spec = catalogue.models[name]
         try:
@@ -131,12 +134,14 @@ def build_app(
     store = ModelStore(
         settings.paths.models_dir, catalogue, quantizer=real_quantizer(), progress=progress
     )
+    metrics = Metrics()
     pool = build_pool(
         catalogue,
         store,
         names,
         factory or real_engine_factory(),
         state_dir=settings.paths.cache_dir / "kv",
+        observer=metrics,
     )
     pool.wait_loaded()
     cache = None
@@ -149,7 +154,7 @@ def build_app(
         if cache is not None:
             cache.close()
 
-    return create_app(service, on_shutdown=shutdown)
+    return create_app(service, metrics=metrics, on_shutdown=shutdown)
 
 
 def build_cache(paths: Paths, catalogue: Catalogue, pool: ModelPool) -> ResponseCache | None:

@@ -66,6 +66,42 @@ def cmd_ask(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    """One screen: the daemon, each model's slots, queue, speed and reuse, the cache's hits."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from edgeinfer.client import Client
+
+    with Client(socket_path(resolve(), args.socket), timeout=10) as client:
+        health, stats = client.health(), client.stats()
+    console = Console()
+    console.print(f"edgeinfer {health['version']}: {health['status']}, up {health['uptime_s']} s")
+    table = Table("model", "status", "slots", "queue", "requests", "gen tok/s", "TTFT ms", "reused")
+    for name, m in stats["models"].items():
+        ttft = m.get("ttft_avg_s")
+        table.add_row(
+            name,
+            m["status"] if not m.get("reason") else f"{m['status']}: {m['reason']}",
+            f"{m.get('slots_busy', 0)}/{m.get('slots', 0)}",
+            str(m.get("queue_depth", 0)),
+            str(m.get("requests", 0)),
+            f"{m['generation_tokens_per_s']:.1f}" if m.get("generation_tokens_per_s") else "-",
+            f"{ttft * 1000:.0f}" if ttft else "-",
+            f"{m.get('cached_token_ratio', 0.0):.0%}",
+        )
+    console.print(table)
+    cache = stats.get("cache")
+    if cache:
+        for layer, row in cache["layers"].items():
+            console.print(
+                f"cache {layer}: {row['hits']} hits, {row['misses']} misses,"
+                f" {row['measured']['time_saved_s']:.1f} s saved"
+                f" (est. ${row['estimated']['api_cost_saved_usd']:.4f})"
+            )
+    return 0
+
+
 def cmd_health(args: argparse.Namespace) -> int:
     import json
 
@@ -151,6 +187,12 @@ def parser() -> argparse.ArgumentParser:
     ask.add_argument("--temperature", type=float)
     ask.add_argument("--socket")
     ask.set_defaults(func=cmd_ask)
+
+    status = sub.add_parser(
+        "status", help="the daemon's models, slots, speed and cache at a glance"
+    )
+    status.add_argument("--socket")
+    status.set_defaults(func=cmd_status)
 
     health = sub.add_parser("health", help="print the daemon's health")
     health.add_argument("--socket")

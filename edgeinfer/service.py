@@ -141,6 +141,13 @@ class InferenceService:
         self.cache = cache
         self._timeout = request_timeout
 
+    def snapshot(self) -> dict[str, Any]:
+        """``/stats``: per-model runner figures and the cache's layers and store (blocking)."""
+        return {
+            "models": self.pool.snapshot(),
+            "cache": self.cache.stats() if self.cache is not None else None,
+        }
+
     async def chat(
         self, model: str | None, messages: Sequence[Mapping[str, Any]], options: GenerateOptions
     ) -> Generation:

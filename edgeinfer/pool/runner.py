@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from edgeinfer.engine.base import (
     BatchItem,
@@ -53,6 +53,15 @@ log = logging.getLogger("edgeinfer.runner")
 _MIN_GAIN = 16
 
 
+class LatencyObserver(Protocol):
+    """Receives latencies as they happen (``stats.Metrics`` feeds Prometheus histograms).
+    Called on the runner thread: must be quick and thread-safe."""
+
+    def ttft(self, model: str, seconds: float) -> None: ...
+
+    def inter_token(self, model: str, seconds: float) -> None: ...
+
+
 @dataclass(eq=False)
 class _Slot:
     seq: int
@@ -66,6 +75,7 @@ class _Slot:
     n_gen: int = 0
     n_cached: int = 0
     t_first: float | None = None
+    t_last: float = 0.0
     shifted: bool = False  # after a context shift only the first n_keep tokens are reusable
     prompt_len: int = 0  # where the last request's prompt ended: a restore boundary
     logprobs: list[TokenLogprob] = field(default_factory=list)  # not yet emitted
@@ -108,6 +118,7 @@ class ModelRunner:
         max_queue: int = 64,
         clock: Callable[[], float] = time.monotonic,
         prefix_store: PrefixStore | None = None,
+        observer: LatencyObserver | None = None,
         context_shift: bool = True,
         n_keep: int = 128,
     ) -> None:
@@ -118,6 +129,7 @@ class ModelRunner:
         self._max_queue = max_queue
         self._clock = clock
         self._store = prefix_store
+        self._observer = observer
         self._context_shift = context_shift
         self._n_keep = min(n_keep, params.n_ctx // 2)
         self._queue: deque[GenRequest] = deque()
@@ -395,10 +407,16 @@ class ModelRunner:
     def _on_token(self, engine: Engine, slot: _Slot, token: int) -> None:
         req, text = slot.req, slot.text
         assert req is not None and text is not None
+        now = self._clock()
         if slot.t_first is None:
-            slot.t_first = self._clock()
-            self.stats.ttft_seconds_total += slot.t_first - req.submitted
+            slot.t_first = now
+            self.stats.ttft_seconds_total += now - req.submitted
             self.stats.ttft_count += 1
+            if self._observer is not None:
+                self._observer.ttft(self.name, now - req.submitted)
+        elif self._observer is not None:
+            self._observer.inter_token(self.name, now - slot.t_last)
+        slot.t_last = now
         if engine.is_eog(token):
             self._finish(engine, slot, "stop")
             return

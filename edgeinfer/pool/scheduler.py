@@ -17,7 +17,7 @@ from edgeinfer.config.schema import ModelSpec
 from edgeinfer.engine.base import EngineFactory, EngineParams
 from edgeinfer.errors import EdgeInferError, ModelNotFound, ModelUnavailable
 from edgeinfer.pool.prefix_store import PrefixStore
-from edgeinfer.pool.runner import ModelRunner
+from edgeinfer.pool.runner import LatencyObserver, ModelRunner
 
 log = logging.getLogger("edgeinfer.pool")
 
@@ -68,10 +68,12 @@ class ModelPool:
         factory: EngineFactory,
         *,
         state_dir: Path | None = None,
+        observer: LatencyObserver | None = None,
         runner: Callable[..., ModelRunner] = ModelRunner,
     ) -> None:
         self._factory = factory
         self._state_dir = state_dir
+        self._observer = observer
         self._make_runner = runner
         self._models: dict[str, ServedModel] = {}
         self.default: str | None = None
@@ -87,6 +89,7 @@ class ModelPool:
             prefix_store=self._prefix_store(spec, digest),
             context_shift=spec.context_shift,
             n_keep=spec.n_keep,
+            observer=self._observer,
         )
         self._models[spec.name] = ServedModel(spec.name, spec, digest, runner)
         self.default = self.default or spec.name

@@ -25,6 +25,8 @@ from edgeinfer.engine.base import TokenLogprob
 from edgeinfer.errors import Busy, EdgeInferError, InvalidRequest, ModelUnavailable
 from edgeinfer.server.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from edgeinfer.service import Generation, InferenceService
+from edgeinfer.stats import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from edgeinfer.stats import Metrics
 
 
 def error_response(exc: EdgeInferError) -> JSONResponse:
@@ -203,9 +205,14 @@ async def _respond(
 
 
 def create_app(
-    service: InferenceService, *, on_shutdown: Callable[[], None] | None = None
+    service: InferenceService,
+    *,
+    metrics: Metrics | None = None,
+    on_shutdown: Callable[[], None] | None = None,
 ) -> FastAPI:
     """The ASGI app over ``service``; ``on_shutdown`` runs after the server stopped accepting."""
+    metrics = metrics or Metrics()
+    metrics.watch(service.snapshot)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -292,7 +299,11 @@ def create_app(
 
     @app.get("/stats")
     async def stats() -> dict[str, Any]:
-        cache = await asyncio.to_thread(service.cache.stats) if service.cache else None
-        return {"models": service.pool.snapshot(), "cache": cache}
+        return await asyncio.to_thread(service.snapshot)
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        body = await asyncio.to_thread(metrics.text)
+        return Response(body, media_type=METRICS_CONTENT_TYPE)
 
     return app

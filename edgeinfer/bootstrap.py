@@ -47,6 +47,7 @@ class DaemonSettings:
     models: Sequence[str] | None = None  # None: every catalogue entry with serve = true
     request_timeout: float = 600.0
     cache: bool = True  # False: `serve --no-cache`; [cache] enabled in models.toml also counts
+    max_body_bytes: int = 8 << 20  # a request body above this is refused with 413
 
 
 def catalogue_paths(paths: Paths) -> list[Path]:
@@ -154,7 +155,9 @@ def build_app(
         if cache is not None:
             cache.close()
 
-    return create_app(service, metrics=metrics, on_shutdown=shutdown)
+    return create_app(
+        service, metrics=metrics, on_shutdown=shutdown, max_body_bytes=settings.max_body_bytes
+    )
 
 
 def build_cache(paths: Paths, catalogue: Catalogue, pool: ModelPool) -> ResponseCache | None:

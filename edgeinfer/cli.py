@@ -7,7 +7,6 @@ readable line on stderr (``edgeinfer: error: ...``) and exit status 1.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,20 +16,13 @@ from edgeinfer.errors import EdgeInferError
 from edgeinfer.paths import resolve, socket_path
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
+    from edgeinfer import logs
     from edgeinfer.bootstrap import DaemonSettings, build_app
     from edgeinfer.server.daemon import refuse_if_live, run
 
-    _setup_logging(args.verbose)
     paths = resolve()
+    logs.setup(paths.log_dir, verbose=args.verbose)
     path = socket_path(paths, args.socket)
     # Fail fast on a live daemon before pulling or loading gigabytes.
     refuse_if_live(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -179,4 +180,24 @@ def test_client_hanging_up_mid_stream_frees_the_slot(daemon: Daemon) -> None:
             time.sleep(0.1)
         assert stats["slots_busy"] == 0 and stats["queue_depth"] == 0
         assert stats["cancelled"] >= 1
+        assert_still_serving(c)
+
+
+def test_oversized_body_is_refused_before_it_is_read(daemon: Daemon) -> None:
+    huge = b'{"model": "tiny", "messages": [{"role": "user", "content": "' + b"x" * (9 << 20)
+    with daemon.client() as c:
+        declared = c.post(
+            "/v1/chat/completions", content=huge, headers={"Content-Type": "application/json"}
+        )
+        assert declared.status_code == 413
+        assert declared.json()["error"]["code"] == "request_too_large"
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+            for _ in range(10):
+                yield b"x" * (1 << 20)
+
+        streamed = c.post(
+            "/v1/chat/completions", content=chunks(), headers={"Content-Type": "application/json"}
+        )
+        assert streamed.status_code == 413
         assert_still_serving(c)

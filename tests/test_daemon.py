@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -139,3 +140,12 @@ def test_full_queue_answers_busy_with_retry_after(tiny_path: Path) -> None:
             assert c.get("/stats").json()["models"]["tiny"]["busy_rejections"] == len(busy)
     finally:
         d.stop()
+
+
+def test_daemon_writes_json_logs_under_the_log_dir(tiny_path: Path) -> None:
+    d = start_daemon("--models", "tiny")
+    d.stop()
+    log = d.home / "logs" / "edgeinfer.log"
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    assert any(e["message"].startswith("edgeinfer listening on") for e in entries)
+    assert {"time", "level", "logger", "message"} <= set(entries[0])

@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from edgeinfer import __version__
 from edgeinfer.engine.base import TokenLogprob
 from edgeinfer.errors import Busy, EdgeInferError, InvalidRequest, ModelUnavailable
+from edgeinfer.server.limits import BodyLimit
 from edgeinfer.server.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from edgeinfer.service import Generation, InferenceService
 from edgeinfer.stats import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -209,6 +210,7 @@ def create_app(
     *,
     metrics: Metrics | None = None,
     on_shutdown: Callable[[], None] | None = None,
+    max_body_bytes: int = 8 << 20,
 ) -> FastAPI:
     """The ASGI app over ``service``; ``on_shutdown`` runs after the server stopped accepting."""
     metrics = metrics or Metrics()
@@ -221,6 +223,7 @@ def create_app(
             await asyncio.to_thread(on_shutdown)
 
     app = FastAPI(title="edgeinfer", version=__version__, lifespan=lifespan)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     started = time.time()
 
     @app.exception_handler(EdgeInferError)

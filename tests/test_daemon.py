@@ -149,3 +149,41 @@ def test_daemon_writes_json_logs_under_the_log_dir(tiny_path: Path) -> None:
     entries = [json.loads(line) for line in log.read_text().splitlines()]
     assert any(e["message"].startswith("edgeinfer listening on") for e in entries)
     assert {"time", "level", "logger", "message"} <= set(entries[0])
+
+
+def test_corrupt_and_missing_models_leave_the_others_serving(tiny_path: Path) -> None:
+    base = short_socket_dir()
+    bad = base / "broken.gguf"
+    bad.write_bytes(b"GGUF" + os.urandom(4096))  # a GGUF header, then garbage
+    home = base / "home"
+    (home / "config").mkdir(parents=True)
+    (home / "config" / "models.toml").write_text(
+        f'[models.broken]\nsource = {{ type = "path", path = "{bad}" }}\n'
+        f'[models.gone]\nsource = {{ type = "path", path = "{base / "missing.gguf"}" }}\n'
+    )
+    d = start_daemon("--models", "tiny,broken,gone", home=home)
+    try:
+        with d.client() as c:
+            health = c.get("/health").json()
+            assert health["models"]["tiny"]["status"] == "ready"
+            for name in ("broken", "gone"):
+                assert health["models"][name]["status"] == "error"
+                assert health["models"][name]["reason"]
+            assert "missing.gguf" in health["models"]["gone"]["reason"]
+            r = c.post(
+                "/v1/chat/completions",
+                json={"model": "broken", "messages": [{"role": "user", "content": "hi"}]},
+            )
+            assert r.status_code == 503 and r.json()["error"]["code"] == "model_unavailable"
+            assert "broken" in r.json()["error"]["message"]
+            ok = c.post(
+                "/v1/chat/completions",
+                json={
+                    "model": "tiny",
+                    "max_tokens": 4,
+                    "messages": [{"role": "user", "content": "hi"}],
+                },
+            )
+            assert ok.status_code == 200
+    finally:
+        d.stop()

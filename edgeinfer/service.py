@@ -208,6 +208,14 @@ class InferenceService:
         options: GenerateOptions,
         on_finish: Callable[[str, Finished], None] | None = None,
     ) -> Generation:
+        n_vocab = runner.engine.info.n_vocab
+        bad = [t for t in options.sampling.logit_bias if not 0 <= t < n_vocab]
+        if bad:
+            raise InvalidRequest(
+                f"logit_bias names token {bad[0]}; model {served.name!r} has tokens"
+                f" 0..{n_vocab - 1}",
+                param="logit_bias",
+            )
         n_ctx = runner.params.n_ctx
         # With context shift a generation may run past the window, up to the model's cap.
         limit = served.spec.max_tokens if runner.can_shift else n_ctx

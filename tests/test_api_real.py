@@ -250,3 +250,30 @@ def test_per_request_timeout(daemon: Daemon) -> None:
     )
     assert r.status_code == 504
     assert r.json()["error"]["code"] == "timeout"
+
+
+def test_repetition_penalties_apply(daemon: Daemon) -> None:
+    messages = [{"role": "user", "content": "List the numbers from one to twenty, one per line."}]
+    plain = chat(daemon, messages=messages, max_tokens=30, temperature=0, edgeinfer=NO_CACHE)
+    penalised = chat(
+        daemon,
+        messages=messages,
+        max_tokens=30,
+        temperature=0,
+        repeat_penalty=1.8,
+        presence_penalty=1.5,
+        frequency_penalty=1.5,
+        edgeinfer=NO_CACHE,
+    )
+    assert plain.status_code == penalised.status_code == 200, penalised.text
+    plain_text = plain.json()["choices"][0]["message"]["content"]
+    penalised_text = penalised.json()["choices"][0]["message"]["content"]
+    # unpenalised, the model repeats itself ("1. 1\n2. 2\n..."); penalised, it cannot
+    assert penalised_text != plain_text
+    assert plain_text.count("\n") > penalised_text.count("\n")
+
+
+def test_logit_bias_outside_the_vocabulary_is_refused(daemon: Daemon) -> None:
+    r = chat(daemon, messages=QUESTION, max_tokens=2, logit_bias={"99999999": 5})
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "logit_bias"

@@ -358,3 +358,27 @@ def test_a_sampler_the_engine_refuses_fails_only_that_request(model_file: Path) 
         assert isinstance(ok_sink.wait()[1], Finished)
     finally:
         runner.stop()
+
+
+def test_an_engine_bug_fails_the_requests_but_the_runner_lives(model_file: Path) -> None:
+    runner, engine = make_runner(model_file)
+    try:
+        original = engine.decode
+        calls = {"n": 0}
+
+        def flaky(batch: object) -> None:
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise TypeError("a binding bug")
+            original(batch)  # type: ignore[arg-type]
+
+        engine.decode = flaky  # type: ignore[method-assign]
+        req, sink = request([1, 2, 3], max_tokens=20)
+        runner.submit(req)
+        _, done = sink.wait()
+        assert isinstance(done, Failed) and "binding bug" in done.error.message
+        ok, ok_sink = request([4, 5])
+        runner.submit(ok)
+        assert isinstance(ok_sink.wait()[1], Finished)
+    finally:
+        runner.stop()

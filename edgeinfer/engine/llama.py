@@ -185,10 +185,16 @@ class LlamaEngine:
             or sampling.presence_penalty
             or sampling.frequency_penalty
         ):
+            # The C function is (penalty_last_n, repeat, freq, present); llama-cpp-python 0.3.36
+            # still declares an old leading n_vocab int. On the x86-64/arm64 C ABIs ints and
+            # floats travel in separate registers, so the first int lands in penalty_last_n:
+            # pass the window twice. Covered by a real-model test of the penalties.
+            window = 64
             add(
                 chain,
                 C.llama_sampler_init_penalties(
-                    64,
+                    window,
+                    window,
                     sampling.repeat_penalty,
                     sampling.frequency_penalty,
                     sampling.presence_penalty,

@@ -251,7 +251,14 @@ class ModelRunner:
             return
         try:
             while self._wait_for_work():
-                self._step(self._engine)
+                try:
+                    self._step(self._engine)
+                except Exception as exc:  # a bug must fail requests, not hang the daemon
+                    log.exception("model %s: step failed; failing its active requests", self.name)
+                    for slot in self._active():
+                        slot.cached = []
+                        self._engine.seq_rm(slot.seq, 0)
+                        self._fail(self._engine, slot, _as_edgeinfer(exc))
         finally:
             self._shutdown(self._engine)
 
@@ -283,13 +290,23 @@ class ModelRunner:
                 continue
             try:
                 sampler = engine.new_sampler(req.sampling)
-            except EdgeInferError as exc:
+            except Exception as exc:  # never let one request's settings kill the runner
                 self.stats.errors += 1
-                req.emit(Failed(exc))
+                req.emit(Failed(_as_edgeinfer(exc)))
                 continue
             seq, reuse = choose_slot(idle, req.prompt)
             slot = self._slots[seq]
-            reuse = self._place_prefix(engine, slot, req.prompt, reuse)
+            try:
+                reuse = self._place_prefix(engine, slot, req.prompt, reuse)
+            except Exception as exc:  # a refused state or copy: start this slot clean
+                log.exception("model %s: prefix placement failed", self.name)
+                engine.seq_rm(seq, 0)
+                slot.cached, reuse = [], 0
+                if not isinstance(exc, EdgeInferError):
+                    engine.free_sampler(sampler)
+                    self.stats.errors += 1
+                    req.emit(Failed(_as_edgeinfer(exc)))
+                    continue
             slot.pending = req.prompt[reuse:]
             slot.prompt_len = len(req.prompt)
             slot.req, slot.n_gen, slot.n_cached, slot.t_first = req, 0, reuse, None
@@ -501,6 +518,12 @@ class ModelRunner:
             engine.close()
         except EngineError:
             log.exception("closing model %s", self.name)
+
+
+def _as_edgeinfer(exc: Exception) -> EdgeInferError:
+    if isinstance(exc, EdgeInferError):
+        return exc
+    return EngineError(f"internal engine error: {type(exc).__name__}: {exc}")
 
 
 def _rate(tokens: int, seconds: float) -> float | None:

@@ -16,8 +16,8 @@ from typing import Any
 from edgeinfer.cache.entry import CacheHit
 from edgeinfer.cache.layer import CacheRequest, ResponseCache
 from edgeinfer.engine.base import Sampling, TokenLogprob
-from edgeinfer.errors import EdgeInferError, InvalidRequest
-from edgeinfer.pool.events import Delta, Event, Failed, Finished, GenRequest, Usage
+from edgeinfer.errors import InvalidRequest
+from edgeinfer.pool.events import Delta, Event, Finished, GenRequest, Usage
 from edgeinfer.pool.runner import ModelRunner
 from edgeinfer.pool.scheduler import ModelPool, ServedModel
 from edgeinfer.prompt.template import render_chat
@@ -263,4 +263,4 @@ class InferenceService:
         )
 
 
-__all__ = ["EdgeInferError", "Failed", "GenerateOptions", "Generation", "InferenceService"]
+__all__ = ["GenerateOptions", "Generation", "InferenceService"]

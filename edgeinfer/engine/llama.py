@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import llama_cpp
 import llama_cpp.llama_cpp as C
 import llama_cpp.llama_grammar as llama_grammar
 import numpy as np
@@ -302,4 +301,4 @@ def quantize(src: Path, dst: Path, ftype: str) -> None:
         raise EngineError(f"llama.cpp failed to quantize {src} to {ftype} (code {rc})")
 
 
-__all__ = ["LlamaEngine", "load", "quantize", "llama_cpp"]
+__all__ = ["LlamaEngine", "load", "quantize"]

@@ -21,7 +21,7 @@ import struct
 from array import array
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger("edgeinfer.prefix")
@@ -56,7 +56,6 @@ class PrefixStoreStats:
     misses: int = 0
     spilled: int = 0
     restored_tokens: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
 
 
 class PrefixStore:

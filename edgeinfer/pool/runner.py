@@ -250,7 +250,7 @@ class ModelRunner:
             self._drain_queue(self.load_error or ModelUnavailable("load failed"))
             return
         try:
-            while self._wait_for_work():
+            while self._wait_for_work(self._engine):
                 try:
                     self._step(self._engine)
                 except Exception as exc:  # a bug must fail requests, not hang the daemon
@@ -262,18 +262,14 @@ class ModelRunner:
         finally:
             self._shutdown(self._engine)
 
-    def _wait_for_work(self) -> bool:
+    def _wait_for_work(self, engine: Engine) -> bool:
         with self._cond:
             while not self._stopping and not self._queue and not self._active():
                 self._cond.wait()
             if self._stopping:
                 return False
-            self._admit(self._engine_or_raise())
+            self._admit(engine)
             return True
-
-    def _engine_or_raise(self) -> Engine:
-        assert self._engine is not None
-        return self._engine
 
     def _active(self) -> list[_Slot]:
         return [s for s in self._slots if s.req is not None]

@@ -21,15 +21,28 @@ from edgeinfer.cache.savings import (
 )
 from edgeinfer.cache.store import CacheStore, default_path
 from edgeinfer.config.load import bundled_catalogue_path, load_catalogue
-from edgeinfer.config.schema import CacheSettings, Catalogue
+from edgeinfer.config.schema import (
+    CacheSettings,
+    Catalogue,
+    MemorySettings,
+    ModelSpec,
+    RouterSettings,
+)
+from edgeinfer.config.watch import ConfigWatcher
+from edgeinfer.distill import DistillLog
 from edgeinfer.embed.base import MINILM_DIM, MINILM_NAME
 from edgeinfer.engine.base import EngineFactory
 from edgeinfer.errors import ConfigError, EdgeInferError
 from edgeinfer.models.assets import ensure_asset
 from edgeinfer.models.store import ModelStore, Quantizer
 from edgeinfer.paths import Paths
+from edgeinfer.pool.drain import Drainer
+from edgeinfer.pool.memory import total_ram
 from edgeinfer.pool.runner import LatencyObserver
-from edgeinfer.pool.scheduler import ModelPool
+from edgeinfer.pool.scheduler import Budget, ModelPool
+from edgeinfer.remote import RemoteTier
+from edgeinfer.routing.classifier import BUNDLED as BUNDLED_WEIGHTS
+from edgeinfer.routing.classifier import Classifier
 from edgeinfer.service import InferenceService
 from edgeinfer.stats import Metrics
 
@@ -96,28 +109,62 @@ def served_names(catalogue: Catalogue, requested: Sequence[str] | None) -> list[
     return list(dict.fromkeys(requested))
 
 
+class ModelFiles:
+    """The pool's resolver: pulls (first use) and verifies a model's file through a
+    :class:`ModelStore` over the config in force (a reload swaps ``catalogue``)."""
+
+    def __init__(
+        self, models_dir: Path, catalogue: Catalogue, progress: Progress | None = None
+    ) -> None:
+        self.models_dir = models_dir
+        self.catalogue = catalogue
+        self.progress = progress  # startup only: the CLI's bars are gone once serving
+
+    def __call__(self, spec: ModelSpec) -> tuple[Path, str | None]:
+        store = ModelStore(
+            self.models_dir, self.catalogue, quantizer=real_quantizer(), progress=self.progress
+        )
+        return store.ensure(spec.name), store.digest(spec.name)
+
+
+def budget_of(settings: MemorySettings) -> Budget:
+    """The [memory] budget; without ``budget``, ``ram_share`` of this machine's RAM."""
+    ram = settings.budget or int(total_ram() * settings.ram_share) or None
+    return Budget(ram=ram, vram=settings.vram_budget)
+
+
+def served_specs(catalogue: Catalogue, requested: Sequence[str] | None) -> dict[str, ModelSpec]:
+    """The served slice of a (reloaded) catalogue: ``--models`` names it still has, else every
+    ``serve = true`` entry."""
+    names = [n for n in requested if n in catalogue.models] if requested else catalogue.served()
+    return {name: catalogue.models[name] for name in names}
+
+
 def build_pool(
     catalogue: Catalogue,
-    store: ModelStore,
+    files: ModelFiles,
     names: Sequence[str],
     factory: EngineFactory,
     *,
     state_dir: Path | None = None,
     observer: LatencyObserver | None = None,
 ) -> ModelPool:
-    """Pull (first use) and verify each model, then start its runner. A model that fails is
-    recorded with its reason and the others still serve."""
-    pool = ModelPool(factory, state_dir=state_dir, observer=observer)
+    """Pull (first use) and verify each model, then load those that fit the memory budget in
+    order; the rest load on demand. A model that fails is recorded with its reason and the
+    others still serve."""
+    pool = ModelPool(
+        factory,
+        state_dir=state_dir,
+        observer=observer,
+        resolve=files,
+        budget=budget_of(catalogue.memory),
+        drainer=Drainer(timeout=catalogue.memory.drain_timeout_s),
+        reap_every=1.0,
+    )
+    pool.configure({name: catalogue.models[name] for name in names})
     for name in names:
-        spec = catalogue.models[name]
-        try:
-            path = store.ensure(name)
-            digest = store.digest(name)
-        except EdgeInferError as exc:
-            log.error("model %s is unavailable: %s", name, exc.message)
-            pool.add_failed(spec, exc)
-            continue
-        pool.add(spec, path, digest)
+        pool.prepare(name)
+    pool.preload(names)
     return pool
 
 
@@ -128,36 +175,82 @@ def build_app(
     progress: Progress | None = None,
 ) -> FastAPI:
     """The whole daemon as an ASGI app, its models pulled and loading."""
+    from edgeinfer.server.admin import Operations
     from edgeinfer.server.app import create_app
 
     catalogue = load(settings.paths)
     names = served_names(catalogue, settings.models)
-    store = ModelStore(
-        settings.paths.models_dir, catalogue, quantizer=real_quantizer(), progress=progress
-    )
+    files = ModelFiles(settings.paths.models_dir, catalogue, progress)
     metrics = Metrics()
     pool = build_pool(
         catalogue,
-        store,
+        files,
         names,
         factory or real_engine_factory(),
         state_dir=settings.paths.cache_dir / "kv",
         observer=metrics,
     )
-    pool.wait_loaded()
+    files.progress = None
     cache = None
     if settings.cache and catalogue.cache.enabled:
         cache = build_cache(settings.paths, catalogue, pool)
-    service = InferenceService(pool, cache=cache, request_timeout=settings.request_timeout)
+    service = InferenceService(
+        pool,
+        cache=cache,
+        request_timeout=settings.request_timeout,
+        remotes={name: RemoteTier(spec) for name, spec in catalogue.remotes.items()},
+        router=catalogue.router,
+        classifier=load_classifier(settings.paths, catalogue.router),
+        distill=DistillLog(settings.paths.distill_db) if catalogue.router.distill else None,
+        outcomes=settings.paths.router_outcomes,
+        prompt=catalogue.prompt,
+    )
 
     def shutdown() -> None:
         pool.stop()
         if cache is not None:
             cache.close()
 
+    watcher = config_watcher(settings, catalogue, files, pool)
     return create_app(
-        service, metrics=metrics, on_shutdown=shutdown, max_body_bytes=settings.max_body_bytes
+        service,
+        metrics=metrics,
+        on_shutdown=shutdown,
+        max_body_bytes=settings.max_body_bytes,
+        admin=Operations(pool, watcher),
     )
+
+
+def config_watcher(
+    settings: DaemonSettings, catalogue: Catalogue, files: ModelFiles, pool: ModelPool
+) -> ConfigWatcher:
+    """Hot reload: a valid new config swaps in whole; the pool applies its model changes."""
+
+    def apply(new: Catalogue) -> None:
+        files.catalogue = new
+        pool.configure(served_specs(new, settings.models), budget_of(new.memory))
+
+    # the user's config dir must exist for its (future) models.toml to be watched
+    settings.paths.user_models_toml.parent.mkdir(parents=True, exist_ok=True)
+    return ConfigWatcher(
+        catalogue_paths(settings.paths), lambda: load(settings.paths), apply, initial=catalogue
+    )
+
+
+def load_classifier(paths: Paths, settings: RouterSettings) -> Classifier | None:
+    """The router's classifier: configured, else trained here, else bundled; None if unreadable
+    (the router then ranks tiers by their configured quality, and says so in the log)."""
+    candidates = [Path(settings.classifier).expanduser()] if settings.classifier else []
+    candidates += [paths.router_weights, BUNDLED_WEIGHTS]
+    for path in candidates:
+        if not path.exists():
+            continue
+        try:
+            return Classifier.load(path)
+        except (OSError, ValueError, KeyError) as exc:
+            log.error("router classifier %s unreadable: %s", path, exc)
+    log.warning("router: no classifier; tiers are ranked by their configured quality")
+    return None
 
 
 def build_cache(paths: Paths, catalogue: Catalogue, pool: ModelPool) -> ResponseCache | None:

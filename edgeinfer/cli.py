@@ -11,21 +11,26 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from edgeinfer import __version__, cli_models
+from edgeinfer import __version__, cli_models, cli_router
 from edgeinfer.errors import EdgeInferError
-from edgeinfer.paths import resolve, socket_path
+from edgeinfer.paths import Paths, resolve, socket_path
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from edgeinfer import logs
-    from edgeinfer.bootstrap import DaemonSettings, build_app
-    from edgeinfer.server.daemon import refuse_if_live, run
+    from edgeinfer.bootstrap import DaemonSettings, build_app, load
+    from edgeinfer.server.daemon import refuse_if_live, run, serve_options, systemd_sockets
 
     paths = resolve()
     logs.setup(paths.log_dir, verbose=args.verbose)
     path = socket_path(paths, args.socket)
-    # Fail fast on a live daemon before pulling or loading gigabytes.
-    refuse_if_live(path)
+    activated = systemd_sockets()
+    # Fail fast on a live daemon or a token-less TCP listener before loading gigabytes.
+    if not activated:  # systemd itself answers on an activated socket
+        refuse_if_live(path)
+    options = serve_options(
+        load(paths).server, tcp=args.tcp, token_file=args.token_file, activated=activated
+    )
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
     settings = DaemonSettings(paths=paths, socket=path, models=models, cache=not args.no_cache)
     from rich.console import Console
@@ -33,7 +38,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     progress = cli_models.progress_bars(Console(stderr=True))
     with progress:
         app = build_app(settings, progress=progress)
-    run(app, path)
+    run(app, path, options, activated=activated)
     return 0
 
 
@@ -150,6 +155,67 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def start_background_daemon(paths: Paths, path: Path, models: str | None) -> int:
+    """``edgeinfer serve`` detached from this terminal (its output in the log dir); the TUI
+    shows "connecting" until it answers. Returns its pid."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "edgeinfer", "serve", "--socket", str(path)]
+    if models:
+        cmd += ["--models", models]
+    paths.log_dir.mkdir(parents=True, exist_ok=True)
+    with (paths.log_dir / "serve.out").open("ab") as out:
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    return proc.pid
+
+
+def _offer_daemon(paths: Paths, path: Path, args: argparse.Namespace) -> None:
+    """No daemon on ``path``: start one if ``--start``, ask when interactive, else go on
+    (the TUI keeps retrying, so a daemon started elsewhere is picked up)."""
+    from edgeinfer.server.daemon import accepts
+
+    if path.exists() and accepts(path):
+        return
+    start = args.start
+    if start is None and sys.stdin.isatty():
+        reply = input(f"No edgeinfer daemon answers on {path}. Start one now? [Y/n] ")
+        start = reply.strip().lower() in ("", "y", "yes")
+    if start:
+        pid = start_background_daemon(paths, path, args.models)
+        print(f"started `edgeinfer serve` (pid {pid}); its output: {paths.log_dir / 'serve.out'}")
+
+
+def cmd_tui(args: argparse.Namespace) -> int:
+    """``edgeinfer chat`` and ``edgeinfer top``: the Textual UI (imported here only, so the
+    daemon side never loads textual)."""
+    from edgeinfer.client import AsyncClient
+    from edgeinfer.tui.app import EdgeinferApp
+    from edgeinfer.tui.store import ConversationStore, default_path
+
+    paths = resolve()
+    path = socket_path(paths, args.socket)
+    client = AsyncClient(path)
+    if args.command == "top":
+        EdgeinferApp(client, mode="top", interval=args.interval, light=args.light).run()
+        return 0
+    _offer_daemon(paths, path, args)
+    params: dict[str, object] = {}
+    if args.max_tokens is not None:
+        params["max_tokens"] = args.max_tokens
+    if args.temperature is not None:
+        params["temperature"] = args.temperature
+    store = ConversationStore(default_path(paths))
+    try:
+        app = EdgeinferApp(client, store=store, params=params, model=args.model, light=args.light)
+        app.run()
+    finally:
+        store.close()
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from edgeinfer.bootstrap import catalogue_paths, real_quantizer
 
@@ -168,6 +234,12 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--models", help="comma-separated models to serve (default: catalogue)")
     serve.add_argument("--socket", help="socket path (default: the user runtime dir)")
     serve.add_argument("--no-cache", action="store_true", help="run without the response cache")
+    serve.add_argument(
+        "--tcp",
+        metavar="HOST:PORT",
+        help="also listen on TCP (needs a token: $EDGEINFER_TOKEN or --token-file)",
+    )
+    serve.add_argument("--token-file", help="owner-only file holding the TCP bearer token")
     serve.add_argument("-v", "--verbose", action="store_true")
     serve.set_defaults(func=cmd_serve)
 
@@ -200,14 +272,39 @@ def parser() -> argparse.ArgumentParser:
         cmd.add_argument("file")
     cache.set_defaults(func=cmd_cache)
 
+    chat = sub.add_parser("chat", help="chat in the terminal (with a live stats tab)")
+    chat.add_argument("--model", default="auto", help="model to start with (auto or a tier)")
+    chat.add_argument("--max-tokens", type=int, help="cap on each answer's tokens")
+    chat.add_argument("--temperature", type=float)
+    chat.add_argument(
+        "--start",
+        action=argparse.BooleanOptionalAction,
+        help="start `edgeinfer serve` in the background if no daemon answers (default: ask)",
+    )
+    chat.add_argument("--models", help="with --start: the models the daemon serves")
+    chat.add_argument("--light", action="store_true", help="light colours (F5 switches)")
+    chat.add_argument("--socket")
+    chat.set_defaults(func=cmd_tui)
+
+    top = sub.add_parser("top", help="live stats: speed, slots, cache hits, savings")
+    top.add_argument("--interval", type=float, default=1.0, help="seconds between updates")
+    top.add_argument("--light", action="store_true", help="light colours (F5 switches)")
+    top.add_argument("--socket")
+    top.set_defaults(func=cmd_tui)
+
     where = sub.add_parser("paths", help="print the socket, config, model and cache paths")
     where.add_argument("--socket")
     where.set_defaults(func=cmd_paths)
 
     cli_models.register(sub)
+    cli_router.register(sub)
     for name, action in sub.choices.items():
         if name == "models":
             action.set_defaults(func=cmd_models)
+        elif name == "router":
+            action.set_defaults(func=lambda a: cli_router.cmd_train(a, resolve()))
+        elif name == "distill":
+            action.set_defaults(func=lambda a: cli_router.cmd_distill(a, resolve()))
     return p
 
 

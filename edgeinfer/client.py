@@ -26,6 +26,9 @@ _CODES: dict[str, type[errors.EdgeInferError]] = {
         errors.ModelUnavailable,
         errors.Busy,
         errors.RequestTimeout,
+        errors.Unauthorized,
+        errors.PermissionDenied,
+        errors.ShuttingDown,
     )
 }
 
@@ -39,10 +42,29 @@ def error_from_wire(status: int, body: Any) -> errors.EdgeInferError:
     return exc
 
 
-def _not_running(path: Path, exc: Exception) -> errors.DaemonError:
+def _not_running(path: Path | str, exc: Exception) -> errors.DaemonError:
     return errors.DaemonError(
         f"no edgeinfer daemon answers on {path} ({exc}); start one with `edgeinfer serve`"
     )
+
+
+def _lost(path: Path | str, exc: Exception) -> errors.DaemonError:
+    """A connection that broke mid-response (the daemon stopped or restarted): long-lived
+    callers such as the TUI reconnect on any ``DaemonError`` instead of knowing httpx."""
+    if isinstance(exc, httpx.ConnectError | FileNotFoundError):
+        return _not_running(path, exc)
+    return errors.DaemonError(f"lost the connection to the daemon on {path} ({exc!r})")
+
+
+def _connection(
+    socket: Path | None, base_url: str | None, token: str | None
+) -> tuple[Path | str, dict[str, Any]]:
+    """Where to connect, and the httpx options: the Unix socket, or a daemon's TCP listener
+    (``base_url``) with its bearer token; the caller adds the (sync or async) transport."""
+    if base_url is None and socket is None:
+        raise ValueError("pass the daemon's socket path, or base_url (and token) for TCP")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return (base_url or socket or ""), {"base_url": base_url or _BASE, "headers": headers}
 
 
 def _check(response: httpx.Response) -> Any:
@@ -69,12 +91,20 @@ def _events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
 
 
 class Client:
-    """Blocking client. ``Client(socket_path)``; use as a context manager."""
+    """Blocking client. ``Client(socket_path)``, or ``Client(base_url=..., token=...)`` for a
+    daemon's TCP listener; use as a context manager."""
 
-    def __init__(self, socket: Path, *, timeout: float = 600.0) -> None:
-        self.socket = socket
-        transport = httpx.HTTPTransport(uds=str(socket))
-        self._http = httpx.Client(transport=transport, base_url=_BASE, timeout=timeout)
+    def __init__(
+        self,
+        socket: Path | None = None,
+        *,
+        base_url: str | None = None,
+        token: str | None = None,
+        timeout: float = 600.0,
+    ) -> None:
+        self.socket, options = _connection(socket, base_url, token)
+        transport = httpx.HTTPTransport(uds=str(socket)) if base_url is None else None
+        self._http = httpx.Client(transport=transport, timeout=timeout, **options)
 
     def __enter__(self) -> Client:
         return self
@@ -128,10 +158,17 @@ class Client:
 class AsyncClient:
     """The same API for asyncio callers (the TUI)."""
 
-    def __init__(self, socket: Path, *, timeout: float = 600.0) -> None:
-        self.socket = socket
-        transport = httpx.AsyncHTTPTransport(uds=str(socket))
-        self._http = httpx.AsyncClient(transport=transport, base_url=_BASE, timeout=timeout)
+    def __init__(
+        self,
+        socket: Path | None = None,
+        *,
+        base_url: str | None = None,
+        token: str | None = None,
+        timeout: float = 600.0,
+    ) -> None:
+        self.socket, options = _connection(socket, base_url, token)
+        transport = httpx.AsyncHTTPTransport(uds=str(socket)) if base_url is None else None
+        self._http = httpx.AsyncClient(transport=transport, timeout=timeout, **options)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -158,12 +195,33 @@ class AsyncClient:
         )
         return result
 
+    async def models(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = (await self._request("GET", "/v1/models"))["data"]
+        return result
+
+    async def stats(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self._request("GET", "/stats")
+        return result
+
     async def chat_stream(
         self, messages: list[dict[str, Any]], **params: Any
     ) -> AsyncIterator[dict[str, Any]]:
+        """Streamed chunks until ``[DONE]``; the last content-free chunk carries ``usage`` and
+        the ``edgeinfer`` report. Closing the iterator early hangs up, which frees the slot."""
         body = {"messages": messages, **params, "stream": True}
+        async for event in self._sse("POST", "/v1/chat/completions", json=body):
+            yield event
+
+    async def stream_stats(self, interval: float = 1.0) -> AsyncIterator[dict[str, Any]]:
+        """The daemon's live ``/stats`` feed: one snapshot (plus its ``time``) per ``interval``
+        seconds, until the daemon stops (the iterator then ends) or the connection breaks
+        (``DaemonError``)."""
+        async for event in self._sse("GET", "/stats/stream", params={"interval": interval}):
+            yield event
+
+    async def _sse(self, method: str, url: str, **kw: Any) -> AsyncIterator[dict[str, Any]]:
         try:
-            async with self._http.stream("POST", "/v1/chat/completions", json=body) as response:
+            async with self._http.stream(method, url, **kw) as response:
                 if response.status_code >= 400:
                     await response.aread()
                     _check(response)
@@ -172,5 +230,5 @@ class AsyncClient:
                         yield event
                     if line == "data: [DONE]":
                         return
-        except (httpx.ConnectError, FileNotFoundError) as exc:
-            raise _not_running(self.socket, exc) from exc
+        except (httpx.TransportError, FileNotFoundError) as exc:
+            raise _lost(self.socket, exc) from exc

@@ -9,9 +9,16 @@ Library code raises these; the server maps them to OpenAI error JSON in one plac
     ├── InvalidRequest                   400 invalid_request_error
     │   └── ContextLengthExceeded        400 context_length_exceeded
     ├── ModelNotFound                    404 model_not_found
+    ├── NoSuitableModel                  422 no_suitable_model   (router constraints unmet)
     ├── ModelUnavailable                 503 model_unavailable   (failed to load, still pulling)
+    │   └── InsufficientMemory           503 insufficient_memory (cannot fit the memory budget)
     ├── Busy                             503 busy                (bounded queue is full)
+    │   └── ModelLoading                 503 model_loading       (loading on demand; retry)
     ├── RequestTimeout                   504 timeout
+    ├── UpstreamError                    502 upstream_error      (a remote tier failed)
+    ├── Unauthorized                     401 invalid_api_key     (TCP without the bearer token)
+    ├── PermissionDenied                 403 permission_denied   (peer uid not in allow_uids)
+    ├── ShuttingDown                     503 shutting_down       (draining, or cut at its deadline)
     ├── ConfigError                      config_error            (file, key, did-you-mean)
     ├── ModelStoreError                  model_store_error
     │   └── IntegrityError               integrity_error         (size / sha256 mismatch)
@@ -70,10 +77,25 @@ class ModelNotFound(EdgeInferError):
     type = "invalid_request_error"
 
 
+class NoSuitableModel(EdgeInferError):
+    """No tier meets the request's ``min_quality`` / ``max_cost`` / tags; the message says why."""
+
+    code = "no_suitable_model"
+    status = 422
+    type = "invalid_request_error"
+
+
 class ModelUnavailable(EdgeInferError):
     code = "model_unavailable"
     status = 503
     type = "server_error"
+
+
+class InsufficientMemory(ModelUnavailable):
+    """Loading the model would exceed the memory budget even after unloading every idle,
+    unpinned model; the message gives the estimate, the budget and what holds the rest."""
+
+    code = "insufficient_memory"
 
 
 class Busy(EdgeInferError):
@@ -86,9 +108,44 @@ class Busy(EdgeInferError):
         self.retry_after = retry_after
 
 
+class ModelLoading(Busy):
+    """The model is being loaded (on demand, or replaced after a config reload); a retry after
+    ``retry_after`` seconds finds it ready. A ``Busy`` so the server adds ``Retry-After``."""
+
+    code = "model_loading"
+
+
 class RequestTimeout(EdgeInferError):
     code = "timeout"
     status = 504
+    type = "server_error"
+
+
+class Unauthorized(EdgeInferError):
+    """OpenAI's code for a missing or wrong key, so SDKs raise their authentication error."""
+
+    code = "invalid_api_key"
+    status = 401
+    type = "invalid_request_error"
+
+
+class PermissionDenied(EdgeInferError):
+    code = "permission_denied"
+    status = 403
+    type = "invalid_request_error"
+
+
+class ShuttingDown(EdgeInferError):
+    code = "shutting_down"
+    status = 503
+    type = "server_error"
+
+
+class UpstreamError(EdgeInferError):
+    """A remote tier (an OpenAI-compatible endpoint) failed after its retries."""
+
+    code = "upstream_error"
+    status = 502
     type = "server_error"
 
 

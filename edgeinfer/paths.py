@@ -36,6 +36,21 @@ class Paths:
         return self.config_dir / "models.toml"
 
     @property
+    def router_weights(self) -> Path:
+        """The classifier ``edgeinfer router train`` wrote; preferred over the bundled one."""
+        return self.data_dir / "router.json"
+
+    @property
+    def distill_db(self) -> Path:
+        """Captured large-tier answers (``[router] distill = true``)."""
+        return self.data_dir / "distill.sqlite"
+
+    @property
+    def router_outcomes(self) -> Path:
+        """Cascade verdicts the daemon logs, for ``edgeinfer router train``."""
+        return self.data_dir / "router_outcomes.jsonl"
+
+    @property
     def default_socket(self) -> Path:
         return self.runtime_dir / "edgeinfer.sock"
 

@@ -9,122 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
-from edgeinfer.cache.entry import CacheHit
 from edgeinfer.cache.layer import CacheRequest, ResponseCache
-from edgeinfer.engine.base import Sampling, TokenLogprob
-from edgeinfer.errors import InvalidRequest
-from edgeinfer.pool.events import Delta, Event, Finished, GenRequest, Usage
+from edgeinfer.config.schema import PromptSettings, RouterSettings
+from edgeinfer.distill import DistillLog
+from edgeinfer.engine.base import Sampling
+from edgeinfer.errors import EdgeInferError, InvalidRequest
+from edgeinfer.generation import GenerateOptions, Generation
+from edgeinfer.pool.events import Event, Failed, Finished, GenRequest, Usage
 from edgeinfer.pool.runner import ModelRunner
 from edgeinfer.pool.scheduler import ModelPool, ServedModel
+from edgeinfer.prompt.history import SUMMARY_INSTRUCTION
+from edgeinfer.prompt.layer import PromptLayer, PromptWish, Summarise
 from edgeinfer.prompt.template import render_chat
-
-
-@dataclass(frozen=True)
-class GenerateOptions:
-    """What a request asks of the generation itself (validated by the server's schemas)."""
-
-    max_tokens: int | None = None
-    sampling: Sampling = field(default_factory=Sampling)
-    stop: tuple[str, ...] = ()
-    logprobs: int | None = None  # None: off; n: also the top n alternatives
-    response_format: str | None = None  # "json_object" | "json_schema"
-    json_schema: str | None = None
-    timeout: float | None = None  # seconds; the daemon's default when None
-    cache: str | None = None  # edgeinfer.cache: "off" | "exact" | "semantic"; None = policy
-    cache_threshold: float | None = None
-
-    def key_fields(self) -> dict[str, Any]:
-        """Everything here that changes the generated text, for the cache keys."""
-        fields = asdict(self.sampling)
-        fields.pop("grammar")  # derived from response_format/json_schema, which are keyed
-        fields["logit_bias"] = {str(k): v for k, v in self.sampling.logit_bias.items()}
-        return {
-            **fields,
-            "max_tokens": self.max_tokens,
-            "stop": list(self.stop),
-            "response_format": self.response_format,
-            "json_schema": self.json_schema,
-        }
-
-
-class Generation:
-    """One answer in flight: iterate it for text deltas, then read :attr:`result`.
-
-    Produced by the engine (events from the runner thread) or replayed from the cache; the
-    server treats both alike. Iteration raises the request's error (an ``EdgeInferError``) if it
-    fails; leaving early (client hung up) must be followed by :meth:`cancel`, which frees the slot.
-    """
-
-    def __init__(
-        self,
-        model: str,
-        digest: str | None,
-        queue: asyncio.Queue[Event],
-        *,
-        prompt_tokens: int,
-        cancel: Callable[[], None] = lambda: None,
-        wants_logprobs: bool = False,
-        cache: dict[str, Any] | None = None,
-        on_finish: Callable[[str, Finished], None] | None = None,
-    ) -> None:
-        self.model = model
-        self.digest = digest
-        self.prompt_tokens = prompt_tokens
-        self.wants_logprobs = wants_logprobs
-        self.cache = cache or {"layer": None, "similarity": None}
-        self.created = int(time.time())
-        self.result: Finished | None = None
-        self._queue = queue
-        self._cancel = cancel
-        self._on_finish = on_finish
-        self._text: list[str] = []
-
-    @classmethod
-    def replay(cls, model: str, digest: str | None, hit: CacheHit) -> Generation:
-        """A generation served from a cache hit, in the same shape as a fresh one."""
-        answer = hit.response
-        queue: asyncio.Queue[Event] = asyncio.Queue()
-        queue.put_nowait(Delta(str(answer.get("content", ""))))
-        usage = Usage(hit.prompt_tokens, hit.completion_tokens, hit.prompt_tokens, 0.0, 0.0)
-        queue.put_nowait(Finished(answer.get("finish_reason", "stop"), usage))
-        info: dict[str, Any] = {"layer": hit.layer, "similarity": round(hit.similarity, 4)}
-        if hit.layer == "semantic":
-            info["question"] = hit.question
-        return cls(model, digest, queue, prompt_tokens=hit.prompt_tokens, cache=info)
-
-    async def __aiter__(self) -> AsyncIterator[Delta]:
-        while self.result is None:
-            event = await self._queue.get()
-            if isinstance(event, Delta):
-                self._text.append(event.text)
-                yield event
-            elif isinstance(event, Finished):
-                self.result = event
-                if self._on_finish is not None and event.reason != "cancelled":
-                    self._on_finish("".join(self._text), event)
-            else:
-                raise event.error
-
-    async def text(self) -> str:
-        """Run to the end and return the whole answer."""
-        return "".join([delta.text async for delta in self])
-
-    async def collect(self) -> tuple[str, list[TokenLogprob]]:
-        """Run to the end; the answer and the logprobs of its tokens (when asked)."""
-        text: list[str] = []
-        logprobs: list[TokenLogprob] = []
-        async for delta in self:
-            text.append(delta.text)
-            logprobs.extend(delta.logprobs)
-        return "".join(text), logprobs
-
-    def cancel(self) -> None:
-        if self.result is None:
-            self._cancel()
+from edgeinfer.remote import RemoteTier
+from edgeinfer.routed import Router
+from edgeinfer.routing.classifier import Classifier
+from edgeinfer.routing.policy import Tier
 
 
 class InferenceService:
@@ -136,38 +41,119 @@ class InferenceService:
         *,
         cache: ResponseCache | None = None,
         request_timeout: float | None = 600.0,
+        remotes: Mapping[str, RemoteTier] | None = None,
+        router: RouterSettings | None = None,
+        classifier: Classifier | None = None,
+        distill: DistillLog | None = None,
+        outcomes: Path | None = None,
+        prompt: PromptSettings | None = None,
     ) -> None:
         self.pool = pool
         self.cache = cache
+        self.remotes = dict(remotes or {})
         self._timeout = request_timeout
+        embed = cache.embedder.embed if cache is not None else None
+        self.prompt_layer = PromptLayer(prompt or PromptSettings(), embed=embed)
+        self.router = Router(
+            router or RouterSettings(),
+            tiers=self.tiers,
+            embed=embed,
+            classifier=classifier,
+            distill=distill,
+            outcomes=outcomes,
+        )
 
     def snapshot(self) -> dict[str, Any]:
         """``/stats``: per-model runner figures and the cache's layers and store (blocking)."""
         return {
             "models": self.pool.snapshot(),
             "cache": self.cache.stats() if self.cache is not None else None,
+            "router": {"tiers": self.router.tier_names(), **self.router.stats.as_dict()},
+            "prompt": self.prompt_layer.snapshot(),
         }
+
+    def tiers(self) -> list[Tier]:
+        """The models the router may pick now: ready local models and configured remotes."""
+        wanted = self.router.settings.tiers
+        tiers = [
+            Tier(m.name, m.spec.quality, _cost(m), frozenset(m.spec.tags))
+            for m in self.pool.models()
+            if m.status() == "ready"
+        ]
+        tiers += [
+            Tier(r.name, r.spec.quality, r.spec.cost_per_1k, frozenset(r.spec.tags), remote=True)
+            for r in self.remotes.values()
+        ]
+        return [t for t in tiers if wanted is None or t.name in wanted]
 
     async def chat(
         self, model: str | None, messages: Sequence[Mapping[str, Any]], options: GenerateOptions
     ) -> Generation:
-        served, runner = self.pool.get(model)
-        cached = None
-        if self.cache is not None and options.logprobs is None:  # a stored answer has none
-            cached = self.cache.request(
-                model=served.name,
-                digest=served.digest or "",
-                messages=[dict(m) for m in messages],
-                fields=options.key_fields(),
-                temperature=options.sampling.temperature,
-                seed=options.sampling.seed,
-                mode=options.cache,
-                threshold=options.cache_threshold,
-            )
-            hit = await self.cache.lookup(cached)
+        if self.router.wants(model):
+            return await self._routed(messages, options)
+        return await self._answer(model, messages, options)
+
+    async def _routed(
+        self, messages: Sequence[Mapping[str, Any]], options: GenerateOptions
+    ) -> Generation:
+        """Model ``auto``: the cache first (keyed on the router's tiers), then the router."""
+        digest = "router:" + ",".join(self.router.tier_names())
+        hit, cached = await self._lookup("auto", digest, messages, options)
+        if hit is not None:
+            hit.route = {"route": "cache", "tiers": []}
+            return hit
+        untouched = replace(options, cache="off")  # tiers neither read nor fill the cache
+        gen = await self.router.chat(messages, untouched, self._answer)
+        store = self._storer(cached)
+        if store is not None:
+            gen.add_finish_hook(store)
+        return gen
+
+    async def _lookup(
+        self,
+        name: str,
+        digest: str,
+        messages: Sequence[Mapping[str, Any]],
+        options: GenerateOptions,
+    ) -> tuple[Generation | None, CacheRequest | None]:
+        """Steps 1-2: an answer from the cache, and the request to store a fresh one under."""
+        if self.cache is None or options.logprobs is not None:  # a stored answer has none
+            return None, None
+        cached = self.cache.request(
+            model=name,
+            digest=digest,
+            messages=[dict(m) for m in messages],
+            fields=options.key_fields(),
+            temperature=options.sampling.temperature,
+            seed=options.sampling.seed,
+            mode=options.cache,
+            threshold=options.cache_threshold,
+        )
+        hit = await self.cache.lookup(cached)
+        return (Generation.replay(name, digest, hit) if hit else None), cached
+
+    async def _answer(
+        self, model: str | None, messages: Sequence[Mapping[str, Any]], options: GenerateOptions
+    ) -> Generation:
+        """One named tier answers: a remote endpoint, or a local model through its runner."""
+        remote = self.remotes.get(model or "")
+        if remote is not None:
+            digest = f"remote:{remote.spec.url}:{remote.spec.model}"
+            hit, cached = await self._lookup(remote.name, digest, messages, options)
             if hit is not None:
-                return Generation.replay(served.name, served.digest, hit)
+                return hit
+            return await self._remote(remote, messages, options, self._storer(cached))
+        served, runner = await self.pool.acquire(model)
+        hit, cached = await self._lookup(served.name, served.digest or "", messages, options)
+        if hit is not None:
+            return hit
         engine = runner.engine
+
+        def count(text: str) -> int:
+            return len(engine.tokenize(text, add_special=False))
+
+        wish = PromptWish(options.compress, options.context_budget)
+        messages, report = await self.prompt_layer.apply(messages, count, wish, self._summariser())
         prompt = render_chat(
             engine.info.chat_template,
             messages,
@@ -176,7 +162,95 @@ class InferenceService:
         )
         # The chat template already holds any BOS it wants; parse its special tokens.
         tokens = await asyncio.to_thread(engine.tokenize, prompt, add_special=False)
-        return await self._start(served, runner, tokens, options, self._storer(cached))
+        store = self._storer(cached)
+        if options.continue_on_length and self.router.settings.max_continuations:
+            first = await self._start(served, runner, tokens, options)
+            gen = self._continuing(served, runner, prompt, first, options, store)
+        else:
+            gen = await self._start(served, runner, tokens, options, store)
+        gen.prompt = report.as_dict() if report is not None else None
+        return gen
+
+    def _summariser(self) -> Summarise | None:
+        """History summaries come from the cheapest local tier (``[prompt] history_budget``)."""
+        local = [t for t in self.tiers() if not t.remote]
+        if self.prompt_layer.settings.history_budget is None or not local:
+            return None
+        name = min(local, key=lambda t: t.cost_per_1k).name
+        options = GenerateOptions(
+            max_tokens=256, sampling=Sampling(temperature=0.0), cache="off", compress=False
+        )
+
+        async def summarise(transcript: str) -> str:
+            convo = [
+                {"role": "system", "content": SUMMARY_INSTRUCTION},
+                {"role": "user", "content": transcript},
+            ]
+            return await (await self._answer(name, convo, options)).text()
+
+        return summarise
+
+    def _continuing(
+        self,
+        served: ServedModel,
+        runner: ModelRunner,
+        prompt: str,
+        first: Generation,
+        options: GenerateOptions,
+        on_finish: Callable[[str, Finished], None] | None,
+    ) -> Generation:
+        """Output-length control: an answer cut at ``max_tokens`` goes on where it stopped.
+
+        Each round re-submits the prompt plus the answer so far; the slot still holds their KV,
+        so prefix reuse evaluates only the last token or two instead of the whole conversation
+        (each round's reuse is reported in ``edgeinfer.continued``).
+        """
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+        current = [first]
+        out = Generation(served.name, served.digest, queue, prompt_tokens=first.prompt_tokens)
+        rounds = self.router.settings.max_continuations
+        started = time.monotonic()
+
+        async def run() -> None:
+            text: list[str] = []
+            gen, done, completion = first, None, 0
+            for n in range(rounds + 1):
+                try:
+                    async for delta in gen:
+                        text.append(delta.text)
+                        queue.put_nowait(delta)
+                except EdgeInferError as exc:
+                    queue.put_nowait(Failed(exc))
+                    return
+                assert gen.result is not None
+                done, completion = gen.result, completion + gen.result.usage.completion_tokens
+                if n:
+                    u = done.usage
+                    out.continued.append(
+                        {"cached_tokens": u.cached_tokens, "completion_tokens": u.completion_tokens}
+                    )
+                if done.reason != "length" or n == rounds:
+                    break
+                tokens = await asyncio.to_thread(
+                    runner.engine.tokenize, prompt + "".join(text), add_special=False
+                )
+                gen = current[0] = await self._start(served, runner, tokens, options)
+            assert done is not None and first.result is not None
+            u = first.result.usage
+            elapsed = time.monotonic() - started
+            usage = Usage(u.prompt_tokens, completion, u.cached_tokens, u.ttft_s, elapsed)
+            queue.put_nowait(Finished(done.reason, usage))
+
+        task = asyncio.create_task(run())
+
+        def cancel() -> None:
+            current[0].cancel()
+            task.cancel()
+
+        out._cancel = cancel
+        if on_finish is not None:
+            out.add_finish_hook(on_finish)
+        return out
 
     def _storer(self, req: CacheRequest | None) -> Callable[[str, Finished], None] | None:
         """Step 6: what a finished generation hands to the cache."""
@@ -191,10 +265,42 @@ class InferenceService:
 
         return store
 
+    async def _remote(
+        self,
+        remote: RemoteTier,
+        messages: Sequence[Mapping[str, Any]],
+        options: GenerateOptions,
+        on_finish: Callable[[str, Finished], None] | None,
+    ) -> Generation:
+        if options.logprobs is not None or options.response_format is not None:
+            raise InvalidRequest(
+                f"model {remote.name!r} is a remote tier: logprobs and response_format are"
+                " served by local models only"
+            )
+        s = options.sampling
+        fields = {
+            "max_tokens": options.max_tokens,
+            "temperature": s.temperature,
+            "top_p": s.top_p,
+            "presence_penalty": s.presence_penalty or None,
+            "frequency_penalty": s.frequency_penalty or None,
+            "seed": s.seed,
+            "stop": list(options.stop) or None,
+        }
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+        task = await remote.start(remote.body(messages, fields), queue.put_nowait)
+
+        def cancel() -> None:
+            task.cancel()
+
+        return Generation(
+            remote.name, None, queue, prompt_tokens=0, cancel=cancel, on_finish=on_finish
+        )
+
     async def complete(
         self, model: str | None, prompt: str, options: GenerateOptions
     ) -> Generation:
-        served, runner = self.pool.get(model)
+        served, runner = await self.pool.acquire(model)
         tokens = await asyncio.to_thread(runner.engine.tokenize, prompt, add_special=True)
         if not tokens:
             raise InvalidRequest("the prompt is empty", param="prompt")
@@ -217,8 +323,10 @@ class InferenceService:
                 param="logit_bias",
             )
         n_ctx = runner.params.n_ctx
-        # With context shift a generation may run past the window, up to the model's cap.
-        limit = served.spec.max_tokens if runner.can_shift else n_ctx
+        # With context shift a generation may run past the window; never past the model's cap
+        # (its max_tokens key), which also bounds a request that names none.
+        cap = served.spec.max_tokens
+        limit = cap if runner.can_shift else min(cap, n_ctx)
         if options.max_tokens is not None and options.max_tokens > limit:
             raise InvalidRequest(
                 f"max_tokens is {options.max_tokens}; model {served.name!r} allows at most"
@@ -245,7 +353,7 @@ class InferenceService:
         request = GenRequest(
             prompt=tokens,
             sampling=sampling,
-            max_tokens=options.max_tokens or n_ctx,
+            max_tokens=options.max_tokens or min(n_ctx, cap),
             emit=emit,
             stop=options.stop,
             logprobs=options.logprobs,
@@ -261,6 +369,21 @@ class InferenceService:
             wants_logprobs=request.logprobs is not None,
             on_finish=on_finish,
         )
+
+
+def _cost(model: ServedModel) -> float:
+    """Seconds of this machine's compute per 1k generated tokens, or the configured price.
+
+    Measured from the model's own generation rate once it has generated; before that,
+    estimated from the file size (decode is memory-bound: ~size^0.6 fits tiny/small/large here).
+    """
+    if model.spec.cost_per_1k is not None:
+        return model.spec.cost_per_1k
+    runner = model.runner
+    if runner is not None and runner.stats.generate_seconds > 0 and runner.stats.generated_tokens:
+        return 1000.0 * float(runner.stats.generate_seconds) / runner.stats.generated_tokens
+    size = model.spec.size or 100_000_000
+    return float(6.25 * (size / 98_000_000) ** 0.6)
 
 
 __all__ = ["GenerateOptions", "Generation", "InferenceService"]

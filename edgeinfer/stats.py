@@ -33,6 +33,18 @@ _MODEL_SERIES = [
     ("slots", "slots", "Parallel sequences of the model's context", "gauge"),
     ("slots_busy", "slots_busy", "Slots running a request", "gauge"),
     ("queue_depth", "queue_depth", "Requests waiting for a slot", "gauge"),
+    (
+        "memory_estimated_bytes",
+        "model_memory_estimated_bytes",
+        "Bytes the model was estimated to hold (GGUF header)",
+        "gauge",
+    ),
+    (
+        "memory_measured_bytes",
+        "model_memory_measured_bytes",
+        "RSS growth measured when the model loaded",
+        "gauge",
+    ),
 ]
 
 
@@ -82,6 +94,28 @@ class _SnapshotCollector(Collector):
         cache = snap.get("cache")
         if cache:
             yield from _cache_metrics(cache)
+        memory = snap.get("memory")
+        if memory:
+            yield from _memory_metrics(memory)
+        config = snap.get("config")
+        if config:
+            ok = GaugeMetricFamily("edgeinfer_config_ok", "0 while the last reload failed")
+            ok.add_metric([], 1.0 if config.get("ok") else 0.0)
+            yield ok
+
+
+def _memory_metrics(memory: dict[str, Any]) -> Iterator[Metric]:
+    """The pool's budget and what loaded (and draining) models hold against it."""
+    for key, name, doc in (
+        ("budget_bytes", "memory_budget_bytes", "RAM budget for models (absent: unlimited)"),
+        ("used_bytes", "memory_used_bytes", "RAM accounted to loaded and draining models"),
+        ("vram_budget_bytes", "vram_budget_bytes", "VRAM budget (absent: unchecked)"),
+        ("used_vram_bytes", "vram_used_bytes", "VRAM accounted to loaded models"),
+    ):
+        if memory.get(key) is not None:
+            gauge = GaugeMetricFamily(f"edgeinfer_{name}", doc)
+            gauge.add_metric([], float(memory[key]))
+            yield gauge
 
 
 def _model_metrics(models: dict[str, Any]) -> Iterator[Metric]:

@@ -101,7 +101,7 @@ def test_openai_sdk_over_the_socket(daemon: Daemon) -> None:
     client = openai.OpenAI(base_url="http://edgeinfer/v1", api_key="unused", http_client=http)
     try:
         models = [m.id for m in client.models.list()]
-        assert models == ["tiny"]
+        assert models == ["tiny", "auto"]  # auto: the router
         resp = client.chat.completions.create(
             model="tiny",
             messages=QUESTION,

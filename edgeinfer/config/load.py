@@ -17,11 +17,16 @@ from pydantic import BaseModel, ValidationError
 from edgeinfer.config.schema import (
     CacheSettings,
     Catalogue,
+    MemorySettings,
     ModelSpec,
     PathSource,
     PriceSpec,
+    PromptSettings,
     PypiSource,
     QuantizeSource,
+    RemoteSpec,
+    RouterSettings,
+    ServerSettings,
     UrlSource,
     catalogue_problems,
     valid_model_name,
@@ -36,8 +41,17 @@ _SOURCE_MODELS: dict[str, type[BaseModel]] = {
 }
 
 
-_TABLES: dict[str, type[BaseModel] | None] = {"cache": CacheSettings, "prices": None}
+_TABLES: dict[str, type[BaseModel]] = {
+    "cache": CacheSettings,
+    "router": RouterSettings,
+    "prompt": PromptSettings,
+    "server": ServerSettings,
+    "memory": MemorySettings,
+}
 """Top-level tables besides [models]; a user file's keys override the bundled ones."""
+
+_COLLECTIONS: dict[str, type[BaseModel]] = {"prices": PriceSpec, "remotes": RemoteSpec}
+"""Top-level tables of named tables ([prices.NAME], [remotes.NAME])."""
 
 
 def bundled_catalogue_path() -> Path:
@@ -58,12 +72,12 @@ def _fields_at(loc: tuple[int | str, ...], raw: dict[str, Any]) -> list[str]:
             model = _SOURCE_MODELS.get(source.get("type", "") if isinstance(source, dict) else "")
             if model is not None:
                 return [(f.alias or n) for n, f in model.model_fields.items()]
-    if len(loc) == 2 and loc[0] == "cache":
-        return list(CacheSettings.model_fields)
-    if len(loc) == 3 and loc[0] == "prices":
-        return list(PriceSpec.model_fields)
+    if len(loc) == 2 and loc[0] in _TABLES:
+        return list(_TABLES[str(loc[0])].model_fields)
+    if len(loc) == 3 and loc[0] in _COLLECTIONS:
+        return [f for f in _COLLECTIONS[str(loc[0])].model_fields if f != "name"]
     if len(loc) == 1:
-        return ["models", *_TABLES]
+        return ["models", *_TABLES, *_COLLECTIONS]
     return []
 
 
@@ -100,7 +114,11 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     """User entries override bundled ones key by key; a user `source` replaces it whole."""
     merged = {k: v for k, v in base.items()}
     for key, value in override.items():
-        if key in _TABLES and isinstance(value, dict) and isinstance(merged.get(key), dict):
+        if (
+            key in _TABLES | _COLLECTIONS
+            and isinstance(value, dict)
+            and isinstance(merged.get(key), dict)
+        ):
             merged[key] = {**merged[key], **value}
             continue
         if key != "models" or not isinstance(value, dict):
@@ -144,13 +162,17 @@ def check_catalogue(paths: list[Path]) -> tuple[Catalogue | None, list[str]]:
     problems += [f"{origin.get(name, paths[-1])}: {msg}" for name, msg in found]
     if problems:
         return None, problems
+    extra = {k: merged[k] for k in (*_TABLES, *_COLLECTIONS) if k in merged}
+    remotes = extra.get("remotes") or {}
+    extra["remotes"] = {name: {**row, "name": name} for name, row in remotes.items()}
     try:
-        extra = {k: merged[k] for k in _TABLES if k in merged}
-        return Catalogue.model_validate({"models": {}, **extra}).model_copy(
+        catalogue = Catalogue.model_validate({"models": {}, **extra}).model_copy(
             update={"models": specs}
-        ), []
+        )
     except ValidationError as exc:
         return None, [f"{paths[-1]}: {_describe(e, merged)}" for e in exc.errors()]
+    problems = [f"{paths[-1]}: {msg}" for msg in catalogue.routing_problems()]
+    return (None, problems) if problems else (catalogue, [])
 
 
 def _merged_specs(
@@ -176,9 +198,9 @@ def _validate(raw: dict[str, Any], *, partial: bool) -> list[Any]:
     """Schema errors of one file. A user file may set a few keys of a bundled entry."""
     errors: list[Any] = []
     for key in raw:
-        if key not in ("models", *_TABLES):
+        if key not in ("models", *_TABLES, *_COLLECTIONS):
             errors.append({"loc": (key,), "type": "extra_forbidden", "msg": ""})
-    for key, model in _TABLES.items():
+    for key, model in (_TABLES | _COLLECTIONS).items():
         if key in raw:
             errors += _table_errors(key, model, raw[key])
     models = raw.get("models", {})
@@ -203,14 +225,13 @@ def _validate(raw: dict[str, Any], *, partial: bool) -> list[Any]:
     return errors
 
 
-def _table_errors(key: str, model: type[BaseModel] | None, value: Any) -> list[Any]:
-    """Schema errors of a top-level table other than [models] ([cache], [prices])."""
+def _table_errors(key: str, model: type[BaseModel], value: Any) -> list[Any]:
+    """Schema errors of a top-level table other than [models] ([cache], [prices], ...)."""
     if not isinstance(value, dict):
         return [{"loc": (key,), "type": "x", "msg": "must be a table"}]
-    # [prices] is a table of price tables; [cache] is one table
     checks = (
-        [((key, name), PriceSpec, row) for name, row in value.items()]
-        if model is None
+        [((key, name), model, row) for name, row in value.items()]
+        if key in _COLLECTIONS
         else [((key,), model, value)]
     )
     errors: list[Any] = []

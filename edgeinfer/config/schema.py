@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from edgeinfer.config.units import parse_bytes
+
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _REQUIREMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9.+!_-]+$")
 
@@ -21,8 +23,10 @@ class _Strict(BaseModel):
 
 
 def _check_relative(path: str) -> str:
+    """A file named inside a package must stay inside it: no absolute path (``/x``, ``\\x``,
+    ``C:x``), no ``..`` step, no NUL."""
     parts = path.replace("\\", "/").split("/")
-    if path.startswith("/") or ".." in parts or not path:
+    if not path or not parts[0] or ":" in parts[0] or ".." in parts or "\0" in path:
         raise ValueError(f"must be a relative path inside the package, got {path!r}")
     return path
 
@@ -110,10 +114,20 @@ class ModelSpec(_Strict):
     prompt_cache_disk_mb: int = Field(default=2048, ge=0)
     prompt_cache_min_tokens: int = Field(default=256, ge=1)
     max_queue: int = Field(default=64, ge=1, le=100_000)
+    max_queued_tokens: int | None = Field(
+        default=None, ge=1, description="cap on queued prompt + max_tokens; none = max_queue only"
+    )
     max_tokens: int = Field(default=16384, ge=1, description="cap on a request's max_tokens")
+    # memory (pool/scheduler.py)
+    keep_alive: float = Field(
+        default=-1, ge=-1, description="idle seconds before unloading; -1 = never, 0 = at once"
+    )
+    pin: bool = Field(default=False, description="never unloaded to make room or when idle")
     # routing (used by the router)
     quality: float = Field(default=0.5, ge=0.0, le=1.0)
-    cost_per_1k: float = Field(default=1.0, ge=0.0)
+    cost_per_1k: float | None = Field(
+        default=None, ge=0.0, description="a price per 1k tokens; none = measured compute time"
+    )
     tags: list[str] = Field(default_factory=list)
 
     @field_validator("sha256")
@@ -197,11 +211,97 @@ class CacheSettings(_Strict):
     estimate_with: str | None = Field(default=None, description="a [prices] entry")
 
 
+class RouterSettings(_Strict):
+    """The router ([router] in models.toml): who takes part and how it decides."""
+
+    tiers: list[str] | None = Field(
+        default=None, description="models that take part, cheapest first; none = all served"
+    )
+    default_route: Literal["cheapest", "cascade", "best"] = "cascade"
+    auto_when_omitted: bool = Field(default=False, description="a request without model → auto")
+    # Calibrated on tests/data/router_train_outcomes.jsonl (5-fold cross-validation): the
+    # cascade keeps ~96% of large-only accuracy at ~73% of its compute time.
+    margin: float = Field(default=0.2, ge=0.0, le=1.0, description="cheapest-within-margin")
+    confidence_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    classifier: str | None = Field(default=None, description="trained weights; none = bundled")
+    output_length: bool = Field(default=True, description="default max_tokens by request type")
+    max_continuations: int = Field(default=2, ge=0, le=16)
+    distill: bool = Field(default=False, description="record large-tier answers for export")
+
+
+class PromptSettings(_Strict):
+    """The prompt layer ([prompt] in models.toml). System prompts are never changed."""
+
+    compress: bool = Field(default=True, description="whitespace and repeated paragraphs")
+    abbreviations: bool = Field(default=False, description="shorten verbose stock phrases")
+    context_budget: int | None = Field(
+        default=None, ge=64, description="tokens; keep the most relevant chunks of a long turn"
+    )
+    history_budget: int | None = Field(
+        default=None, ge=64, description="tokens; summarise older turns with the cheapest tier"
+    )
+
+
+class RemoteSpec(_Strict):
+    """An OpenAI-compatible endpoint serving as a router tier (vLLM, llama.cpp, a cloud API)."""
+
+    name: str = ""
+    url: str
+    model: str
+    api_key_env: str | None = Field(default=None, description="env var holding the API key")
+    timeout: float = Field(default=60.0, gt=0.0, le=3600.0)
+    retries: int = Field(default=2, ge=0, le=10)
+    quality: float = Field(default=0.8, ge=0.0, le=1.0)
+    cost_per_1k: float = Field(default=1.0, ge=0.0)
+    tags: list[str] = Field(default_factory=list)
+    description: str = ""
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+        return value.rstrip("/")
+
+
+class MemorySettings(_Strict):
+    """The memory budget ([memory] in models.toml): bytes or sizes like "8GiB"."""
+
+    budget: int | None = Field(default=None, description="RAM for models; none = ram_share")
+    ram_share: float = Field(default=0.75, gt=0.0, le=1.0, description="of physical RAM")
+    vram_budget: int | None = Field(default=None, description="VRAM for models; none = unchecked")
+    drain_timeout_s: float = Field(
+        default=600.0, gt=0.0, description="how long a replaced model may finish its requests"
+    )
+
+    @field_validator("budget", "vram_budget", mode="before")
+    @classmethod
+    def _size(cls, value: object) -> int | None:
+        return None if value is None else parse_bytes(value)
+
+
+class ServerSettings(_Strict):
+    """How the daemon listens ([server] in models.toml); read at start, not on reload."""
+
+    tcp: str | None = Field(default=None, description="HOST:PORT; none = Unix socket only")
+    token_env: str = Field(default="EDGEINFER_TOKEN", description="env var with the TCP token")
+    token_file: str | None = Field(default=None, description="owner-only file with the token")
+    allow_uids: list[Annotated[int, Field(ge=0)]] | None = Field(
+        default=None, description="socket peers let in (SO_PEERCRED); none = socket mode decides"
+    )
+    drain_seconds: float = Field(default=30.0, ge=0.0, le=3600.0)
+
+
 class Catalogue(_Strict):
     """The merged catalogue: bundled models.toml plus the user's overrides."""
 
     models: dict[str, ModelSpec] = Field(default_factory=dict)
+    remotes: dict[str, RemoteSpec] = Field(default_factory=dict)
+    router: RouterSettings = Field(default_factory=RouterSettings)
+    prompt: PromptSettings = Field(default_factory=PromptSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    memory: MemorySettings = Field(default_factory=MemorySettings)
     prices: dict[str, PriceSpec] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -218,6 +318,20 @@ class Catalogue(_Strict):
 
     def get(self, name: str) -> ModelSpec | None:
         return self.models.get(name)
+
+    def routing_problems(self) -> list[str]:
+        """Names the router cannot resolve: unknown tiers, remotes shadowing models."""
+        problems = [
+            f"remotes.{name}: a model of that name exists already"
+            for name in sorted(set(self.remotes) & set(self.models))
+        ]
+        known = set(self.models) | set(self.remotes)
+        problems += [
+            f"router.tiers: unknown model {t!r} (known: {', '.join(sorted(known))})"
+            for t in self.router.tiers or ()
+            if t not in known
+        ]
+        return problems
 
     def served(self) -> list[str]:
         return [name for name, spec in self.models.items() if spec.serve]

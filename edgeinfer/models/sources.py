@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import subprocess
 import tempfile
 import zipfile
@@ -214,7 +215,11 @@ class PathFetcher:
 
     def fetch(self, dest: Path) -> None:
         try:
-            size = self._path.stat().st_size
+            info = self._path.stat()
+            if not stat.S_ISREG(info.st_mode) and not stat.S_ISDIR(info.st_mode):
+                # a device or FIFO would never end (/dev/zero fills the disk)
+                raise ModelStoreError(f"{self._path}: not a regular file, cannot be a GGUF model")
+            size = info.st_size
             with (
                 self._path.open("rb") as src,
                 dest.open("wb") as out,

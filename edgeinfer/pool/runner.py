@@ -116,6 +116,7 @@ class ModelRunner:
         factory: EngineFactory,
         *,
         max_queue: int = 64,
+        max_queued_tokens: int | None = None,
         clock: Callable[[], float] = time.monotonic,
         prefix_store: PrefixStore | None = None,
         observer: LatencyObserver | None = None,
@@ -127,6 +128,7 @@ class ModelRunner:
         self._path = path
         self._factory = factory
         self._max_queue = max_queue
+        self._max_queued_tokens = max_queued_tokens
         self._clock = clock
         self._store = prefix_store
         self._observer = observer
@@ -185,8 +187,23 @@ class ModelRunner:
             if len(self._queue) >= self._max_queue:
                 self.stats.busy_rejections += 1
                 raise Busy(f"model {self.name!r} has {len(self._queue)} requests queued; retry")
+            self._check_queued_work(req)
             self._queue.append(req)
             self._cond.notify()
+
+    def _check_queued_work(self, req: GenRequest) -> None:
+        """Bound the work waiting, not just the count: a request's work is its prompt plus its
+        max_tokens. An empty queue takes any one request, or a large one could never run."""
+        cap = self._max_queued_tokens
+        if cap is None or not self._queue:
+            return
+        queued = sum(len(r.prompt) + r.max_tokens for r in self._queue)
+        if queued + len(req.prompt) + req.max_tokens > cap:
+            self.stats.busy_rejections += 1
+            raise Busy(
+                f"model {self.name!r} has {queued} tokens of work queued"
+                f" (max_queued_tokens = {cap}); retry"
+            )
 
     def snapshot(self) -> dict[str, Any]:
         """Live figures for /stats (read without the lock: ints are atomic enough here)."""

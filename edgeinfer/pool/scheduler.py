@@ -1,67 +1,61 @@
-"""The pool: which models are served, their runners, and their state.
+"""The pool: which models are served, which are loaded, and the memory they may hold.
 
-Built by the composition root (``bootstrap.py``) with an injected engine factory, so tests can
-swap in the fake engine. A model that fails to pull or load is kept with its reason: requests
-for it get ``model_unavailable`` naming the reason, and the other models keep serving.
+Built by the composition root (``bootstrap.py``) with an injected engine factory, file resolver,
+estimator and clock, so tests swap in the fake engine and drive keep-alive without sleeping.
+
+- Every served model has an entry, loaded or not; ``models()`` and ``get()`` describe them all.
+- Loads happen one at a time (``_load_lock``) on worker threads, never on the event loop; a
+  request for a model that is not loaded starts its load and gets ``model_loading`` (retry), or
+  waits for it through :meth:`ModelPool.acquire`.
+- Before a load the GGUF-based estimate must fit the budget, unloading idle, unpinned models in
+  least-recently-used order; when it cannot fit the load is refused (``insufficient_memory``).
+- ``configure`` applies a reloaded catalogue (``pool/reload.py``): a changed model loads on a
+  new runner while the old one keeps serving, then the old one drains (``pool/drain.py``).
+- A model that fails to pull or load is kept with its reason; the others keep serving.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from edgeinfer.config.schema import ModelSpec
-from edgeinfer.engine.base import EngineFactory, EngineParams
-from edgeinfer.errors import EdgeInferError, ModelNotFound, ModelUnavailable
-from edgeinfer.pool.prefix_store import PrefixStore
+from edgeinfer.engine.base import EngineFactory
+from edgeinfer.errors import (
+    EdgeInferError,
+    InsufficientMemory,
+    ModelLoading,
+    ModelNotFound,
+    ModelUnavailable,
+)
+from edgeinfer.pool.drain import Drainer, Retiring, runner_busy
+from edgeinfer.pool.memory import (
+    MemoryEstimate,
+    Resident,
+    estimate_file,
+    keep_alive_expired,
+    plan_evictions,
+    rss_bytes,
+)
+from edgeinfer.pool.reload import ReloadPlan, plan_reload
 from edgeinfer.pool.runner import LatencyObserver, ModelRunner
+from edgeinfer.pool.runners import RunnerMaker, engine_params
+from edgeinfer.pool.served import Budget, Entry, ServedModel, mib, model_row
 
 log = logging.getLogger("edgeinfer.pool")
 
-
-def engine_params(spec: ModelSpec) -> EngineParams:
-    """The engine's slice of a catalogue entry."""
-    return EngineParams(
-        n_ctx=spec.n_ctx,
-        slots=spec.slots,
-        n_batch=max(spec.n_batch, spec.slots),
-        threads=spec.threads,
-        gpu_layers=spec.gpu_layers,
-        flash_attn=spec.flash_attn,
-        n_ubatch=spec.n_ubatch,
-        kv_type=spec.kv_type,
-    )
-
-
-@dataclass(frozen=True)
-class ServedModel:
-    """A model the daemon was asked to serve: its runner, or why it has none."""
-
-    name: str
-    spec: ModelSpec
-    digest: str | None
-    runner: ModelRunner | None
-    error: EdgeInferError | None = None
-
-    def status(self) -> str:
-        if self.error is not None:
-            return "error"
-        if self.runner is None:
-            return "unavailable"
-        if self.runner.load_error is not None:
-            return "error"
-        return "ready" if self.runner.loaded else "loading"
-
-    def reason(self) -> str | None:
-        err = self.error or (self.runner.load_error if self.runner else None)
-        return err.message if err else None
+Resolver = Callable[[ModelSpec], tuple[Path, str | None]]
+"""Pulls (first use) and verifies a model's file: its path and sha256. Blocking."""
+Estimator = Callable[[ModelSpec, Path], MemoryEstimate]
 
 
 class ModelPool:
-    """Owns the runners of all served models. Start once, stop once."""
+    """Owns the served models' runners. ``configure`` or ``add`` them, ``stop`` once."""
 
     def __init__(
         self,
@@ -70,89 +64,454 @@ class ModelPool:
         state_dir: Path | None = None,
         observer: LatencyObserver | None = None,
         runner: Callable[..., ModelRunner] = ModelRunner,
+        resolve: Resolver | None = None,
+        estimator: Estimator = estimate_file,
+        budget: Budget | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        rss: Callable[[], int] = rss_bytes,
+        drainer: Drainer | None = None,
+        reap_every: float | None = None,
     ) -> None:
-        self._factory = factory
-        self._state_dir = state_dir
-        self._observer = observer
-        self._make_runner = runner
-        self._models: dict[str, ServedModel] = {}
+        self._make_runner = RunnerMaker(
+            factory, state_dir=state_dir, observer=observer, runner=runner
+        )
+        self._resolve = resolve
+        self._estimator = estimator
+        self.budget = budget or Budget()
+        self._clock = clock
+        self._rss = rss
+        self._drainer = drainer or Drainer()
+        self._lock = threading.RLock()
+        self._load_lock = threading.Lock()  # one load at a time
+        self._idle = threading.Condition(self._lock)  # notified when a load ends
+        self._entries: dict[str, Entry] = {}
+        self._stopped = threading.Event()
         self.default: str | None = None
+        self._reaper: threading.Thread | None = None
+        if reap_every is not None:
+            self._reaper = threading.Thread(
+                target=self._reap, args=(reap_every,), name="pool-reaper", daemon=True
+            )
+            self._reaper.start()
+
+    # -- the catalogue ---------------------------------------------------------------------
+
+    def configure(self, specs: Mapping[str, ModelSpec], budget: Budget | None = None) -> ReloadPlan:
+        """Serve exactly ``specs`` (a reload's served models); returns what changed. Quick:
+        replacement loads and drains run on their own threads."""
+        with self._lock:
+            if budget is not None:
+                self.budget = budget
+            plan = plan_reload({n: e.pending or e.spec for n, e in self._entries.items()}, specs)
+            for name in plan.removed:
+                self._retire(self._entries.pop(name), "removed from the config")
+            for name in plan.added:
+                self._entries[name] = Entry(specs[name], last_used=self._clock())
+            for name in plan.updated:
+                entry = self._entries[name]
+                entry.spec = specs[name] if entry.pending is None else entry.spec
+                entry.pending = None if entry.pending is None else specs[name]
+            for name in plan.restarted:
+                self._restart(name, specs[name])
+            if self.default not in self._entries:
+                self.default = next(iter(self._entries), None)
+        if plan.added or plan.removed or plan.restarted or plan.updated:
+            log.info("models: %s", plan.summary())
+        return plan
+
+    def _restart(self, name: str, spec: ModelSpec) -> None:
+        """A changed engine key: reload on a new runner (caller holds the lock)."""
+        entry = self._entries[name]
+        if entry.runner is None and not entry.loading:
+            self._entries[name] = Entry(spec, last_used=entry.last_used)
+            return
+        entry.pending = spec
+        self._start_load(name)
 
     def add(self, spec: ModelSpec, path: Path, digest: str | None) -> None:
-        """Serve ``spec`` from the verified file at ``path``; its runner loads on its thread."""
-        runner = self._make_runner(
-            spec.name,
-            path,
-            engine_params(spec),
-            self._factory,
-            max_queue=spec.max_queue,
-            prefix_store=self._prefix_store(spec, digest),
-            context_shift=spec.context_shift,
-            n_keep=spec.n_keep,
-            observer=self._observer,
-        )
-        self._models[spec.name] = ServedModel(spec.name, spec, digest, runner)
-        self.default = self.default or spec.name
-        runner.start()
-
-    def _prefix_store(self, spec: ModelSpec, digest: str | None) -> PrefixStore | None:
-        """The model's prompt-cache tiers. Saved states only fit the same file, context size
-        and KV type, so those name the disk folder."""
-        if spec.prompt_cache_ram_mb == 0 and spec.prompt_cache_disk_mb == 0:
-            return None
-        disk = None
-        if self._state_dir is not None and digest and spec.prompt_cache_disk_mb:
-            disk = self._state_dir / f"{spec.name}-{digest[:16]}-{spec.n_ctx}-{spec.kv_type}"
-        return PrefixStore(
-            ram_bytes=spec.prompt_cache_ram_mb << 20,
-            disk_dir=disk,
-            disk_bytes=spec.prompt_cache_disk_mb << 20,
-            min_tokens=spec.prompt_cache_min_tokens,
-        )
+        """Serve ``spec`` from the verified file at ``path`` and start loading it now."""
+        with self._lock:
+            self._entries[spec.name] = Entry(spec, path, digest, last_used=self._clock())
+            self.default = self.default or spec.name
+            self._start_load(spec.name)
 
     def add_failed(self, spec: ModelSpec, error: EdgeInferError) -> None:
         """Record a model that could not be pulled or verified, so requests get the reason."""
-        self._models[spec.name] = ServedModel(spec.name, spec, None, None, error)
+        with self._lock:
+            self._entries[spec.name] = Entry(spec, error=error)
+            self.default = self.default or spec.name
+
+    def prepare(self, name: str) -> None:
+        """Pull and verify ``name``'s file now (startup, with progress bars), not at first use."""
+        with self._lock:
+            entry = self._entries[name]
+            if entry.path is not None or entry.error is not None:
+                return
+            spec = entry.spec
+        path: Path | None = None
+        digest: str | None = None
+        error: EdgeInferError | None = None
+        try:
+            path, digest = self._resolve_file(spec)
+        except EdgeInferError as exc:
+            log.error("model %s is unavailable: %s", name, exc.message)
+            error = exc
+        with self._lock:
+            if self._entries.get(name) is entry and entry.spec is spec:
+                entry.path, entry.digest, entry.error = path, digest, error
+
+    # -- requests --------------------------------------------------------------------------
 
     def get(self, name: str | None) -> tuple[ServedModel, ModelRunner]:
-        """The model and runner for a request's ``model`` (``None``/``auto``: the default)."""
+        """The model and runner for a request's ``model`` (``None``/``auto``: the default).
+
+        A served model that is not loaded starts loading and raises ``ModelLoading`` (HTTP 503
+        with Retry-After); :meth:`acquire` waits instead."""
+        with self._lock:
+            name, entry = self._lookup(name)
+            runner = entry.runner
+            if runner is not None and runner.loaded:
+                entry.last_used, entry.handed_out = self._clock(), time.monotonic()
+                return self._view(name, entry), runner
+            if entry.error is not None:
+                raise ModelUnavailable(f"model {name!r} is unavailable: {entry.error.message}")
+            if entry.refused is not None:
+                refused, entry.refused = entry.refused, None
+                raise refused
+            self._start_load(name)
+        raise ModelLoading(f"model {name!r} is loading; retry shortly", retry_after=2.0)
+
+    async def acquire(self, name: str | None) -> tuple[ServedModel, ModelRunner]:
+        """Like :meth:`get`, but waits (off the loop) for an on-demand load to finish."""
+        try:
+            return self.get(name)
+        except ModelLoading:
+            await asyncio.to_thread(self.load, name or self.default or "")
+            return self.get(name)
+
+    def _lookup(self, name: str | None) -> tuple[str, Entry]:
         if name in (None, "", "auto"):
-            name = self.default or next(iter(self._models), None)
-        served = self._models.get(name or "")
-        if served is None:
-            known = ", ".join(self._models) or "none"
+            name = self.default or next(iter(self._entries), None)
+        entry = self._entries.get(name or "")
+        if entry is None or name is None:
+            known = ", ".join(self._entries) or "none"
             raise ModelNotFound(
                 f"model {name!r} is not served here (served: {known})", param="model"
             )
-        if served.error is not None or served.runner is None:
-            raise ModelUnavailable(f"model {name!r} is unavailable: {served.reason()}")
-        if served.runner.load_error is not None:
-            raise ModelUnavailable(f"model {name!r} failed to load: {served.reason()}")
-        return served, served.runner
+        return name, entry
 
     def models(self) -> list[ServedModel]:
-        return list(self._models.values())
+        """Every served model, loaded or not (the router and ``/v1/models`` read this)."""
+        with self._lock:
+            return [self._view(n, e) for n, e in self._entries.items()]
 
-    def wait_loaded(self, timeout: float | None = None) -> None:
-        """Block until every runner finished loading (successfully or not)."""
-        for served in self._models.values():
-            if served.runner is not None:
-                try:
-                    served.runner.wait_loaded(timeout)
-                except EdgeInferError as exc:
-                    log.error("model %s: %s", served.name, exc.message)
+    def spec(self, name: str) -> ModelSpec | None:
+        with self._lock:
+            entry = self._entries.get(name)
+            return entry.spec if entry is not None else None
+
+    def _view(self, name: str, entry: Entry) -> ServedModel:
+        return ServedModel(name, entry.spec, entry.digest, entry.runner, entry.error, entry.loading)
+
+    # -- loading ---------------------------------------------------------------------------
+
+    def _start_load(self, name: str) -> None:
+        """Load ``name`` on a worker thread unless a load is already on its way (lock held)."""
+        entry = self._entries[name]
+        if entry.loading or self._stopped.is_set():
+            return
+        entry.loading = True
+        threading.Thread(
+            target=self._load_quietly, args=(name,), name=f"load-{name}", daemon=True
+        ).start()
+
+    def _load_quietly(self, name: str) -> None:
+        try:
+            self.load(name, started=True)
+        except EdgeInferError as exc:
+            log.error("model %s: %s", name, exc.message)
+
+    def preload(self, names: Iterable[str]) -> list[str]:
+        """Startup: load ``names`` in order while they fit beside each other, unloading none;
+        the rest load on demand. Returns the names loaded."""
+        loaded = []
+        for name in names:
+            try:
+                self.load(name, evict=False)
+                loaded.append(name)
+            except InsufficientMemory as exc:
+                log.info("model %s loads on demand: %s", name, exc.message)
+                with self._lock:
+                    self._entries[name].refused = None
+            except EdgeInferError as exc:
+                log.error("model %s: %s", name, exc.message)
+        return loaded
+
+    def load(self, name: str, *, started: bool = False, evict: bool = True) -> ServedModel:
+        """Load ``name`` now, unloading idle models (LRU) if the budget needs it and ``evict``
+        allows (blocking: worker threads, ``acquire``, the admin route). Raises its error."""
+        with self._lock:
+            name, entry = self._lookup(name)
+            entry.loading = entry.loading or not started
+        try:
+            with self._load_lock:
+                self._bring_up(name, evict)
+        finally:
+            with self._lock:
+                current = self._entries.get(name)
+                if current is not None:
+                    current.loading = False
+                    if current.pending is not None and current.error is None:
+                        self._start_load(name)  # changed again while this load ran
+                self._idle.notify_all()
+        with self._lock:
+            return self._view(name, self._entries[name])
+
+    def _bring_up(self, name: str, evict: bool) -> None:
+        """Resolve, estimate, make room, start the runner, measure (holds the load lock)."""
+        with self._lock:
+            entry = self._entries.get(name)
+            if entry is None:
+                return
+            spec = entry.pending or entry.spec
+            if entry.pending is None and (entry.runner is not None or entry.error is not None):
+                return  # loaded meanwhile, or failed for a reason a retry will not fix
+            path = entry.path if entry.pending is None else None
+        try:
+            if path is None:
+                path, digest = self._resolve_file(spec)
+            else:
+                digest = entry.digest
+            estimate = self._estimator(spec, path)
+            self._make_room(name, estimate, evict)
+        except InsufficientMemory as exc:
+            with self._lock:
+                entry.refused = exc
+            raise
+        except EdgeInferError as exc:
+            self._fail(name, entry, spec, exc)
+            raise
+        self._start_runner(name, entry, spec, path, digest, estimate)
+
+    def _resolve_file(self, spec: ModelSpec) -> tuple[Path, str | None]:
+        if self._resolve is None:
+            raise ModelUnavailable(f"model {spec.name!r}: no model store to pull it from")
+        return self._resolve(spec)
+
+    def _start_runner(
+        self,
+        name: str,
+        entry: Entry,
+        spec: ModelSpec,
+        path: Path,
+        digest: str | None,
+        estimate: MemoryEstimate,
+    ) -> None:
+        before = self._rss()
+        runner = self._make_runner(spec, path, digest)
+        runner.start()
+        try:
+            runner.wait_loaded()
+        except EdgeInferError as exc:
+            runner.stop()
+            self._fail(name, entry, spec, exc)
+            raise
+        measured = max(0, self._rss() - before)
+        if measured > estimate.ram + estimate.vram:
+            log.warning(
+                "model %s holds %d MiB after loading, above its %d MiB estimate",
+                name,
+                measured >> 20,
+                (estimate.ram + estimate.vram) >> 20,
+            )
+        self._install(name, entry, spec, runner, path, digest, estimate, measured)
+
+    def _install(
+        self,
+        name: str,
+        entry: Entry,
+        spec: ModelSpec,
+        runner: ModelRunner,
+        path: Path,
+        digest: str | None,
+        estimate: MemoryEstimate,
+        measured: int,
+    ) -> None:
+        """Swap the loaded runner in; the one it replaces drains."""
+        with self._lock:
+            if self._entries.get(name) is not entry or self._stopped.is_set():
+                runner.stop()  # removed (or shutting down) while it loaded
+                return
+            old = self._detach(entry, "replaced after a config change")
+            entry.runner, entry.path, entry.digest = runner, path, digest
+            entry.estimate, entry.measured, entry.error = estimate, measured, None
+            entry.spec, entry.last_used = spec, self._clock()
+            if entry.pending is spec:
+                entry.pending = None
+        if old is not None:
+            self._drainer.retire(*old)
+        log.info(
+            "model %s loaded (estimated %d MiB, measured %d MiB)",
+            name,
+            (estimate.ram + estimate.vram) >> 20,
+            measured >> 20,
+        )
+
+    def _fail(self, name: str, entry: Entry, spec: ModelSpec, exc: EdgeInferError) -> None:
+        """A pull or load failed: report it; a replaced runner drains (it served an old config)."""
+        with self._lock:
+            if self._entries.get(name) is not entry:
+                return
+            if entry.pending is not None:
+                entry.spec, entry.pending = spec, None
+                self._retire(entry, "replaced by a config that failed to load")
+            entry.error = exc
+
+    # -- memory ----------------------------------------------------------------------------
+
+    def _make_room(self, name: str, need: MemoryEstimate, evict: bool = True) -> None:
+        """Unload idle, unpinned models (LRU first) until ``need`` fits, or refuse."""
+        with self._lock:
+            resident = self._residents(name)
+            victims = plan_evictions(
+                resident,
+                need.ram,
+                need.vram,
+                ram_budget=self.budget.ram,
+                vram_budget=self.budget.vram,
+            )
+            if victims is None or (victims and not evict):
+                raise InsufficientMemory(self._refusal(name, need, resident))
+            retiring = [self._detach(self._entries[v], "unloaded to make room") for v in victims]
+        for detached in retiring:  # their memory must be free before the new model allocates
+            if detached is not None:
+                self._drainer.retire(*detached, wait=True)
+
+    def _residents(self, loading: str) -> list[Resident]:
+        """Loaded models (and runners still draining) as the eviction plan sees them. The
+        model being replaced counts as idle: it drains before the new one loads if need be."""
+        rows = [
+            Resident(f"(draining {r.runner.name})", r.ram, r.vram, False, True, 0.0)
+            for r in self._drainer.retiring()
+        ]
+        for name, entry in self._entries.items():
+            if entry.runner is None:
+                continue
+            ram, vram = entry.held()
+            idle = name == loading or not runner_busy(entry.runner)
+            pinned = entry.spec.pin and name != loading
+            rows.append(Resident(name, ram, vram, idle, pinned, entry.last_used))
+        return rows
+
+    def _refusal(self, name: str, need: MemoryEstimate, resident: list[Resident]) -> str:
+        held = ", ".join(
+            f"{r.name} {r.ram >> 20} MiB{' (pinned)' if r.pinned else ''}"
+            f"{'' if r.idle else ' (busy)'}"
+            for r in resident
+        )
+        return (
+            f"model {name!r} needs about {need.ram >> 20} MiB RAM"
+            f"{f' and {need.vram >> 20} MiB VRAM' if need.vram else ''}; the budget is"
+            f" {mib(self.budget.ram)} RAM, {mib(self.budget.vram)} VRAM, and loaded models"
+            f" hold: {held or 'nothing'}"
+        )
+
+    def _detach(self, entry: Entry, why: str) -> tuple[Retiring, float] | None:
+        """Stop handing ``entry``'s runner out (caller holds the lock); the caller drains it
+        with the returned item and the time it was last handed out."""
+        if entry.runner is None:
+            return None
+        ram, vram = entry.held()
+        item = Retiring(entry.runner, ram, vram, why)
+        entry.runner, entry.measured = None, None
+        return item, entry.handed_out
+
+    def _retire(self, entry: Entry, why: str) -> None:
+        """Detach and drain in the background (caller holds the lock; this does not block)."""
+        detached = self._detach(entry, why)
+        if detached is not None:
+            self._drainer.retire(*detached)
+
+    def unload(self, name: str, why: str = "unloaded") -> bool:
+        """Unload ``name`` (it drains first); False when it was not loaded."""
+        with self._lock:
+            name, entry = self._lookup(name)
+            detached = self._detach(entry, why)
+        if detached is None:
+            return False
+        self._drainer.retire(*detached)
+        return True
+
+    def expire_idle(self) -> list[str]:
+        """Unload models idle past their ``keep_alive`` (the reaper calls this every second;
+        tests call it with an injected clock). A busy model counts as used now."""
+        now = self._clock()
+        expired: list[str] = []
+        with self._lock:
+            for name, entry in self._entries.items():
+                if entry.runner is None or entry.spec.pin:
+                    continue
+                if runner_busy(entry.runner):
+                    entry.last_used = now
+                elif keep_alive_expired(entry.spec.keep_alive, entry.last_used, now):
+                    expired.append(name)
+        for name in expired:
+            self.unload(name, "idle past keep_alive")
+        return expired
+
+    def _reap(self, every: float) -> None:
+        while not self._stopped.wait(every):
+            try:
+                self.expire_idle()
+            except Exception:  # the reaper must outlive a bug in one pass
+                log.exception("keep-alive pass failed")
+
+    # -- lifecycle and figures -------------------------------------------------------------
+
+    def wait_loaded(self, timeout: float | None = None) -> bool:
+        """Block until no load is running (startup, tests); True when all finished."""
+        end = None if timeout is None else time.monotonic() + timeout
+        with self._idle:
+            while any(e.loading for e in self._entries.values()):
+                left = None if end is None else end - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._idle.wait(left)
+        return True
+
+    def drained(self, timeout: float | None = None) -> bool:
+        """Block until every retired runner stopped (tests)."""
+        return self._drainer.wait(timeout)
 
     def snapshot(self) -> dict[str, Any]:
+        """Per model: status, memory (estimated and measured bytes) and the runner's figures."""
+        with self._lock:
+            rows = [(n, e, self._view(n, e)) for n, e in self._entries.items()]
+        return {name: model_row(entry, view) for name, entry, view in rows}
+
+    def memory(self) -> dict[str, Any]:
+        """The budget and what is held against it, for ``/stats`` and ``/health``."""
+        with self._lock:
+            held = [e.held() for e in self._entries.values()]
+        retiring = self._drainer.retiring()
         return {
-            m.name: {
-                "status": m.status(),
-                "reason": m.reason(),
-                **(m.runner.snapshot() if m.runner is not None else {}),
-            }
-            for m in self._models.values()
+            "budget_bytes": self.budget.ram,
+            "vram_budget_bytes": self.budget.vram,
+            "used_bytes": sum(r for r, _ in held) + sum(r.ram for r in retiring),
+            "used_vram_bytes": sum(v for _, v in held) + sum(r.vram for r in retiring),
+            "draining": len(retiring),
+            "rss_bytes": self._rss(),
         }
 
     def stop(self) -> None:
-        for served in self._models.values():
-            if served.runner is not None:
-                served.runner.stop()
+        self._stopped.set()
+        if self._reaper is not None:
+            self._reaper.join(5.0)
+        with self._lock:
+            runners = [e.runner for e in self._entries.values() if e.runner is not None]
+        for runner in runners:
+            runner.stop()
+        self._drainer.stop()
+
+
+__all__ = ["Budget", "Estimator", "ModelPool", "Resolver", "ServedModel", "engine_params"]

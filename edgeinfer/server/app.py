@@ -8,12 +8,15 @@ becomes OpenAI error JSON with its stable code and HTTP status; validation failu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import signal
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -28,6 +31,9 @@ from edgeinfer.server.schemas import ChatCompletionRequest, CompletionRequest, E
 from edgeinfer.service import Generation, InferenceService
 from edgeinfer.stats import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from edgeinfer.stats import Metrics
+
+if TYPE_CHECKING:
+    from edgeinfer.server.admin import Operations
 
 
 def error_response(exc: EdgeInferError) -> JSONResponse:
@@ -71,6 +77,12 @@ def _usage(gen: Generation) -> dict[str, Any]:
 def _edgeinfer(gen: Generation) -> dict[str, Any]:
     """What edgeinfer did for this request; later layers add their entries."""
     info: dict[str, Any] = {"model": gen.model, "model_sha256": gen.digest, "cache": gen.cache}
+    if gen.route is not None:
+        info["route"] = gen.route
+    if gen.prompt is not None:
+        info["prompt"] = gen.prompt
+    if gen.continued:
+        info["continued"] = gen.continued
     if gen.result is not None:
         u = gen.result.usage
         info["cached_tokens"] = u.cached_tokens
@@ -205,24 +217,89 @@ async def _respond(
     return JSONResponse(shape.body(gen, *answer))
 
 
+_FEED_INTERVAL = (0.1, 60.0)
+
+
+def _feed_interval(request: Request) -> float:
+    """``?interval=`` seconds between two ``/stats`` events (default 1)."""
+    raw = request.query_params.get("interval", "1")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    low, high = _FEED_INTERVAL
+    if not low <= value <= high:  # also refuses NaN
+        raise InvalidRequest(f"interval: a number of seconds in [{low}, {high}]", param="interval")
+    return value
+
+
+async def _stats_feed(
+    snapshot: Callable[[], dict[str, Any]], interval: float, stopping: asyncio.Event
+) -> AsyncIterator[bytes]:
+    """One ``/stats`` snapshot per ``interval`` until the daemon stops. A client that hangs up
+    ends it at the next write (uvicorn raises there), so an idle feed costs one snapshot a tick."""
+    while not stopping.is_set():
+        snap = await asyncio.to_thread(snapshot)
+        yield _sse({"time": round(time.time(), 3), **snap})
+        try:
+            await asyncio.wait_for(stopping.wait(), interval)
+        except TimeoutError:
+            pass
+
+
+def _relay_stop_signals(stopping: asyncio.Event) -> None:
+    """Set ``stopping`` on SIGINT/SIGTERM, then let uvicorn's own handler run.
+
+    uvicorn drains open responses *before* the lifespan shutdown, so an endless ``/stats``
+    feed would hold every shutdown for the whole graceful timeout; the feed ends on this event
+    instead. uvicorn restores its saved handlers on exit, which drops this wrapper with it.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return  # only the main thread owns signals (and only there does uvicorn install any)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.getsignal(sig)
+        if not callable(previous):
+            continue
+
+        def relay(signum: int, frame: Any, previous: Callable[[int, Any], Any] = previous) -> None:
+            loop.call_soon_threadsafe(stopping.set)
+            previous(signum, frame)
+
+        signal.signal(sig, relay)
+
+
 def create_app(
     service: InferenceService,
     *,
     metrics: Metrics | None = None,
     on_shutdown: Callable[[], None] | None = None,
     max_body_bytes: int = 8 << 20,
+    admin: Operations | None = None,
 ) -> FastAPI:
-    """The ASGI app over ``service``; ``on_shutdown`` runs after the server stopped accepting."""
+    """The ASGI app over ``service``; ``on_shutdown`` runs after the server stopped accepting.
+    ``admin`` adds config reload and model load/unload, and their state in /health and /stats."""
+
+    def snapshot() -> dict[str, Any]:
+        snap = service.snapshot()
+        return snap if admin is None else {**snap, **admin.state()}
+
     metrics = metrics or Metrics()
-    metrics.watch(service.snapshot)
+    metrics.watch(snapshot)
+    stopping = asyncio.Event()  # ends the live /stats feeds when the daemon stops
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
+        _relay_stop_signals(stopping)
+        async with admin.running() if admin is not None else contextlib.nullcontext():
+            yield
+        stopping.set()
         if on_shutdown is not None:
             await asyncio.to_thread(on_shutdown)
 
     app = FastAPI(title="edgeinfer", version=__version__, lifespan=lifespan)
+    if admin is not None:
+        admin.mount(app)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     started = time.time()
 
@@ -267,6 +344,26 @@ def create_app(
             }
             for m in service.pool.models()
         ]
+        data += [
+            {
+                "id": r.name,
+                "object": "model",
+                "created": int(started),
+                "owned_by": "remote",
+                "edgeinfer": {"status": "remote", "reason": None, "url": r.spec.url},
+            }
+            for r in service.remotes.values()
+        ]
+        auto = {"status": "router", "reason": None, "tiers": service.router.tier_names()}
+        data.append(
+            {
+                "id": "auto",
+                "object": "model",
+                "created": int(started),
+                "owned_by": "edgeinfer",
+                "edgeinfer": auto,
+            }
+        )
         return {"object": "list", "data": data}
 
     @app.post("/v1/embeddings")
@@ -298,11 +395,22 @@ def create_app(
             "version": __version__,
             "uptime_s": round(time.time() - started, 1),
             "models": models,
+            **(admin.state() if admin is not None else {}),
         }
 
-    @app.get("/stats")
-    async def stats() -> dict[str, Any]:
-        return await asyncio.to_thread(service.snapshot)
+    @app.get("/stats", response_model=None)
+    async def stats(request: Request) -> dict[str, Any] | Response:
+        """The JSON snapshot, or the live feed for ``Accept: text/event-stream``."""
+        if "text/event-stream" in request.headers.get("accept", ""):
+            return await stats_stream(request)
+        return await asyncio.to_thread(snapshot)
+
+    # Out of the OpenAPI schema: a fuzzer reading an endless body would never return.
+    @app.get("/stats/stream", include_in_schema=False)
+    async def stats_stream(request: Request) -> StreamingResponse:
+        feed = _stats_feed(snapshot, _feed_interval(request), stopping)
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        return StreamingResponse(feed, media_type="text/event-stream", headers=headers)
 
     @app.get("/metrics")
     async def prometheus() -> Response:

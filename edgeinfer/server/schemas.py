@@ -49,6 +49,25 @@ class EdgeInferOptions(_Strict):
     timeout: Annotated[float, Field(gt=0, le=86_400)] | None = None
     cache: Literal["off", "exact", "semantic"] | None = None
     cache_threshold: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    # router (model "auto")
+    route: Literal["cheapest", "cascade", "best"] | None = None
+    min_quality: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    max_cost: Annotated[float, Field(ge=0.0)] | None = None
+    request_type: (
+        Literal[
+            "classification",
+            "extraction",
+            "summarization",
+            "question_answer",
+            "generation",
+            "code",
+        ]
+        | None
+    ) = None
+    continue_on_length: bool = False
+    # prompt layer
+    compress: bool | None = None
+    context_budget: Annotated[int, Field(ge=64, le=1 << 20)] | None = None
 
 
 class JsonSchemaFormat(_Strict):
@@ -109,14 +128,22 @@ class _Sampling(_Strict):
         schema = None
         if fmt is not None and fmt.json_schema is not None:
             schema = json.dumps(fmt.json_schema.schema_)
+        ext = self.edgeinfer or EdgeInferOptions()
         return GenerateOptions(
             max_tokens=self.max_tokens,
             stop=stop,
             response_format=kind,
             json_schema=schema,
-            timeout=self.edgeinfer.timeout if self.edgeinfer else None,
-            cache=self.edgeinfer.cache if self.edgeinfer else None,
-            cache_threshold=self.edgeinfer.cache_threshold if self.edgeinfer else None,
+            timeout=ext.timeout,
+            cache=ext.cache,
+            cache_threshold=ext.cache_threshold,
+            route=ext.route,
+            min_quality=ext.min_quality,
+            max_cost=ext.max_cost,
+            request_type=ext.request_type,
+            continue_on_length=ext.continue_on_length,
+            compress=ext.compress,
+            context_budget=ext.context_budget,
             sampling=Sampling(
                 temperature=self.temperature,
                 top_p=self.top_p,

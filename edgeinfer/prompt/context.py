@@ -1,0 +1,231 @@
+"""Context optimisation for long prompts: keep the parts of a document that bear on the question.
+
+A long pasted document costs prefill time in proportion to its tokens, while a question usually
+needs a few paragraphs of it. :func:`select_context` chunks the document at paragraph
+boundaries, embeds the chunks and the question with the injected embedder, and keeps the most
+similar chunks that fit a token budget, in their original order, with ``[…]`` where text was
+left out. :func:`optimise_messages` finds the question and the document in a chat and applies it;
+the service calls it after compression when the conversation is over its budget.
+
+Pure apart from the injected callables: ``count_tokens`` is the target model's tokenizer and
+``embed`` returns L2-normalised rows (``Embedder.embed``), a blocking call the service runs in a
+worker thread.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from edgeinfer.embed.base import Vectors
+from edgeinfer.prompt.compress import paragraphs
+from edgeinfer.prompt.report import CountTokens, Message, PromptReport, content_tokens, editable
+
+Embed = Callable[[list[str]], Vectors]
+
+MARKER = "[…]"
+GAP = f"\n\n{MARKER}\n\n"
+CHUNK_TOKENS = 128  # MiniLM reads at most 256 of its own tokens; a chunk must fit whole
+QUESTION_TOKENS = 64  # a trailing paragraph at most this long is taken for the question
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def chunk_text(document: str, *, count_tokens: CountTokens, chunk_tokens: int) -> list[str]:
+    """Consecutive paragraphs packed into chunks of about ``chunk_tokens`` tokens.
+
+    A paragraph longer than that is split at sentence ends; code never is (half a function
+    helps nobody), so a long code block stays one big chunk.
+    """
+    chunks: list[str] = []
+    current: list[str] = []
+    size = 0
+    for paragraph in paragraphs(document):
+        tokens = count_tokens(paragraph)
+        long = tokens > chunk_tokens and not _is_code(paragraph)
+        if current and (long or size + tokens > chunk_tokens):
+            chunks.append("\n\n".join(current))
+            current, size = [], 0
+        if long:
+            chunks.extend(_sentences(paragraph, count_tokens, chunk_tokens))
+        else:
+            current.append(paragraph)
+            size += tokens
+    if current:
+        chunks.append("\n\n".join(current))
+    return chunks
+
+
+def _is_code(paragraph: str) -> bool:
+    return "```" in paragraph or "~~~" in paragraph or paragraph.startswith(("    ", "\t"))
+
+
+def _sentences(paragraph: str, count_tokens: CountTokens, chunk_tokens: int) -> list[str]:
+    """One long paragraph as chunks of whole sentences."""
+    chunks: list[str] = []
+    current: list[str] = []
+    size = 0
+    for sentence in (s for s in _SENTENCE_END.split(paragraph) if s):
+        tokens = count_tokens(sentence)
+        if current and size + tokens > chunk_tokens:
+            chunks.append(" ".join(current))
+            current, size = [], 0
+        current.append(sentence)
+        size += tokens
+    if current:
+        chunks.append(" ".join(current))
+    return chunks
+
+
+def _pick(order: Sequence[int], sizes: Sequence[int], budget: int, gap: int) -> list[int]:
+    """Greedy by similarity: take each chunk that still fits (a gap marker costs ``gap``)."""
+    kept: list[int] = []
+    total = 0
+    for i in order:
+        if total + sizes[i] + gap <= budget:
+            kept.append(i)
+            total += sizes[i] + gap
+    return sorted(kept) or [order[0]]  # nothing fits: the best chunk beats an empty context
+
+
+def assemble(chunks: Sequence[str], kept: Sequence[int]) -> str:
+    """The kept chunks in document order, ``[…]`` between chunks that were not adjacent."""
+    out: list[str] = []
+    for k, i in enumerate(kept):
+        if k:
+            out.append("\n\n" if i == kept[k - 1] + 1 else GAP)
+        out.append(chunks[i])
+    return "".join(out)
+
+
+def select_context(
+    document: str,
+    question: str,
+    *,
+    budget_tokens: int,
+    count_tokens: CountTokens,
+    embed: Embed,
+    chunk_tokens: int = CHUNK_TOKENS,
+) -> tuple[str, PromptReport]:
+    """The parts of ``document`` most relevant to ``question`` within ``budget_tokens``.
+
+    A document within the budget comes back unchanged without being embedded. Otherwise the
+    result holds at most ``budget_tokens`` tokens, except when even the single best chunk is
+    larger: it is then kept alone. The report's ``details`` has ``chunks_kept``/``chunks_total``.
+    """
+    before = count_tokens(document)
+    if before <= budget_tokens:
+        return document, PromptReport.unchanged(before)
+    chunks = chunk_text(document, count_tokens=count_tokens, chunk_tokens=chunk_tokens)
+    if len(chunks) < 2:
+        return document, PromptReport.unchanged(before)
+    vectors = embed([question, *chunks])
+    similarity = vectors[1:] @ vectors[0]
+    order = sorted(range(len(chunks)), key=lambda i: (-float(similarity[i]), i))
+    sizes = [count_tokens(c) for c in chunks]
+    kept = _pick(order, sizes, budget_tokens, count_tokens(GAP))
+    text = assemble(chunks, kept)
+    after = count_tokens(text)
+    while after > budget_tokens and len(kept) > 1:  # joins tokenised differently: trim
+        kept.remove(min(kept, key=lambda i: (float(similarity[i]), -i)))
+        text = assemble(chunks, kept)
+        after = count_tokens(text)
+    details = {"chunks_kept": len(kept), "chunks_total": len(chunks)}
+    return text, PromptReport(before, after, ["context"], details)
+
+
+@dataclass(frozen=True)
+class Split:
+    """A turn cut into ``prefix + document + suffix``; ``question`` is what relevance is to."""
+
+    prefix: str
+    document: str
+    suffix: str
+    question: str
+
+
+def split_question(
+    text: str, count_tokens: CountTokens, question_tokens: int = QUESTION_TOKENS
+) -> Split | None:
+    """Find the question in a long user turn: its last paragraph when short; else a short
+    first paragraph ending in ``?`` or ``:`` (question before the document); else the last
+    sentence. None when there is no document beside the question.
+    """
+    body = text.rstrip()
+    parts = paragraphs(body)
+    if len(parts) >= 2 and count_tokens(parts[-1]) <= question_tokens:
+        return _tail_split(text, body.rfind(parts[-1]), parts[-1])
+    if len(parts) >= 2 and count_tokens(parts[0]) <= question_tokens:
+        if parts[0].rstrip().endswith(("?", ":")):
+            start = text.find(parts[0]) + len(parts[0])
+            rest = text[start:]
+            document = rest.lstrip()
+            prefix = text[: len(text) - len(rest)] + rest[: len(rest) - len(document)]
+            return Split(prefix, document, "", parts[0])
+    sentences = [s for s in _SENTENCE_END.split(body) if s]
+    if len(sentences) >= 2 and count_tokens(sentences[-1]) <= question_tokens:
+        return _tail_split(text, body.rfind(sentences[-1]), sentences[-1])
+    return None
+
+
+def _tail_split(text: str, at: int, question: str) -> Split:
+    document = text[:at].rstrip()
+    return Split("", document, text[len(document) :], question)
+
+
+def optimise_messages(
+    messages: Sequence[Mapping[str, Any]],
+    *,
+    budget_tokens: int,
+    count_tokens: CountTokens,
+    embed: Embed,
+    chunk_tokens: int = CHUNK_TOKENS,
+) -> tuple[list[Message], PromptReport]:
+    """Shrink the document in the chat's last user turn when the chat is over ``budget_tokens``.
+
+    The question comes from the last user turn. When that turn is itself short (a follow-up
+    question), the document is the longest earlier user message instead. The document gets
+    whatever budget the other messages leave, but never less than one chunk. System and
+    developer messages are never touched.
+    """
+    out = [dict(m) for m in messages]
+    total = content_tokens(messages, count_tokens)
+    users = [i for i, m in enumerate(messages) if m.get("role") == "user" and editable(m)]
+    if total <= budget_tokens or not users:
+        return out, PromptReport.unchanged(total)
+    target, split = _locate(messages, users, count_tokens, chunk_tokens)
+    if split is None:
+        return out, PromptReport.unchanged(total)
+    others = total - count_tokens(messages[target]["content"])
+    room = budget_tokens - others - count_tokens(split.prefix + split.suffix)
+    document, report = select_context(
+        split.document,
+        split.question,
+        budget_tokens=max(room, chunk_tokens),
+        count_tokens=count_tokens,
+        embed=embed,
+        chunk_tokens=chunk_tokens,
+    )
+    if not report.actions:
+        return out, PromptReport.unchanged(total)
+    out[target]["content"] = split.prefix + document + split.suffix
+    after = content_tokens(out, count_tokens)
+    return out, PromptReport(total, after, report.actions, report.details)
+
+
+def _locate(
+    messages: Sequence[Mapping[str, Any]],
+    users: list[int],
+    count_tokens: CountTokens,
+    chunk_tokens: int,
+) -> tuple[int, Split | None]:
+    """Which message holds the document, and how it splits around the question."""
+    last = messages[users[-1]]["content"]
+    if count_tokens(last) > QUESTION_TOKENS:
+        return users[-1], split_question(last, count_tokens)
+    sizes = {i: count_tokens(messages[i]["content"]) for i in users[:-1]}
+    longest = max(sizes, key=lambda i: sizes[i], default=None)
+    if longest is None or sizes[longest] <= chunk_tokens:
+        return users[-1], None
+    return longest, Split("", messages[longest]["content"], "", last)

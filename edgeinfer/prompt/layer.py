@@ -1,0 +1,112 @@
+"""Step 3 of the request flow: the prompt layer, run on a local model's messages before its chat
+template is rendered.
+
+Chains the pure transforms (compress → keep relevant context → summarise old history) under
+the [prompt] settings and the request's own ``edgeinfer`` options, counts tokens with the
+target model's tokenizer, and keeps running totals for /stats. Blocking work (tokenizing,
+embedding) runs in threads; the summariser is injected by the service (the cheapest tier).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from edgeinfer.config.schema import PromptSettings
+from edgeinfer.prompt.compress import compress_messages
+from edgeinfer.prompt.context import Embed, optimise_messages
+from edgeinfer.prompt.history import summarise_history
+from edgeinfer.prompt.report import CountTokens, Message, PromptReport, content_tokens
+
+Summarise = Callable[[str], Awaitable[str]]
+
+
+@dataclass(frozen=True)
+class PromptWish:
+    """A request's say over the layer (``edgeinfer.compress`` / ``context_budget``)."""
+
+    compress: bool | None = None
+    context_budget: int | None = None
+
+
+class PromptLayer:
+    """One per daemon; thread-safe counters, no per-request state."""
+
+    def __init__(self, settings: PromptSettings, *, embed: Embed | None = None) -> None:
+        self.settings = settings
+        self._embed = embed
+        self._lock = threading.Lock()
+        self.requests = 0
+        self.changed = 0
+        self.tokens_before = 0
+        self.tokens_removed = 0
+        self.seconds = 0.0
+
+    def active(self, wish: PromptWish) -> bool:
+        s = self.settings
+        compress = s.compress if wish.compress is None else wish.compress
+        budget = wish.context_budget or s.context_budget
+        return compress or s.abbreviations or budget is not None or s.history_budget is not None
+
+    async def apply(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        count_tokens: CountTokens,
+        wish: PromptWish,
+        summarise: Summarise | None = None,
+    ) -> tuple[list[Message], PromptReport | None]:
+        """The messages the model will read, and what changed (``None`` when the layer is off)."""
+        if not self.active(wish):
+            return [dict(m) for m in messages], None
+        started = time.perf_counter()
+        s = self.settings
+        out, report = [dict(m) for m in messages], None
+        if (s.compress if wish.compress is None else wish.compress) or s.abbreviations:
+            out, report = await asyncio.to_thread(
+                compress_messages, out, abbreviations=s.abbreviations, count_tokens=count_tokens
+            )
+        budget = wish.context_budget or s.context_budget
+        if budget is not None and self._embed is not None:
+            out, step = await asyncio.to_thread(
+                optimise_messages,
+                out,
+                budget_tokens=budget,
+                count_tokens=count_tokens,
+                embed=self._embed,
+            )
+            report = step if report is None else report.then(step)
+        if s.history_budget is not None and summarise is not None:
+            out, step = await summarise_history(
+                out, budget_tokens=s.history_budget, count_tokens=count_tokens, summarise=summarise
+            )
+            report = step if report is None else report.then(step)
+        if report is None:
+            tokens = await asyncio.to_thread(content_tokens, out, count_tokens)
+            report = PromptReport.unchanged(tokens)
+        self._count(report, time.perf_counter() - started)
+        return out, report
+
+    def _count(self, report: PromptReport, seconds: float) -> None:
+        with self._lock:
+            self.requests += 1
+            self.changed += report.tokens_removed > 0
+            self.tokens_before += report.tokens_before
+            self.tokens_removed += report.tokens_removed
+            self.seconds += seconds
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "requests": self.requests,
+                "requests_changed": self.changed,
+                "tokens_before": self.tokens_before,
+                "tokens_removed": self.tokens_removed,
+                "removed_ratio": self.tokens_removed / self.tokens_before
+                if self.tokens_before
+                else 0.0,
+                "seconds": round(self.seconds, 3),
+            }

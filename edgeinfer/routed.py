@@ -1,0 +1,243 @@
+"""Model ``auto``: the router in the request flow.
+
+Picks the tier(s) for a request with :mod:`edgeinfer.routing.policy`, runs a cascade's draft on
+the cheaper tier, reads its confidence from token logprobs and either keeps it or escalates.
+The service injects how a tier answers (``answer``) and which tiers exist (``tiers``), so this
+module never touches a runner or a socket. Every answer says in ``edgeinfer.route`` which tiers
+ran, how sure each was, and why it climbed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+
+from edgeinfer.config.schema import RouterSettings
+from edgeinfer.distill import DistillLog
+from edgeinfer.generation import GenerateOptions, Generation
+from edgeinfer.routing.classifier import Classifier, feature_vector
+from edgeinfer.routing.features import DEFAULT_MAX_TOKENS, RequestType, infer_request_type
+from edgeinfer.routing.policy import (
+    Constraints,
+    Plan,
+    Route,
+    Tier,
+    confidence,
+    plan,
+    should_escalate,
+)
+
+log = logging.getLogger("edgeinfer.router")
+
+Answer = Callable[[str, Sequence[Mapping[str, Any]], GenerateOptions], Awaitable[Generation]]
+Embed = Callable[[list[str]], Any]
+
+DRAFT_TOP_LOGPROBS = 5  # alternatives per token for the entropy estimate
+
+
+def last_user_text(messages: Sequence[Mapping[str, Any]]) -> str:
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            return str(message.get("content") or "")
+    return ""
+
+
+@dataclass
+class RouterStats:
+    """What the router did, for /stats and the TUI (guarded by the router's lock)."""
+
+    requests: int = 0
+    by_tier: dict[str, int] = field(default_factory=dict)
+    routes: dict[str, int] = field(default_factory=dict)
+    cascades: int = 0
+    escalations: int = 0
+    drafts_kept: int = 0
+    # Completion tokens answered by a cheaper tier than the best allowed, and the compute time
+    # that saved at the tiers' measured per-token cost (an estimate, clearly labelled).
+    tokens_on_smaller_tiers: int = 0
+    seconds_saved_est: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "by_tier": dict(self.by_tier),
+            "routes": dict(self.routes),
+            "cascades": self.cascades,
+            "escalations": self.escalations,
+            "drafts_kept": self.drafts_kept,
+            "tokens_on_smaller_tiers": self.tokens_on_smaller_tiers,
+            "compute_seconds_saved_est": round(self.seconds_saved_est, 3),
+        }
+
+
+class Router:
+    """Built by the service from the [router] settings; one per daemon (swapped on reload)."""
+
+    def __init__(
+        self,
+        settings: RouterSettings,
+        *,
+        tiers: Callable[[], list[Tier]],
+        embed: Embed | None = None,
+        classifier: Classifier | None = None,
+        distill: DistillLog | None = None,
+        outcomes: Path | None = None,
+    ) -> None:
+        self.settings = settings
+        self.distill = distill
+        self._outcomes = outcomes
+        self._tiers = tiers
+        self._embed = embed
+        self.classifier = classifier
+        self.stats = RouterStats()
+        self._lock = threading.Lock()
+
+    def wants(self, model: str | None) -> bool:
+        """Whether a request's ``model`` asks for routing."""
+        return model == "auto" or (not model and self.settings.auto_when_omitted)
+
+    def tier_names(self) -> list[str]:
+        return [t.name for t in self._tiers()]
+
+    async def predict(self, text: str) -> dict[str, float]:
+        """The classifier's P(correct) per tier; empty when it or the embedder is missing."""
+        if self.classifier is None or self._embed is None or not text:
+            return {}
+        embed = self._embed
+        vectors = await asyncio.to_thread(embed, [text])
+        x = feature_vector(text, np.asarray(vectors)[0])
+        return self.classifier.predict(x)
+
+    def prepare(self, text: str, options: GenerateOptions) -> tuple[RequestType, GenerateOptions]:
+        """Output-length control: the request type, and ``max_tokens`` from it when unset."""
+        kind = cast(RequestType, options.request_type) if options.request_type else None
+        kind = kind or infer_request_type(text)
+        if options.max_tokens is None and self.settings.output_length:
+            options = replace(options, max_tokens=DEFAULT_MAX_TOKENS[kind])
+        return kind, options
+
+    async def plan(self, text: str, options: GenerateOptions) -> Plan:
+        route = cast(Route, options.route or self.settings.default_route)
+        want = Constraints(route=route, min_quality=options.min_quality, max_cost=options.max_cost)
+        predicted = await self.predict(text)
+        return plan(self._tiers(), want, predicted, margin=self.settings.margin)
+
+    async def chat(
+        self, messages: Sequence[Mapping[str, Any]], options: GenerateOptions, answer: Answer
+    ) -> Generation:
+        text = last_user_text(messages)
+        kind, options = self.prepare(text, options)
+        chosen = await self.plan(text, options)
+        info: dict[str, Any] = {
+            "route": chosen.route,
+            "request_type": kind,
+            "reason": chosen.reason,
+            "predicted": {k: round(v, 3) for k, v in chosen.predicted.items()},
+            "escalated": False,
+        }
+        first = chosen.tiers[0]
+        if len(chosen.tiers) == 1 or first.remote:
+            gen = await answer(first.name, messages, options)
+            info["tiers"] = [{"model": first.name}]
+            self._count(chosen, first, gen, escalated=False)
+        else:
+            gen = await self._cascade(chosen, messages, options, answer, info)
+        gen.route = info
+        self._capture(messages, gen, info)
+        return gen
+
+    def _capture(
+        self, messages: Sequence[Mapping[str, Any]], gen: Generation, info: dict[str, Any]
+    ) -> None:
+        """Distillation: keep answers of tiers above the cheapest one, when enabled."""
+        log_ = self.distill
+        cheapest = min((t.quality for t in self._tiers()), default=0.0)
+        tier = next((t for t in self._tiers() if t.name == gen.model), None)
+        if log_ is None or tier is None or tier.quality <= cheapest:
+            return
+        gen.add_finish_hook(lambda text, _done: log_.record(tier.name, messages, text, info))
+
+    async def _cascade(
+        self,
+        chosen: Plan,
+        messages: Sequence[Mapping[str, Any]],
+        options: GenerateOptions,
+        answer: Answer,
+        info: dict[str, Any],
+    ) -> Generation:
+        first, top = chosen.tiers[0], chosen.tiers[-1]
+        draft_options = replace(options, logprobs=max(options.logprobs or 0, DRAFT_TOP_LOGPROBS))
+        draft = await answer(first.name, messages, draft_options)
+        try:
+            text, logprobs = await draft.collect()
+        finally:
+            draft.cancel()  # a no-op when finished; frees the slot if we were cancelled
+        assert draft.result is not None
+        conf = confidence(logprobs)
+        why = should_escalate(conf, self.settings.confidence_threshold, draft.result.reason)
+        step = {
+            "model": first.name,
+            "confidence": conf.as_dict(),
+            "completion_tokens": draft.result.usage.completion_tokens,
+            "seconds": round(draft.result.usage.total_s, 3),
+        }
+        self._log_outcome(last_user_text(messages), first.name, kept=why is None)
+        if why is None:
+            info["tiers"] = [{**step, "kept": True}]
+            kept = Generation.from_text(
+                first.name,
+                draft.digest,
+                text,
+                draft.result,
+                tuple(logprobs),
+                wants_logprobs=options.logprobs is not None,
+            )
+            self._count(chosen, first, kept, escalated=False)
+            return kept
+        log.info("cascade: %s -> %s (%s)", first.name, top.name, why)
+        info.update(escalated=True, escalation_reason=why)
+        info["tiers"] = [{**step, "kept": False}, {"model": top.name}]
+        gen = await answer(top.name, messages, options)
+        self._count(chosen, top, gen, escalated=True)
+        return gen
+
+    def _log_outcome(self, prompt: str, tier: str, *, kept: bool) -> None:
+        """A cascade's verdict on its draft, as a training example for ``router train``:
+        a kept draft counts as the tier being right, an escalated one as wrong."""
+        path = self._outcomes
+        if path is None or not prompt:
+            return
+        line = json.dumps({"prompt": prompt, "tier": tier, "correct": kept, "source": "cascade"})
+
+        def append() -> None:
+            with self._lock, path.open("a") as fh:
+                fh.write(line + "\n")
+
+        asyncio.get_running_loop().run_in_executor(None, append)
+
+    def _count(self, chosen: Plan, tier: Tier, gen: Generation, *, escalated: bool) -> None:
+        best = max(chosen.tiers, key=lambda t: t.quality)
+        with self._lock:
+            s = self.stats
+            s.requests += 1
+            s.by_tier[tier.name] = s.by_tier.get(tier.name, 0) + 1
+            s.routes[chosen.route] = s.routes.get(chosen.route, 0) + 1
+            s.cascades += len(chosen.tiers) > 1
+            s.escalations += escalated
+            s.drafts_kept += len(chosen.tiers) > 1 and not escalated
+        if tier is not best:
+            gen.add_finish_hook(lambda _text, done: self._saved(tier, best, done.usage))
+
+    def _saved(self, tier: Tier, best: Tier, usage: Any) -> None:
+        tokens = int(usage.completion_tokens)
+        with self._lock:
+            self.stats.tokens_on_smaller_tiers += tokens
+            self.stats.seconds_saved_est += tokens * (best.cost_per_1k - tier.cost_per_1k) / 1000

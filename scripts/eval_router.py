@@ -1,0 +1,283 @@
+"""Router evaluation: accuracy and compute time of each tier alone, the router and the cascade,
+side by side on one labelled set, in one run, on this machine.
+
+Each prompt in the set (JSONL: prompt, answer regex, type, difficulty) is sent to the real daemon
+over its socket, one at a time, greedy, with the response cache off. "Compute time" is the
+wall-clock time of those sequential requests: what a user waits for, including the cascade's
+discarded drafts. Each phase runs in a fresh daemon so no phase inherits another's warm KV.
+
+    python scripts/eval_router.py                       # tests/data/router_eval.jsonl
+    python scripts/eval_router.py --data held_out.jsonl --max-tokens 64
+    python scripts/eval_router.py --data tests/data/router_train.jsonl --phases tiers \
+        --outcomes outcomes.jsonl                       # labelled outcomes for `router train`
+
+Target (issue 5): the router or the cascade reaches >= 95% of large-only accuracy at <= 75% of
+large-only compute time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from edgeinfer import paths
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _benchutil import BenchError, ServerProcess, note, print_table, unix_accepts  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Item:
+    id: str
+    prompt: str
+    answer: re.Pattern[str]
+    type: str
+    difficulty: str
+
+
+@dataclass
+class Phase:
+    """One way of answering the whole set: a tier alone, the router or the cascade."""
+
+    name: str
+    model: str
+    route: str | None = None
+    correct: int = 0
+    seconds: float = 0.0
+    answered: int = 0
+    tiers_used: dict[str, int] = field(default_factory=dict)
+    escalated: int = 0
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.answered if self.answered else 0.0
+
+
+def load_items(path: Path, limit: int | None) -> list[Item]:
+    items = []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        pattern = re.compile(row["answer"], re.IGNORECASE)
+        items.append(Item(row["id"], row["prompt"], pattern, row["type"], row["difficulty"]))
+    return items[:limit] if limit else items
+
+
+@contextmanager
+def daemon(models: str, models_dir: Path) -> Iterator[httpx.Client]:
+    """A fresh daemon serving ``models`` on a temporary socket."""
+    root = Path(tempfile.mkdtemp(prefix="eir-", dir="/tmp"))
+    sock = root / "ei.sock"
+    env = {
+        **os.environ,
+        "EDGEINFER_HOME": str(root / "home"),
+        "EDGEINFER_MODELS_DIR": str(models_dir),
+    }
+    env.pop("EDGEINFER_SOCKET", None)
+    argv = [sys.executable, "-m", "edgeinfer", "serve", "--models", models, "--socket", str(sock)]
+    proc = ServerProcess(argv, env, root / "daemon.log", lambda: _ready(sock, models.split(",")))
+    try:
+        proc.start()
+        with httpx.Client(
+            transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://ei", timeout=600
+        ) as client:
+            yield client
+    finally:
+        proc.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _ready(sock: Path, models: list[str]) -> bool:
+    if not (sock.exists() and unix_accepts(sock)):
+        return False
+    try:
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), timeout=5) as c:
+            status = c.get("http://ei/health").json()["models"]
+    except (httpx.TransportError, KeyError, ValueError):
+        return False
+    for name in models:
+        if status.get(name, {}).get("status") in ("error", "unavailable"):
+            raise BenchError(f"model {name} failed: {status[name].get('reason')}")
+    return all(status.get(name, {}).get("status") == "ready" for name in models)
+
+
+def ask(client: httpx.Client, phase: Phase, item: Item, max_tokens: int, logprobs: bool) -> None:
+    body: dict[str, Any] = {
+        "model": phase.model,
+        "messages": [{"role": "user", "content": item.prompt}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "edgeinfer": {"cache": "off", **({"route": phase.route} if phase.route else {})},
+    }
+    if logprobs:
+        body |= {"logprobs": True, "top_logprobs": 5}
+    t0 = time.perf_counter()
+    resp = client.post("/v1/chat/completions", json=body)
+    elapsed = time.perf_counter() - t0
+    if resp.status_code != 200:
+        raise BenchError(f"{item.id}: HTTP {resp.status_code}: {resp.text[:300]}")
+    reply = resp.json()
+    text = reply["choices"][0]["message"]["content"]
+    ok = bool(item.answer.search(text))
+    with _LOCK:
+        _record(phase, item, reply, text, ok, elapsed, logprobs)
+
+
+_LOCK = threading.Lock()
+
+
+def _record(
+    phase: Phase,
+    item: Item,
+    reply: dict[str, Any],
+    text: str,
+    ok: bool,
+    elapsed: float,
+    logprobs: bool,
+) -> None:
+    route = (reply.get("edgeinfer") or {}).get("route") or {}
+    served = reply["model"]
+    phase.answered += 1
+    phase.correct += ok
+    phase.seconds += elapsed
+    phase.tiers_used[served] = phase.tiers_used.get(served, 0) + 1
+    phase.escalated += bool(route.get("escalated"))
+    row = {
+        "id": item.id,
+        "prompt": item.prompt,
+        "type": item.type,
+        "difficulty": item.difficulty,
+        "tier": served,
+        "correct": ok,
+        "seconds": round(elapsed, 4),
+        "completion_tokens": reply["usage"]["completion_tokens"],
+        "finish_reason": reply["choices"][0]["finish_reason"],
+        "text": text,
+    }
+    if route:
+        row["route"] = route
+    if logprobs and reply["choices"][0].get("logprobs"):
+        row["logprobs"] = [
+            [t["logprob"], [a["logprob"] for a in t["top_logprobs"]], t["token"]]
+            for t in reply["choices"][0]["logprobs"]["content"]
+        ]
+    phase.rows.append(row)
+
+
+def run_phase(phase: Phase, served: str, items: Sequence[Item], args: argparse.Namespace) -> Phase:
+    with daemon(served, args.models_dir) as client:
+        note(f"{phase.name}: {len(items)} prompts")
+        if args.concurrency > 1:  # outcome collection only: per-request times overlap
+            with ThreadPoolExecutor(args.concurrency) as pool:
+                list(
+                    pool.map(
+                        lambda it: ask(client, phase, it, args.max_tokens, args.logprobs), items
+                    )
+                )
+            return phase
+        for i, item in enumerate(items, 1):
+            ask(client, phase, item, args.max_tokens, args.logprobs)
+            if i % 25 == 0:
+                note(f"  {i}/{len(items)}: {phase.accuracy:.1%} correct, {phase.seconds:.1f} s")
+    return phase
+
+
+def report(phases: Sequence[Phase], reference: str) -> None:
+    ref = next((p for p in phases if p.name == reference), None)
+    rows = []
+    for p in phases:
+        acc_share = p.accuracy / ref.accuracy if ref and ref.accuracy else None
+        time_share = p.seconds / ref.seconds if ref and ref.seconds else None
+        mix = ", ".join(f"{k} {v}" for k, v in sorted(p.tiers_used.items()))
+        rows.append(
+            [
+                p.name,
+                f"{p.accuracy:.1%}",
+                f"{p.seconds:.1f}",
+                "-" if acc_share is None else f"{acc_share:.1%}",
+                "-" if time_share is None else f"{time_share:.1%}",
+                mix + (f"; escalated {p.escalated}" if p.escalated else ""),
+            ]
+        )
+    print_table(
+        f"Router evaluation (vs {reference}-only; target: >= 95% of its accuracy at <= 75% of"
+        " its time)",
+        ["phase", "accuracy", "compute s", "acc vs ref", "time vs ref", "answered by"],
+        rows,
+    )
+    for p in phases:
+        if p.route and ref:
+            ok = p.accuracy >= 0.95 * ref.accuracy and p.seconds <= 0.75 * ref.seconds
+            print(f"  {p.name}: {'meets' if ok else 'misses'} the target")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", type=Path, default=ROOT / "tests/data/router_eval.jsonl")
+    parser.add_argument("--tiers", default="tiny,small,large", help="tiers, cheapest first")
+    parser.add_argument("--phases", default="tiers,router,cascade")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--limit", type=int, help="only the first N prompts")
+    parser.add_argument("--logprobs", action="store_true", help="record token logprobs (tiers)")
+    parser.add_argument("--outcomes", type=Path, help="write one JSON line per answer here")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=1,
+        help="requests in flight (collecting outcomes faster; compute times then overlap)",
+    )
+    parser.add_argument(
+        "--models-dir", type=Path, default=paths.resolve().models_dir, help="the model store"
+    )
+    args = parser.parse_args(argv)
+    # SIGTERM ends the run like Ctrl-C, so the daemons started here are stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    items = load_items(args.data, args.limit)
+    tiers = args.tiers.split(",")
+    wanted = set(args.phases.split(","))
+    phases: list[Phase] = []
+    try:
+        if "tiers" in wanted:
+            phases += [run_phase(Phase(t, t), t, items, args) for t in tiers]
+        for route in ("router", "cascade"):
+            if route in wanted:
+                mode = "cheapest" if route == "router" else "cascade"
+                phase = Phase(route, "auto", route=mode)
+                phases.append(run_phase(phase, args.tiers, items, args))
+    except BenchError as exc:
+        print(f"eval_router: {exc}", file=sys.stderr)
+        return 1
+    report(phases, tiers[-1])
+    if args.outcomes:
+        with args.outcomes.open("w") as out:
+            for p in phases:
+                for row in p.rows:
+                    out.write(json.dumps({"phase": p.name, **row}) + "\n")
+        note(f"outcomes written to {args.outcomes}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

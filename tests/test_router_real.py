@@ -1,0 +1,308 @@
+"""The router with real models on the real daemon: cascade, continuation, distillation, and a
+remote tier served by llama-cpp-python's own OpenAI server on loopback.
+
+Two local tiers: ``tiny`` (Q4_1) and ``tiny-q8`` (its INT8 requantization, configured here as
+the higher tier). Which one is "better" does not matter to these tests; the thresholds force
+each path (keep, escalate) deterministically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from edgeinfer.models.store import ModelStore
+from tests.conftest import Daemon, short_socket_dir, start_daemon
+
+pytestmark = pytest.mark.real
+
+QUESTION = "What is the capital of France? Answer with one word."
+
+
+def _config(home: Path, text: str) -> None:
+    (home / "config").mkdir(parents=True, exist_ok=True)
+    (home / "config" / "models.toml").write_text(text)
+
+
+TIERS = """
+[models.tiny]
+quality = 0.45
+cost_per_1k = 1.0
+slots = 2
+[models.tiny-q8]
+quality = 0.6
+cost_per_1k = 2.0
+slots = 2
+"""
+
+
+@pytest.fixture(scope="module")
+def tiers(model_store: ModelStore) -> Iterator[Daemon]:
+    model_store.ensure("tiny")
+    model_store.ensure("tiny-q8")
+    home = short_socket_dir() / "home"
+    _config(home, TIERS + "[router]\nconfidence_threshold = 0.5\nmargin = 1.0\ndistill = true\n")
+    d = start_daemon("--models", "tiny,tiny-q8", home=home)
+    yield d
+    d.stop()
+
+
+def _ask(d: Daemon, content: str = QUESTION, **extra: Any) -> httpx.Response:
+    body = {
+        "model": "auto",
+        "messages": [{"role": "user", "content": content}],
+        "temperature": 0,
+        **extra,
+    }
+    with d.client() as c:
+        return c.post("/v1/chat/completions", json=body)
+
+
+def test_cascade_keeps_a_confident_draft_and_escalates_an_unsure_one(tiers: Daemon) -> None:
+    kept = _ask(tiers, edgeinfer={"cache": "off"}).json()
+    route = kept["edgeinfer"]["route"]
+    assert route["route"] == "cascade" and route["request_type"] == "question_answer"
+    draft = route["tiers"][0]
+    assert draft["model"] == "tiny" and draft["confidence"]["tokens"] > 0
+    assert draft["kept"] is (draft["confidence"]["score"] >= 0.5)
+    assert "paris" in kept["choices"][0]["message"]["content"].lower()
+
+    # A request the cascade cannot keep (min_quality above tiny's) runs on tiny-q8 only.
+    best = _ask(tiers, edgeinfer={"cache": "off", "min_quality": 0.5}).json()
+    assert best["model"] == "tiny-q8"
+    assert [t["model"] for t in best["edgeinfer"]["route"]["tiers"]] == ["tiny-q8"]
+
+    # A nonsense prompt tiny is unsure about climbs to tiny-q8 with the reason given.
+    unsure = _ask(
+        tiers,
+        "zqx vlorp wem? 7 kreb tasso: ",
+        max_tokens=16,
+        edgeinfer={"cache": "off", "route": "cascade"},
+    ).json()
+    route = unsure["edgeinfer"]["route"]
+    if route["escalated"]:
+        assert unsure["model"] == "tiny-q8"
+        assert (
+            "confidence" in route["escalation_reason"] or "max_tokens" in route["escalation_reason"]
+        )
+        assert [t["model"] for t in route["tiers"]] == ["tiny", "tiny-q8"]
+    else:  # tiny happened to be sure of its gibberish: then it must have cleared the bar
+        assert route["tiers"][0]["confidence"]["score"] >= 0.5
+    with tiers.client() as c:
+        stats = c.get("/stats").json()["router"]
+    assert stats["requests"] >= 3 and stats["by_tier"].get("tiny-q8", 0) >= 1
+    assert stats["tiers"] == ["tiny", "tiny-q8"]
+
+
+def test_no_suitable_model_is_a_422_naming_each_tier(tiers: Daemon) -> None:
+    resp = _ask(tiers, edgeinfer={"min_quality": 0.9})
+    assert resp.status_code == 422
+    err = resp.json()["error"]
+    assert err["code"] == "no_suitable_model"
+    assert "tiny quality 0.45 < min_quality 0.9" in err["message"]
+    assert "tiny-q8 quality 0.60 < min_quality 0.9" in err["message"]
+    assert _ask(tiers, edgeinfer={"cache": "off"}).status_code == 200  # still serving
+
+
+def test_an_answer_cut_at_max_tokens_continues_from_its_kv_state(tiers: Daemon) -> None:
+    body = {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "Write a long story about a dragon."}],
+        "temperature": 0,
+        "max_tokens": 12,
+        "edgeinfer": {"cache": "off", "continue_on_length": True},
+    }
+    with tiers.client() as c:
+        reply = c.post("/v1/chat/completions", json=body).json()
+        plain = c.post(
+            "/v1/chat/completions", json={**body, "max_tokens": 36, "edgeinfer": {"cache": "off"}}
+        ).json()
+    rounds = reply["edgeinfer"]["continued"]
+    assert len(rounds) == 2  # max_continuations = 2 by default
+    assert reply["usage"]["completion_tokens"] == 36
+    prompt = reply["usage"]["prompt_tokens"]
+    # each round reuses the prompt and the answer so far instead of recomputing them
+    assert rounds[0]["cached_tokens"] >= prompt + 12 - 2
+    assert rounds[1]["cached_tokens"] >= prompt + 24 - 2
+    # and greedy continuation reads like one generation of the whole budget
+    text, whole = (
+        reply["choices"][0]["message"]["content"],
+        plain["choices"][0]["message"]["content"],
+    )
+    assert text[:40] == whole[:40]
+
+
+def test_distillation_captures_larger_tier_answers(tiers: Daemon) -> None:
+    reply = _ask(
+        tiers, "Name a primary colour.", edgeinfer={"cache": "off", "route": "best"}
+    ).json()
+    assert reply["model"] == "tiny-q8"
+    env = {**os.environ, "EDGEINFER_HOME": str(tiers.home)}
+    deadline = time.monotonic() + 30
+    while True:
+        out = subprocess.run(
+            [sys.executable, "-m", "edgeinfer", "distill", "export"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        examples = [json.loads(line) for line in out.stdout.splitlines()]
+        if any(e["messages"][0]["content"] == "Name a primary colour." for e in examples):
+            break
+        assert time.monotonic() < deadline, out.stderr
+        time.sleep(0.2)
+    example = next(e for e in examples if e["messages"][0]["content"] == "Name a primary colour.")
+    assert example["messages"][-1] == {
+        "role": "assistant",
+        "content": reply["choices"][0]["message"]["content"],
+    }
+    assert example["metadata"]["tier"] == "tiny-q8"
+    assert all(e["metadata"]["tier"] != "tiny" for e in examples)
+
+
+def test_router_train_writes_weights_the_daemon_loads(tiers: Daemon, tmp_path: Path) -> None:
+    outcomes = tmp_path / "o.jsonl"
+    rows = [
+        {"prompt": f"What is {i} plus {i}?", "tier": t, "correct": t == "tiny-q8" or i % 2 == 0}
+        for i in range(12)
+        for t in ("tiny", "tiny-q8")
+    ]
+    outcomes.write_text("\n".join(json.dumps(r) for r in rows))
+    env = {**os.environ, "EDGEINFER_HOME": str(tiers.home)}
+    out = subprocess.run(
+        [sys.executable, "-m", "edgeinfer", "router", "train", str(outcomes)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    weights = tiers.home / "data" / "router.json"
+    body = json.loads(weights.read_text())
+    assert set(body["tiers"]) == {"tiny", "tiny-q8"} and body["meta"]["outcomes"] >= 24
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "x"}\n')
+    out = subprocess.run(
+        [sys.executable, "-m", "edgeinfer", "router", "train", str(bad), "--no-log"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 1
+    assert out.stderr.strip().startswith(f"edgeinfer: error: {bad}:1: expected JSON with prompt")
+
+
+# -- a remote tier: llama-cpp-python's OpenAI server on loopback ------------------------------
+
+
+UPSTREAM_KEY = "local-test-key"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def upstream(model_store: ModelStore) -> Iterator[str]:
+    gguf = model_store.ensure("tiny")
+    port = _free_port()
+    log = Path(tempfile.mkdtemp(prefix="ei-up-")) / "server.log"
+    argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf)]
+    argv += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "1"]
+    argv += ["--api_key", UPSTREAM_KEY]  # so a request without edgeinfer's key header fails
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 120
+    while True:
+        assert proc.poll() is None, log.read_text()
+        try:
+            auth = {"Authorization": f"Bearer {UPSTREAM_KEY}"}
+            if httpx.get(f"{base}/models", headers=auth, timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.2)
+    yield base
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def test_a_remote_tier_answers_through_the_daemon(
+    upstream: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert httpx.get(f"{upstream}/models", timeout=5).status_code == 401  # the key is needed
+    home = short_socket_dir() / "home"
+    dead = f"http://127.0.0.1:{_free_port()}/v1"
+    _config(
+        home,
+        TIERS.split("[models.tiny-q8]")[0]
+        + f'[remotes.upstream]\nurl = "{upstream}"\nmodel = "smollm"\nquality = 0.8\n'
+        + 'api_key_env = "EI_UPSTREAM_KEY"\ntimeout = 60\n'
+        + f'[remotes.gone]\nurl = "{dead}"\nmodel = "x"\nretries = 1\ntimeout = 5\n'
+        + "quality = 0.1\n",
+    )
+    monkeypatch.setenv("EI_UPSTREAM_KEY", UPSTREAM_KEY)
+    d = start_daemon("--models", "tiny", home=home)
+    try:
+        with d.client() as c:
+            ids = [m["id"] for m in c.get("/v1/models").json()["data"]]
+            assert {"tiny", "upstream", "gone", "auto"} <= set(ids)
+            body = {
+                "model": "upstream",
+                "messages": [{"role": "user", "content": QUESTION}],
+                "temperature": 0,
+                "max_tokens": 16,
+            }
+            reply = c.post("/v1/chat/completions", json=body).json()
+            assert reply["model"] == "upstream"
+            assert "paris" in reply["choices"][0]["message"]["content"].lower()
+            assert reply["usage"]["completion_tokens"] > 0
+            # streamed through edgeinfer's own SSE framing
+            with c.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as s:
+                chunks = [ln for ln in s.iter_lines() if ln.startswith("data: {")]
+            text = "".join(
+                json.loads(ln[6:])["choices"][0]["delta"].get("content", "")
+                for ln in chunks
+                if json.loads(ln[6:]).get("choices")
+            )
+            assert "paris" in text.lower()
+            # the answer went into the cache in front of the remote tier
+            again = c.post("/v1/chat/completions", json=body).json()
+            assert again["edgeinfer"]["cache"]["layer"] == "exact"
+            # routing with best → the remote tier (highest quality)
+            best = c.post(
+                "/v1/chat/completions",
+                json={**body, "model": "auto", "edgeinfer": {"route": "best", "cache": "off"}},
+            ).json()
+            assert best["model"] == "upstream"
+            assert best["edgeinfer"]["route"]["tiers"] == [{"model": "upstream"}]
+            # an unreachable remote is a clear 502 and the daemon keeps serving
+            resp = c.post("/v1/chat/completions", json={**body, "model": "gone"})
+            assert resp.status_code == 502
+            err = resp.json()["error"]
+            assert err["code"] == "upstream_error" and "unreachable" in err["message"]
+            assert c.get("/health").status_code == 200
+    finally:
+        d.stop()

@@ -97,7 +97,7 @@ def daemon(models: str, models_dir: Path) -> Iterator[httpx.Client]:
     argv = [sys.executable, "-m", "edgeinfer", "serve", "--models", models, "--socket", str(sock)]
     proc = ServerProcess(argv, env, root / "daemon.log", lambda: _ready(sock, models.split(",")))
     try:
-        proc.start()
+        proc.start(timeout=1800)  # first use pulls the models from PyPI
         with httpx.Client(
             transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://ei", timeout=600
         ) as client:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from textual.pilot import Pilot
+from textual.widgets import Input
 
 from edgeinfer.tui.app import EdgeinferApp
 from edgeinfer.tui.chat import MessageView
@@ -33,7 +34,13 @@ def fixed_app(tmp_path: Path, **kw: object) -> EdgeinferApp:
 
 
 async def feed_done(pilot: Pilot[None]) -> None:
-    """All 12 fixed snapshots shown: the sparklines are full and stop changing."""
+    """All 12 fixed snapshots shown: the sparklines are full and stop changing.
+
+    The input's cursor stops blinking too: a blinking cursor is on in some frames and off in
+    others, so a loaded machine could catch either (seen in CI).
+    """
+    for field in pilot.app.query(Input):
+        field.cursor_blink = False
     pane = pilot.app.query_one(StatsPane)
     await until(pilot, lambda: pane.events == 12, "all 12 snapshots")
 

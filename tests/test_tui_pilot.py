@@ -267,3 +267,28 @@ async def test_top_mode_shows_stats_only() -> None:
         await until(pilot, lambda: pane.last is not None and len(pane.last.models) == 3, "feed")
         assert not app.query(TabbedContent)
         assert [key for _, key, _ in app.help_rows()] == ["F1", "F5", "Ctrl+Q"]
+
+
+async def test_a_config_error_of_the_daemon_is_shown_until_fixed() -> None:
+    """Hot reload keeps the last good config on an invalid file; the stats tab says so."""
+    bad = {
+        **snapshot(0),
+        "config": {
+            "ok": False,
+            "error": "models.tiny.slotz: unknown key",
+            "path": "/home/u/.config/edgeinfer/models.toml",
+        },
+    }
+    good = {**snapshot(1), "config": {"ok": True, "error": None, "path": None}}
+    app = EdgeinferApp(FakeClient(snapshots=[bad]), mode="top", retry=(0.01, 0.05))
+    async with app.run_test(size=(80, 24)) as pilot:
+        pane = app.query_one(StatsPane)
+        await until(pilot, lambda: pane.events >= 1, "feed")
+        warning = app.query_one("#stats-config", Static)
+        assert warning.display
+        text = str(warning.render())
+        assert "config error in /home/u/.config/edgeinfer/models.toml" in text
+        assert "unknown key" in text and "last good config" in text
+        pane.show(good)
+        await pilot.pause()
+        assert not warning.display

@@ -17,7 +17,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Static
 
-from edgeinfer.tui.view import MISSING, StatsModel, StatsView
+from edgeinfer.tui.view import MISSING, StatsModel, StatsView, config_problem
 
 
 def _table(title: str | None, *columns: str, header: bool = True) -> Table:
@@ -84,6 +84,7 @@ class StatsPane(VerticalScroll):
     DEFAULT_CSS = """
     StatsPane { padding: 0 1; height: 1fr; }
     StatsPane #stats-status { color: $text-muted; height: 1; }
+    StatsPane #stats-config { color: $error; display: none; }
     StatsPane #stats-columns { height: auto; }
     StatsPane #stats-left { width: 1fr; margin-right: 2; }
     StatsPane #stats-right { width: 1fr; }
@@ -98,6 +99,7 @@ class StatsPane(VerticalScroll):
 
     def compose(self) -> ComposeResult:
         yield Static("waiting for the daemon's stats feed…", id="stats-status")
+        yield Static(id="stats-config")
         yield Static(id="stats-models")
         with Horizontal(id="stats-columns"):
             yield Static(id="stats-left")
@@ -109,6 +111,10 @@ class StatsPane(VerticalScroll):
         self.last = view
         self.events += 1
         self.query_one("#stats-models", Static).update(models_table(view))
+        problem = config_problem(snap)
+        warning = self.query_one("#stats-config", Static)
+        warning.update(problem or "")
+        warning.display = problem is not None
         self.query_one("#stats-left", Static).update(cache_and_router(view))
         self.query_one("#stats-right", Static).update(ledger(view))
 

@@ -285,3 +285,13 @@ def ledger(snap: Mapping[str, Any]) -> tuple[list[tuple[str, str]], list[tuple[s
             ("compute saved by routing", MISSING if compute is None else f"{compute:.1f}s"),
         ],
     )
+
+
+def config_problem(snap: Mapping[str, Any]) -> str | None:
+    """The daemon's config error, when its last reload failed and it kept the last good
+    config (``/stats`` ``config``); ``None`` when the config in force is the file's."""
+    config = snap.get("config")
+    if not isinstance(config, Mapping) or config.get("ok", True):
+        return None
+    where = f" in {config['path']}" if config.get("path") else ""
+    return f"config error{where} (last good config in use): {config.get('error') or 'unknown'}"

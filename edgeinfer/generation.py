@@ -104,14 +104,13 @@ class Generation:
     def replay(cls, model: str, digest: str | None, hit: CacheHit) -> Generation:
         """A generation served from a cache hit, in the same shape as a fresh one."""
         answer = hit.response
-        queue: asyncio.Queue[Event] = asyncio.Queue()
-        queue.put_nowait(Delta(str(answer.get("content", ""))))
         usage = Usage(hit.prompt_tokens, hit.completion_tokens, hit.prompt_tokens, 0.0, 0.0)
-        queue.put_nowait(Finished(answer.get("finish_reason", "stop"), usage))
-        info: dict[str, Any] = {"layer": hit.layer, "similarity": round(hit.similarity, 4)}
+        done = Finished(answer.get("finish_reason", "stop"), usage)
+        gen = cls.from_text(model, digest, str(answer.get("content", "")), done)
+        gen.cache = {"layer": hit.layer, "similarity": round(hit.similarity, 4)}
         if hit.layer == "semantic":
-            info["question"] = hit.question
-        return cls(model, digest, queue, prompt_tokens=hit.prompt_tokens, cache=info)
+            gen.cache["question"] = hit.question
+        return gen
 
     @classmethod
     def from_text(

@@ -159,9 +159,12 @@ class Router:
     ) -> None:
         """Distillation: keep answers of tiers above the cheapest one, when enabled."""
         log_ = self.distill
-        cheapest = min((t.quality for t in self._tiers()), default=0.0)
-        tier = next((t for t in self._tiers() if t.name == gen.model), None)
-        if log_ is None or tier is None or tier.quality <= cheapest:
+        if log_ is None:
+            return
+        tiers = self._tiers()
+        cheapest = min((t.quality for t in tiers), default=0.0)
+        tier = next((t for t in tiers if t.name == gen.model), None)
+        if tier is None or tier.quality <= cheapest:
             return
         gen.add_finish_hook(lambda text, _done: log_.record(tier.name, messages, text, info))
 

@@ -173,8 +173,10 @@ class InferenceService:
 
     def _summariser(self) -> Summarise | None:
         """History summaries come from the cheapest local tier (``[prompt] history_budget``)."""
+        if self.prompt_layer.settings.history_budget is None:
+            return None  # checked first: this runs on every local request
         local = [t for t in self.tiers() if not t.remote]
-        if self.prompt_layer.settings.history_budget is None or not local:
+        if not local:
             return None
         name = min(local, key=lambda t: t.cost_per_1k).name
         options = GenerateOptions(
@@ -207,7 +209,19 @@ class InferenceService:
         """
         queue: asyncio.Queue[Event] = asyncio.Queue()
         current = [first]
-        out = Generation(served.name, served.digest, queue, prompt_tokens=first.prompt_tokens)
+
+        def cancel() -> None:
+            current[0].cancel()
+            task.cancel()
+
+        out = Generation(
+            served.name,
+            served.digest,
+            queue,
+            prompt_tokens=first.prompt_tokens,
+            cancel=cancel,
+            on_finish=on_finish,
+        )
         rounds = self.router.settings.max_continuations
         started = time.monotonic()
 
@@ -242,14 +256,6 @@ class InferenceService:
             queue.put_nowait(Finished(done.reason, usage))
 
         task = asyncio.create_task(run())
-
-        def cancel() -> None:
-            current[0].cancel()
-            task.cancel()
-
-        out._cancel = cancel
-        if on_finish is not None:
-            out.add_finish_hook(on_finish)
         return out
 
     def _storer(self, req: CacheRequest | None) -> Callable[[str, Finished], None] | None:

@@ -7,9 +7,8 @@ readable line on stderr (``edgeinfer: error: ...``) and exit status 1.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from edgeinfer import __version__, cli_models, cli_router
@@ -17,21 +16,7 @@ from edgeinfer.errors import EdgeInferError
 from edgeinfer.paths import Paths, resolve, socket_path
 
 
-def openmp_env(env: MutableMapping[str, str]) -> None:
-    """Keep llama.cpp's OpenMP workers spinning between decode steps in the daemon.
-
-    With more thread teams than cores (one team per loaded model's runner) libgomp throttles
-    its spin-wait to a few hundred iterations, so workers sleep and wake on every step: a
-    daemon serving tiny, small and large took 32% longer per request when requests moved
-    between models (1.08x with this set; measured with scripts/eval_router.py's workload).
-    Idle CPU stays at zero. libgomp reads it once, when llama.cpp loads, so the CLI sets it
-    before anything imports the engine; a user's own OMP_WAIT_POLICY wins.
-    """
-    env.setdefault("OMP_WAIT_POLICY", "ACTIVE")
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
-    openmp_env(os.environ)
     from edgeinfer import logs
     from edgeinfer.bootstrap import DaemonSettings, build_app, load
     from edgeinfer.server.daemon import refuse_if_live, run, serve_options, systemd_sockets

@@ -85,18 +85,3 @@ def test_paths_follow_edgeinfer_home(tmp_path: Path) -> None:
     rows = dict(line.split(maxsplit=1) for line in out.stdout.splitlines())
     assert rows["socket"] == str(tmp_path / "h" / "run" / "edgeinfer.sock")
     assert rows["models"] == str(tmp_path / "h" / "data" / "models")
-
-
-def test_serve_keeps_openmp_workers_spinning_unless_the_user_says_otherwise() -> None:
-    from edgeinfer.cli import openmp_env
-
-    env: dict[str, str] = {}
-    openmp_env(env)
-    assert env == {"OMP_WAIT_POLICY": "ACTIVE"}
-    mine = {"OMP_WAIT_POLICY": "PASSIVE"}
-    openmp_env(mine)
-    assert mine == {"OMP_WAIT_POLICY": "PASSIVE"}
-    # libgomp reads the variable when llama.cpp loads: the CLI must not have loaded it yet.
-    code = "import sys, edgeinfer.cli, edgeinfer.bootstrap; print('llama_cpp' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"

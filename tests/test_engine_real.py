@@ -215,3 +215,26 @@ def test_disk_tier_serves_a_warm_prompt_after_a_daemon_restart(tiny_path: Path) 
     )
     assert stats["prefix_restored_disk"] == 1
     assert warm["choices"][0]["message"]["content"] == cold["choices"][0]["message"]["content"]
+
+
+def test_every_cpu_model_decodes_on_one_shared_thread(
+    tiny_path: Path, pools: list[Pool], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two loaded models, two runner threads, one decode thread: so ggml keeps one OpenMP team
+    however many models are loaded (more teams than cores made workers sleep and wake on every
+    step, or spin for minutes after a request when told to stay active)."""
+    import threading
+
+    seen: set[str] = set()
+    real = llama.C.llama_decode
+
+    def recording(ctx: Any, batch: Any) -> int:
+        seen.add(threading.current_thread().name)
+        return int(real(ctx, batch))
+
+    monkeypatch.setattr(llama.C, "llama_decode", recording)
+    pools.extend([Pool(tiny_path), Pool(tiny_path)])
+    for pool in pools:
+        ((text, result),) = pool.chat(user("Name a colour."))
+        assert text and result.usage.completion_tokens > 0
+    assert len(seen) == 1 and next(iter(seen)).startswith("ggml-cpu"), seen

@@ -2,7 +2,9 @@
 
 This is the only module that imports ``llama_cpp``. It uses one context with ``slots`` sequences
 (``n_seq_max``) so the runner can put one token of every generating request, plus prompt chunks,
-into a single ``llama_decode`` call. Everything here runs on the model's runner thread.
+into a single ``llama_decode`` call. Everything here runs on the model's runner thread, except
+that CPU models hand their ``llama_decode`` to one shared compute thread (see
+:func:`_cpu_compute`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +42,27 @@ _KV_TYPES = {"f16": C.GGML_TYPE_F16, "q8_0": C.GGML_TYPE_Q8_0}
 _GGML_LEVELS = {3: logging.WARNING, 4: logging.ERROR}
 _init_lock = threading.Lock()
 _initialised = False
+_compute: ThreadPoolExecutor | None = None
+
+
+def _cpu_compute() -> ThreadPoolExecutor:
+    """The one thread that runs every CPU model's ``llama_decode``.
+
+    ggml's CPU backend computes a graph with an OpenMP team, and libgomp keeps one team per
+    calling thread. With one runner thread per loaded model that is one team per model, more
+    worker threads than cores: libgomp then throttles its spin-wait, so workers sleep and wake
+    on every step (a daemon moving requests between tiny, small and large took 1.32x its
+    single-model time), and forcing them to spin (OMP_WAIT_POLICY=ACTIVE) left an idle daemon
+    burning a core for minutes after each request. Decoding every CPU model on one thread gives
+    one team whatever the number of models; the cores could not run two models' steps at once
+    anyway. GPU-offloaded models keep decoding on their own runner thread, so several models
+    can keep a GPU busy together.
+    """
+    global _compute
+    with _init_lock:
+        if _compute is None:
+            _compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ggml-cpu")
+        return _compute
 
 
 @C.llama_log_callback  # type: ignore[untyped-decorator]
@@ -109,6 +133,8 @@ class LlamaEngine:
             raise ModelUnavailable(f"llama.cpp could not create a context for {path}")
         self._mem = C.llama_get_memory(self._ctx)
         self._batch = C.llama_batch_init(params.n_batch, 0, 1)
+        on_cpu = params.gpu_layers == 0 or not C.llama_supports_gpu_offload()
+        self._compute = _cpu_compute() if on_cpu else None
         self._n_vocab = C.llama_vocab_n_tokens(self._vocab)
         self._pieces: dict[int, bytes] = {}
         self.info = EngineInfo(
@@ -164,7 +190,10 @@ class LlamaEngine:
             b.seq_id[i][0] = item.seq
             b.logits[i] = 1 if item.logits else 0
         b.n_tokens = len(batch)
-        rc = C.llama_decode(self._ctx, b)
+        if self._compute is None:
+            rc = C.llama_decode(self._ctx, b)
+        else:
+            rc = self._compute.submit(C.llama_decode, self._ctx, b).result()
         if rc == 1:
             raise ContextLengthExceeded("no room left in the KV cache for this batch")
         if rc != 0:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -25,6 +25,7 @@ class GenerateOptions:
     sampling: Sampling = field(default_factory=Sampling)
     stop: tuple[str, ...] = ()
     logprobs: int | None = None  # None: off; n: also the top n alternatives
+    logprob_tokens: int | None = None  # logprobs for only the first n tokens (a cascade's draft)
     response_format: str | None = None  # "json_object" | "json_schema"
     json_schema: str | None = None
     timeout: float | None = None  # seconds; the daemon's default when None
@@ -139,7 +140,7 @@ class Generation:
         """Call ``hook(text, finished)`` when the answer completes (not when cancelled)."""
         self._hooks.append(hook)
 
-    async def __aiter__(self) -> AsyncIterator[Delta]:
+    async def __aiter__(self) -> AsyncGenerator[Delta, None]:
         while self.result is None:
             event = await self._queue.get()
             if isinstance(event, Delta):

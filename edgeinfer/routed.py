@@ -13,7 +13,9 @@ import asyncio
 import json
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
@@ -22,15 +24,19 @@ import numpy as np
 
 from edgeinfer.config.schema import RouterSettings
 from edgeinfer.distill import DistillLog
+from edgeinfer.engine.base import TokenLogprob
 from edgeinfer.generation import GenerateOptions, Generation
 from edgeinfer.routing.classifier import Classifier, feature_vector
 from edgeinfer.routing.features import DEFAULT_MAX_TOKENS, RequestType, infer_request_type
 from edgeinfer.routing.policy import (
+    CONFIDENCE_WINDOW,
+    Confidence,
     Constraints,
     Plan,
     Route,
     Tier,
     confidence,
+    doomed,
     plan,
     should_escalate,
 )
@@ -177,28 +183,53 @@ class Router:
         info: dict[str, Any],
     ) -> Generation:
         first, top = chosen.tiers[0], chosen.tiers[-1]
-        draft_options = replace(options, logprobs=max(options.logprobs or 0, DRAFT_TOP_LOGPROBS))
+        threshold = self.settings.confidence_threshold
+        draft_options = replace(
+            options,
+            logprobs=max(options.logprobs or 0, DRAFT_TOP_LOGPROBS),
+            # Confidence reads only the answer's head: past it, logprobs cost time (0.5 ms a
+            # token on a 152k vocabulary) for nothing unless the caller asked for them.
+            logprob_tokens=CONFIDENCE_WINDOW if options.logprobs is None else None,
+        )
+        started = time.monotonic()
         draft = await answer(first.name, messages, draft_options)
+        pieces: list[str] = []
+        logprobs: list[TokenLogprob] = []
+        cut: Confidence | None = None
         try:
-            text, logprobs = await draft.collect()
+            async with aclosing(draft.__aiter__()) as stream:
+                async for delta in stream:
+                    pieces.append(delta.text)
+                    logprobs.extend(delta.logprobs)
+                    if delta.logprobs and (cut := doomed(logprobs, threshold)) is not None:
+                        break
         finally:
-            draft.cancel()  # a no-op when finished; frees the slot if we were cancelled
-        assert draft.result is not None
-        conf = confidence(logprobs)
-        why = should_escalate(conf, self.settings.confidence_threshold, draft.result.reason)
+            draft.cancel()  # a no-op when finished; frees the slot when cut or cancelled
+        if cut is not None:
+            conf, tokens, seconds = cut, len(logprobs), time.monotonic() - started
+            why: str | None = (
+                f"confidence {conf.score:.2f} after {tokens} tokens can no longer reach"
+                f" threshold {threshold:.2f} (draft stopped early)"
+            )
+        else:
+            assert draft.result is not None
+            conf = confidence(logprobs)
+            why = should_escalate(conf, threshold, draft.result.reason)
+            tokens, seconds = draft.result.usage.completion_tokens, draft.result.usage.total_s
         step = {
             "model": first.name,
             "confidence": conf.as_dict(),
-            "completion_tokens": draft.result.usage.completion_tokens,
-            "seconds": round(draft.result.usage.total_s, 3),
+            "completion_tokens": tokens,
+            "seconds": round(seconds, 3),
         }
         self._log_outcome(last_user_text(messages), first.name, kept=why is None)
         if why is None:
+            assert draft.result is not None
             info["tiers"] = [{**step, "kept": True}]
             kept = Generation.from_text(
                 first.name,
                 draft.digest,
-                text,
+                "".join(pieces),
                 draft.result,
                 tuple(logprobs),
                 wants_logprobs=options.logprobs is not None,

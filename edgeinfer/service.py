@@ -363,6 +363,7 @@ class InferenceService:
             emit=emit,
             stop=options.stop,
             logprobs=options.logprobs,
+            logprob_tokens=options.logprob_tokens,
             deadline=time.monotonic() + timeout if timeout else None,
         )
         runner.submit(request)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -238,3 +239,21 @@ def test_every_cpu_model_decodes_on_one_shared_thread(
         ((text, result),) = pool.chat(user("Name a colour."))
         assert text and result.usage.completion_tokens > 0
     assert len(seen) == 1 and next(iter(seen)).startswith("ggml-cpu"), seen
+
+
+def test_logprobs_can_stop_after_the_first_tokens(tiny_path: Path, pools: list[Pool]) -> None:
+    """A cascade's draft needs logprobs only for the answer's head; the rest is plain decoding."""
+    pools.append(Pool(tiny_path))
+    service = pools[0].service
+    question = user("List five fruits, one per line.")
+
+    async def run(options: GenerateOptions) -> tuple[str, int]:
+        gen = await service.chat("tiny", question, options)
+        text, logprobs = await gen.collect()
+        return text, len(logprobs)
+
+    head = GenerateOptions(max_tokens=24, sampling=Sampling(temperature=0), logprobs=2)
+    all_text, n_all = asyncio.run(run(head))
+    head_text, n_head = asyncio.run(run(replace(head, logprob_tokens=5)))
+    assert n_all > 5 and n_head == 5
+    assert head_text == all_text  # the same greedy answer either way

@@ -29,6 +29,7 @@ from edgeinfer.routing.policy import (
     Constraints,
     Tier,
     confidence,
+    doomed,
     eligible,
     plan,
     should_escalate,
@@ -146,6 +147,34 @@ def test_escalation_policy(conf: Confidence, finish: str, escalates: str | None)
     assert (why is None) == (escalates is None)
     if escalates is not None:
         assert why is not None and escalates in why
+
+
+# Window 4, threshold 0.5: a draft is doomed once its logprob sum is below 4 * log(0.5) = -2.77.
+@pytest.mark.parametrize(
+    ("logprobs", "is_doomed"),
+    [
+        ([], False),
+        ([-0.1, -0.2], False),
+        ([-1.0, -1.0], False),  # -2.0: three perfect tokens would still reach 0.61
+        ([-1.5, -1.5], True),  # -3.0: no continuation reaches 0.5
+        ([-3.0], True),  # one token can doom a draft
+        ([-1.5, 0.0, -1.5], True),
+        ([-0.1, -0.1, -0.1, -0.1, -5.0], False),  # past the window: never read
+    ],
+)
+def test_a_draft_is_doomed_exactly_when_no_continuation_can_reach_the_threshold(
+    logprobs: list[float], is_doomed: bool
+) -> None:
+    tokens = [_tok(lp) for lp in logprobs]
+    cut = doomed(tokens, 0.5, window=4)
+    assert (cut is not None) == is_doomed
+    if cut is not None:
+        assert cut.score < 0.5
+        # whatever follows, the finished draft's confidence stays below the threshold
+        best_case = tokens + [_tok(0.0)] * 4
+        assert confidence(best_case, window=4).score < 0.5
+    # whitespace-only pieces carry no signal and cannot doom a draft
+    assert doomed([_tok(-9.0, piece=b"\n")], 0.5, window=4) is None
 
 
 def _embed(texts: Sequence[str]) -> np.ndarray:
@@ -354,6 +383,54 @@ def test_cascade_keeps_or_escalates(
         assert example["messages"][-1] == {"role": "assistant", "content": "large says hi"}
     else:
         assert stats["tokens_on_smaller_tiers"] == 3 and stats["compute_seconds_saved_est"] > 0
+
+
+class Streaming:
+    """A draft tier that streams one token per delta, each with logprob ``lp``."""
+
+    def __init__(self, lp: float, n: int) -> None:
+        self.lp, self.n = lp, n
+        self.calls: list[tuple[str, GenerateOptions]] = []
+        self.cancelled: list[str] = []
+
+    async def answer(
+        self, name: str, messages: Sequence[Mapping[str, Any]], options: GenerateOptions
+    ) -> Generation:
+        self.calls.append((name, options))
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+        n = self.n if name == "tiny" else 2
+        lp = self.lp if name == "tiny" else -0.01
+        for _ in range(n):
+            queue.put_nowait(Delta(" w", (TokenLogprob(b" w", lp, ((b" w", lp),)),)))
+        queue.put_nowait(Finished("length", Usage(10, n, 0, 0.01, 0.5)))
+        return Generation(
+            name, None, queue, prompt_tokens=10, cancel=lambda: self.cancelled.append(name)
+        )
+
+
+def test_a_doomed_draft_is_stopped_early_and_escalated(tmp_path: Path) -> None:
+    router = _router(tmp_path, margin=1.0, confidence_threshold=0.5)
+    tiers = Streaming(-1.5, 64)  # 64 tokens on offer; sum < 32 * log(0.5) after 15 of them
+    gen = asyncio.run(router.chat(QUESTION, GenerateOptions(max_tokens=64), tiers.answer))
+    assert gen.model == "large" and [c[0] for c in tiers.calls] == ["tiny", "large"]
+    assert "tiny" in tiers.cancelled  # its slot is freed, not run to 64 tokens
+    route = gen.route
+    assert route is not None and route["escalated"] is True
+    assert route["tiers"][0]["completion_tokens"] == 15
+    assert "draft stopped early" in route["escalation_reason"]
+    # The caller asked for no logprobs: the draft computes them only over the confidence window.
+    assert tiers.calls[0][1].logprobs == 5 and tiers.calls[0][1].logprob_tokens == 32
+
+
+def test_a_confident_long_draft_runs_to_its_end(tmp_path: Path) -> None:
+    router = _router(tmp_path, margin=1.0, confidence_threshold=0.5)
+    tiers = Streaming(-0.1, 64)
+    options = GenerateOptions(max_tokens=64, logprobs=2)
+    gen = asyncio.run(router.chat(QUESTION, options, tiers.answer))
+    assert gen.model == "tiny" and [c[0] for c in tiers.calls] == ["tiny"]
+    assert gen.route is not None and gen.route["tiers"][0]["completion_tokens"] == 64
+    # The caller asked for logprobs: every token gets them.
+    assert tiers.calls[0][1].logprob_tokens is None
 
 
 def test_explicit_max_tokens_and_route_win(tmp_path: Path) -> None:

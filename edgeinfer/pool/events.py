@@ -53,6 +53,7 @@ class GenRequest:
     emit: Callable[[Event], None]
     stop: tuple[str, ...] = ()
     logprobs: int | None = None  # None: off; n: the sampled token's logprob and the top n
+    logprob_tokens: int | None = None  # None: every token; n: only the first n
     deadline: float | None = None  # monotonic seconds
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.monotonic)

@@ -422,9 +422,17 @@ class ModelRunner:
         self._account(elapsed, n_prefill, len(generating))
         for slot, index in outputs:
             token = engine.sample(slot.sampler, index)
-            if slot.req is not None and slot.req.logprobs is not None and not engine.is_eog(token):
+            if self._wants_logprob(slot) and not engine.is_eog(token):
+                assert slot.req is not None and slot.req.logprobs is not None
                 slot.logprobs.append(engine.logprobs(index, token, slot.req.logprobs))
             self._on_token(engine, slot, token)
+
+    @staticmethod
+    def _wants_logprob(slot: _Slot) -> bool:
+        req = slot.req
+        if req is None or req.logprobs is None:
+            return False
+        return req.logprob_tokens is None or slot.n_gen < req.logprob_tokens
 
     def _account(self, elapsed: float, n_prefill: int, n_gen: int) -> None:
         # A mixed step's time is split in proportion to the tokens of each kind it held.

@@ -141,7 +141,10 @@ def _entropy(token: TokenLogprob) -> float:
     return -sum(p * math.log(p) for p in [*probs, rest] if p > 0)
 
 
-def confidence(tokens: Sequence[TokenLogprob], *, window: int = 32) -> Confidence:
+CONFIDENCE_WINDOW = 32  # tokens: confidence reads the head of an answer, where short answers live
+
+
+def confidence(tokens: Sequence[TokenLogprob], *, window: int = CONFIDENCE_WINDOW) -> Confidence:
     """Confidence over the answer's first ``window`` tokens, where short answers live."""
     head = [t for t in tokens[:window] if t.piece.strip()]
     if not head:
@@ -153,6 +156,22 @@ def confidence(tokens: Sequence[TokenLogprob], *, window: int = 32) -> Confidenc
         mean_entropy=sum(_entropy(t) for t in head) / len(head),
         tokens=len(head),
     )
+
+
+def doomed(
+    tokens: Sequence[TokenLogprob], threshold: float, *, window: int = CONFIDENCE_WINDOW
+) -> Confidence | None:
+    """The draft's confidence so far when no continuation can lift it to ``threshold``.
+
+    Exact, not a guess: every further token adds a logprob <= 0, and the mean is over at most
+    ``window`` tokens, so once the sum so far is below ``window * log(threshold)`` the final
+    score is below the threshold too. The cascade stops such a draft and escalates at once
+    instead of paying for the rest of an answer it would throw away.
+    """
+    head = [t.logprob for t in tokens[:window] if t.piece.strip()]
+    if not head or threshold <= 0 or sum(head) >= window * math.log(threshold):
+        return None
+    return confidence(tokens, window=window)
 
 
 def should_escalate(conf: Confidence, threshold: float, finish: str) -> str | None:

@@ -97,6 +97,7 @@ class Generation:
         self._cancel = cancel
         self._hooks: list[Callable[[str, Finished], None]] = [on_finish] if on_finish else []
         self._text: list[str] = []
+        self._unread: list[Delta] = []
         self.route: dict[str, Any] | None = None  # set by the router: tiers, confidence, why
         self.prompt: dict[str, Any] | None = None  # set by the prompt layer: tokens removed
         self.continued: list[dict[str, int]] = []  # continuation rounds past max_tokens
@@ -140,7 +141,14 @@ class Generation:
         """Call ``hook(text, finished)`` when the answer completes (not when cancelled)."""
         self._hooks.append(hook)
 
+    def unread(self, delta: Delta) -> None:
+        """Hand back what an earlier reader took (the head of a cascade's draft): the next
+        reader gets it first. Its text already counts toward the answer."""
+        self._unread.append(delta)
+
     async def __aiter__(self) -> AsyncGenerator[Delta, None]:
+        while self._unread:
+            yield self._unread.pop(0)
         while self.result is None:
             event = await self._queue.get()
             if isinstance(event, Delta):

@@ -26,6 +26,7 @@ from edgeinfer.config.schema import RouterSettings
 from edgeinfer.distill import DistillLog
 from edgeinfer.engine.base import TokenLogprob
 from edgeinfer.generation import GenerateOptions, Generation
+from edgeinfer.pool.events import Delta, Finished
 from edgeinfer.routing.classifier import Classifier, feature_vector
 from edgeinfer.routing.features import DEFAULT_MAX_TOKENS, RequestType, infer_request_type
 from edgeinfer.routing.policy import (
@@ -195,53 +196,91 @@ class Router:
         draft = await answer(first.name, messages, draft_options)
         pieces: list[str] = []
         logprobs: list[TokenLogprob] = []
-        cut: Confidence | None = None
+        verdict: tuple[Confidence, str | None] | None = None  # decided before the draft ended
         try:
             async with aclosing(draft.__aiter__()) as stream:
                 async for delta in stream:
                     pieces.append(delta.text)
                     logprobs.extend(delta.logprobs)
-                    if delta.logprobs and (cut := doomed(logprobs, threshold)) is not None:
+                    if delta.logprobs and (verdict := self._judge_head(logprobs)) is not None:
                         break
-        finally:
-            draft.cancel()  # a no-op when finished; frees the slot when cut or cancelled
-        if cut is not None:
-            conf, tokens, seconds = cut, len(logprobs), time.monotonic() - started
-            why: str | None = (
-                f"confidence {conf.score:.2f} after {tokens} tokens can no longer reach"
-                f" threshold {threshold:.2f} (draft stopped early)"
-            )
-        else:
+        except BaseException:
+            draft.cancel()
+            raise
+        if verdict is None:  # the draft ended inside the window: judge all of it
             assert draft.result is not None
             conf = confidence(logprobs)
             why = should_escalate(conf, threshold, draft.result.reason)
             tokens, seconds = draft.result.usage.completion_tokens, draft.result.usage.total_s
+        else:
+            conf, why = verdict
+            tokens, seconds = len(logprobs), time.monotonic() - started
         step = {
             "model": first.name,
             "confidence": conf.as_dict(),
             "completion_tokens": tokens,
             "seconds": round(seconds, 3),
+            "kept": why is None,
         }
+        info["tiers"] = [step]
         self._log_outcome(last_user_text(messages), first.name, kept=why is None)
         if why is None:
-            assert draft.result is not None
-            info["tiers"] = [{**step, "kept": True}]
-            kept = Generation.from_text(
-                first.name,
-                draft.digest,
-                "".join(pieces),
-                draft.result,
-                tuple(logprobs),
-                wants_logprobs=options.logprobs is not None,
-            )
+            kept = self._keep(draft, "".join(pieces), tuple(logprobs), options, step)
             self._count(chosen, first, kept, escalated=False)
             return kept
+        draft.cancel()  # frees its slot when stopped early
         log.info("cascade: %s -> %s (%s)", first.name, top.name, why)
         info.update(escalated=True, escalation_reason=why)
-        info["tiers"] = [{**step, "kept": False}, {"model": top.name}]
+        info["tiers"].append({"model": top.name})
         gen = await answer(top.name, messages, options)
         self._count(chosen, top, gen, escalated=True)
         return gen
+
+    def _judge_head(self, logprobs: list[TokenLogprob]) -> tuple[Confidence, str | None] | None:
+        """The cascade's verdict as soon as the draft's head settles it, else ``None``.
+
+        Escalate once no continuation can reach the threshold (:func:`doomed`); decide either
+        way once the confidence window is full, since later tokens are never read.
+        """
+        threshold = self.settings.confidence_threshold
+        cut = doomed(logprobs, threshold)
+        if cut is not None:
+            why = (
+                f"confidence {cut.score:.2f} after {len(logprobs)} tokens can no longer reach"
+                f" threshold {threshold:.2f} (draft stopped early)"
+            )
+            return cut, why
+        if len(logprobs) < CONFIDENCE_WINDOW:
+            return None
+        conf = confidence(logprobs)
+        return conf, should_escalate(conf, threshold, "length")
+
+    @staticmethod
+    def _keep(
+        draft: Generation,
+        text: str,
+        logprobs: tuple[TokenLogprob, ...],
+        options: GenerateOptions,
+        step: dict[str, Any],
+    ) -> Generation:
+        """The kept draft as the answer. A finished one is replayed; a running one streams on,
+        after the head the cascade judged, so a long answer is not held back."""
+        wants = options.logprobs is not None
+        if draft.result is not None:
+            return Generation.from_text(
+                draft.model, draft.digest, text, draft.result, logprobs, wants_logprobs=wants
+            )
+        draft.unread(Delta(text, logprobs if wants else ()))
+        draft.wants_logprobs = wants
+
+        def settle(_text: str, done: Finished) -> None:
+            step.update(
+                completion_tokens=done.usage.completion_tokens,
+                seconds=round(done.usage.total_s, 3),
+            )
+
+        draft.add_finish_hook(settle)
+        return draft
 
     def _log_outcome(self, prompt: str, tier: str, *, kept: bool) -> None:
         """A cascade's verdict on its draft, as a training example for ``router train``:

@@ -84,9 +84,16 @@ def load_items(path: Path, limit: int | None) -> list[Item]:
 
 
 @contextmanager
-def daemon(models: str, models_dir: Path) -> Iterator[httpx.Client]:
-    """A fresh daemon serving ``models`` on a temporary socket."""
+def daemon(
+    models: str, models_dir: Path, router: Sequence[str] = ()
+) -> Iterator[httpx.Client]:
+    """A fresh daemon serving ``models`` on a temporary socket; ``router`` holds ``KEY=VALUE``
+    lines (TOML values) for its ``[router]`` table."""
     root = Path(tempfile.mkdtemp(prefix="eir-", dir="/tmp"))
+    if router:
+        config = root / "home" / "config"
+        config.mkdir(parents=True)
+        (config / "models.toml").write_text("[router]\n" + "\n".join(router) + "\n")
     sock = root / "ei.sock"
     env = {
         **os.environ,
@@ -185,7 +192,7 @@ def _record(
 
 
 def run_phase(phase: Phase, served: str, items: Sequence[Item], args: argparse.Namespace) -> Phase:
-    with daemon(served, args.models_dir) as client:
+    with daemon(served, args.models_dir, args.router) as client:
         note(f"{phase.name}: {len(items)} prompts")
         if args.concurrency > 1:  # outcome collection only: per-request times overlap
             with ThreadPoolExecutor(args.concurrency) as pool:
@@ -247,6 +254,13 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=1,
         help="requests in flight (collecting outcomes faster; compute times then overlap)",
+    )
+    parser.add_argument(
+        "--router",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a [router] setting for the daemon, e.g. --router margin=0.25 (repeatable)",
     )
     parser.add_argument(
         "--models-dir", type=Path, default=paths.resolve().models_dir, help="the model store"

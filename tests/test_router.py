@@ -422,13 +422,25 @@ def test_a_doomed_draft_is_stopped_early_and_escalated(tmp_path: Path) -> None:
     assert tiers.calls[0][1].logprobs == 5 and tiers.calls[0][1].logprob_tokens == 32
 
 
-def test_a_confident_long_draft_runs_to_its_end(tmp_path: Path) -> None:
+def test_a_confident_long_draft_streams_on_once_its_head_is_judged(tmp_path: Path) -> None:
     router = _router(tmp_path, margin=1.0, confidence_threshold=0.5)
     tiers = Streaming(-0.1, 64)
     options = GenerateOptions(max_tokens=64, logprobs=2)
-    gen = asyncio.run(router.chat(QUESTION, options, tiers.answer))
-    assert gen.model == "tiny" and [c[0] for c in tiers.calls] == ["tiny"]
-    assert gen.route is not None and gen.route["tiers"][0]["completion_tokens"] == 64
+
+    async def go() -> tuple[Generation, bool, str, list[TokenLogprob]]:
+        gen = await router.chat(QUESTION, options, tiers.answer)
+        running = gen.result is None  # handed over after 32 tokens, not after 64
+        text, logprobs = await gen.collect()
+        return gen, running, text, logprobs
+
+    gen, running, text, logprobs = asyncio.run(go())
+    assert running and gen.model == "tiny" and [c[0] for c in tiers.calls] == ["tiny"]
+    assert not tiers.cancelled
+    assert text == " w" * 64 and len(logprobs) == 64  # the judged head, then the rest
+    assert gen.wants_logprobs
+    route = gen.route
+    assert route is not None and route["escalated"] is False
+    assert route["tiers"][0]["kept"] is True and route["tiers"][0]["completion_tokens"] == 64
     # The caller asked for logprobs: every token gets them.
     assert tiers.calls[0][1].logprob_tokens is None
 

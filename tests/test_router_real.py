@@ -306,3 +306,32 @@ def test_a_remote_tier_answers_through_the_daemon(
             assert c.get("/health").status_code == 200
     finally:
         d.stop()
+
+
+def test_a_kept_draft_streams_on_after_its_judged_head(tiers: Daemon) -> None:
+    """The cascade judges a draft on its first 32 tokens, then hands the live stream over:
+    the answer is the draft tier's own greedy answer, token for token, streamed in pieces
+    rather than replayed in one block once the draft is done."""
+    from tests.test_api_real import sse_events
+
+    content = "Count from 1 to 40, separated by commas."
+    body = {
+        "messages": [{"role": "user", "content": content}],
+        "temperature": 0,
+        "max_tokens": 80,
+        "edgeinfer": {"cache": "off"},
+    }
+    with tiers.client() as c:
+        plain = c.post("/v1/chat/completions", json={**body, "model": "tiny"}).json()
+        raw = c.post("/v1/chat/completions", json={**body, "model": "auto", "stream": True}).text
+    events = sse_events(raw)
+    pieces = [e["choices"][0]["delta"].get("content") for e in events if e.get("choices")]
+    text = "".join(p for p in pieces if p)
+    route = next(e["edgeinfer"]["route"] for e in events if "edgeinfer" in e)
+    usage = next(e["usage"] for e in events if e.get("usage"))
+    draft = route["tiers"][0]
+    assert draft["model"] == "tiny" and draft["kept"] is True, route
+    assert draft["confidence"]["tokens"] <= 32 < usage["completion_tokens"]
+    assert draft["completion_tokens"] == usage["completion_tokens"]
+    assert text == plain["choices"][0]["message"]["content"]
+    assert len([p for p in pieces if p]) > 2  # the judged head, then token by token

@@ -118,6 +118,17 @@ def test_plan_picks_start_and_ladder(
     assert chosen.reason
 
 
+def test_a_cascade_never_climbs_to_a_tier_no_better_than_its_start() -> None:
+    """Two tiers of equal quality (tiny and its Q8 build): the one the classifier knows nothing
+    about counts with its configured quality, which may make it the start; with nothing of
+    higher quality above it the plan is that tier alone, not a crash."""
+    tiny, tiny_q8 = Tier("tiny", 0.45, 1.0), Tier("tiny-q8", 0.45, 2.0)
+    chosen = plan([tiny, tiny_q8], Constraints(route="cascade"), {"tiny": 0.1}, margin=0.2)
+    assert [t.name for t in chosen.tiers] == ["tiny-q8"]
+    chosen = plan([tiny, tiny_q8], Constraints(route="cascade"), {"tiny": 0.44}, margin=0.2)
+    assert [t.name for t in chosen.tiers] == ["tiny"]
+
+
 def _tok(logprob: float, *alts: float, piece: bytes = b"x") -> TokenLogprob:
     return TokenLogprob(piece, logprob, tuple((b"a", a) for a in alts))
 

@@ -102,12 +102,10 @@ def plan(
         f"{start.name}: cheapest tier predicted within {margin:.2f} of the best"
         f" (p={score[start.name]:.2f} vs {top:.2f})"
     )
-    if want.route == "cheapest" or start is best:
+    if want.route == "cheapest" or best.quality <= start.quality:  # nothing better to climb to
         return Plan((start,), want.route, reason, predicted)
-    above = [t for t in ladder if t.quality > start.quality and t is not start]
-    above.sort(key=lambda t: t.quality)
     # Climb straight to the best tier: a middle rung that also fails costs twice.
-    return Plan((start, above[-1]), "cascade", reason, predicted)
+    return Plan((start, best), "cascade", reason, predicted)
 
 
 @dataclass(frozen=True)

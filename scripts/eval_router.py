@@ -4,7 +4,10 @@ side by side on one labelled set, in one run, on this machine.
 Each prompt in the set (JSONL: prompt, answer regex, type, difficulty) is sent to the real daemon
 over its socket, one at a time, greedy, with the response cache off. "Compute time" is the
 wall-clock time of those sequential requests: what a user waits for, including the cascade's
-discarded drafts. Each phase runs in a fresh daemon so no phase inherits another's warm KV.
+discarded drafts. Each phase has its own daemon, so no phase inherits another's warm KV. By
+default all of them are up at once and answer the set in turns of 25 prompts (``--interleave``),
+so a machine whose speed drifts during the run weighs on every phase alike; ``--interleave 0``
+runs one phase after another, one daemon at a time.
 
     python scripts/eval_router.py                       # tests/data/router_eval.jsonl
     python scripts/eval_router.py --data held_out.jsonl --max-tokens 64
@@ -29,7 +32,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,9 +87,7 @@ def load_items(path: Path, limit: int | None) -> list[Item]:
 
 
 @contextmanager
-def daemon(
-    models: str, models_dir: Path, router: Sequence[str] = ()
-) -> Iterator[httpx.Client]:
+def daemon(models: str, models_dir: Path, router: Sequence[str] = ()) -> Iterator[httpx.Client]:
     """A fresh daemon serving ``models`` on a temporary socket; ``router`` holds ``KEY=VALUE``
     lines (TOML values) for its ``[router]`` table."""
     root = Path(tempfile.mkdtemp(prefix="eir-", dir="/tmp"))
@@ -191,6 +192,32 @@ def _record(
     phase.rows.append(row)
 
 
+def run_interleaved(
+    phases: Sequence[tuple[Phase, str]], items: Sequence[Item], args: argparse.Namespace
+) -> list[Phase]:
+    """Every phase's daemon up at once (idle ones use no CPU), answering the set in turns of
+    ``--interleave`` prompts: phase A's block, then B's on the same prompts, and so on. A
+    machine that speeds up or slows down during the run then weighs on every phase alike,
+    instead of on whichever phase it happened to run in. Never two requests at a time."""
+    block = args.interleave
+    with ExitStack() as stack:
+        clients = [
+            stack.enter_context(daemon(served, args.models_dir, args.router))
+            for _, served in phases
+        ]
+        for start in range(0, len(items), block):
+            chunk = items[start : start + block]
+            for (phase, _), client in zip(phases, clients, strict=True):
+                for item in chunk:
+                    ask(client, phase, item, args.max_tokens, args.logprobs)
+            done = start + len(chunk)
+            note(
+                f"  {done}/{len(items)}: "
+                + ", ".join(f"{p.name} {p.accuracy:.0%} {p.seconds:.0f} s" for p, _ in phases)
+            )
+    return [phase for phase, _ in phases]
+
+
 def run_phase(phase: Phase, served: str, items: Sequence[Item], args: argparse.Namespace) -> Phase:
     with daemon(served, args.models_dir, args.router) as client:
         note(f"{phase.name}: {len(items)} prompts")
@@ -256,6 +283,14 @@ def main(argv: list[str] | None = None) -> int:
         help="requests in flight (collecting outcomes faster; compute times then overlap)",
     )
     parser.add_argument(
+        "--interleave",
+        type=int,
+        default=25,
+        metavar="N",
+        help="run all phases' daemons at once and answer in turns of N prompts (0: one phase"
+        " after another, one daemon at a time, for machines short of memory)",
+    )
+    parser.add_argument(
         "--router",
         action="append",
         default=[],
@@ -271,15 +306,19 @@ def main(argv: list[str] | None = None) -> int:
     items = load_items(args.data, args.limit)
     tiers = args.tiers.split(",")
     wanted = set(args.phases.split(","))
-    phases: list[Phase] = []
+    planned: list[tuple[Phase, str]] = []
+    if "tiers" in wanted:
+        planned += [(Phase(t, t), t) for t in tiers]
+    for route in ("router", "cascade"):
+        if route in wanted:
+            mode = "cheapest" if route == "router" else "cascade"
+            planned.append((Phase(route, "auto", route=mode), args.tiers))
     try:
-        if "tiers" in wanted:
-            phases += [run_phase(Phase(t, t), t, items, args) for t in tiers]
-        for route in ("router", "cascade"):
-            if route in wanted:
-                mode = "cheapest" if route == "router" else "cascade"
-                phase = Phase(route, "auto", route=mode)
-                phases.append(run_phase(phase, args.tiers, items, args))
+        if args.interleave > 0 and args.concurrency == 1 and len(planned) > 1:
+            note(f"{len(planned)} daemons, {len(items)} prompts in turns of {args.interleave}")
+            phases = run_interleaved(planned, items, args)
+        else:
+            phases = [run_phase(phase, served, items, args) for phase, served in planned]
     except BenchError as exc:
         print(f"eval_router: {exc}", file=sys.stderr)
         return 1

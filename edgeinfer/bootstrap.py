@@ -211,7 +211,7 @@ def build_app(
         if cache is not None:
             cache.close()
 
-    watcher = config_watcher(settings, catalogue, files, pool)
+    watcher = config_watcher(settings, catalogue, files, pool, service)
     return create_app(
         service,
         metrics=metrics,
@@ -222,13 +222,35 @@ def build_app(
 
 
 def config_watcher(
-    settings: DaemonSettings, catalogue: Catalogue, files: ModelFiles, pool: ModelPool
+    settings: DaemonSettings,
+    catalogue: Catalogue,
+    files: ModelFiles,
+    pool: ModelPool,
+    service: InferenceService | None = None,
 ) -> ConfigWatcher:
-    """Hot reload: a valid new config swaps in whole; the pool applies its model changes."""
+    """Hot reload: a valid new config swaps in whole; the pool applies its model changes, the
+    service its [router], [prompt] and [remotes]. [cache] and [server] apply at restart."""
 
     def apply(new: Catalogue) -> None:
         files.catalogue = new
         pool.configure(served_specs(new, settings.models), budget_of(new.memory))
+        if service is not None:
+            old = service.router.distill
+            distill = (old or DistillLog(settings.paths.distill_db)) if new.router.distill else None
+            service.configure(
+                router=new.router,
+                prompt=new.prompt,
+                remotes=new.remotes,
+                classifier=load_classifier(settings.paths, new.router),
+                distill=distill,
+            )
+            if old is not None and distill is None:
+                old.close()
+        for table in ("cache", "server"):
+            if getattr(new, table) != getattr(catalogue, table):
+                log.warning(
+                    "config: [%s] differs from the running one; it applies at restart", table
+                )
 
     # the user's config dir must exist for its (future) models.toml to be watched
     settings.paths.user_models_toml.parent.mkdir(parents=True, exist_ok=True)

@@ -107,6 +107,20 @@ class Router:
         self.stats = RouterStats()
         self._lock = threading.Lock()
 
+    def reconfigure(
+        self,
+        settings: RouterSettings,
+        *,
+        classifier: Classifier | None,
+        distill: DistillLog | None,
+    ) -> None:
+        """Hot reload: the next requests use these; those in flight finish on the old ones.
+        Counters carry on."""
+        with self._lock:
+            self.settings = settings
+            self.classifier = classifier
+            self.distill = distill
+
     def wants(self, model: str | None) -> bool:
         """Whether a request's ``model`` asks for routing."""
         return model == "auto" or (not model and self.settings.auto_when_omitted)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeinfer.cache.layer import CacheRequest, ResponseCache
-from edgeinfer.config.schema import PromptSettings, RouterSettings
+from edgeinfer.config.schema import PromptSettings, RemoteSpec, RouterSettings
 from edgeinfer.distill import DistillLog
 from edgeinfer.engine.base import Sampling
 from edgeinfer.errors import EdgeInferError, InvalidRequest
@@ -62,6 +62,23 @@ class InferenceService:
             distill=distill,
             outcomes=outcomes,
         )
+
+    def configure(
+        self,
+        *,
+        router: RouterSettings,
+        prompt: PromptSettings,
+        remotes: Mapping[str, RemoteSpec],
+        classifier: Classifier | None,
+        distill: DistillLog | None,
+    ) -> None:
+        """Hot reload of [router], [prompt] and [remotes] for the next requests; requests in
+        flight finish on what they started with. A remote whose settings did not change keeps
+        its tier and connection pool."""
+        self.prompt_layer.settings = prompt
+        kept = {n: r for n, r in self.remotes.items() if remotes.get(n) == r.spec}
+        self.remotes = {n: kept.get(n) or RemoteTier(spec) for n, spec in remotes.items()}
+        self.router.reconfigure(router, classifier=classifier, distill=distill)
 
     def snapshot(self) -> dict[str, Any]:
         """``/stats``: per-model runner figures and the cache's layers and store (blocking)."""

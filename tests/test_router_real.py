@@ -335,3 +335,35 @@ def test_a_kept_draft_streams_on_after_its_judged_head(tiers: Daemon) -> None:
     assert draft["completion_tokens"] == usage["completion_tokens"]
     assert text == plain["choices"][0]["message"]["content"]
     assert len([p for p in pieces if p]) > 2  # the judged head, then token by token
+
+
+def test_router_prompt_and_remotes_reload_without_a_restart(model_store: ModelStore) -> None:
+    model_store.ensure("tiny")
+    home = short_socket_dir() / "home"
+    _config(home, "[models.tiny]\nslots = 1\n")
+    d = start_daemon("--models", "tiny", home=home)
+    try:
+        first = _ask(d, max_tokens=4, edgeinfer={"cache": "off"}).json()
+        assert first["edgeinfer"]["route"]["route"] == "cascade"  # the default
+        assert "prompt" in first["edgeinfer"]  # [prompt] compress is on by default
+        _config(
+            home,
+            "[models.tiny]\nslots = 1\n"
+            '[router]\ndefault_route = "best"\n'
+            "[prompt]\ncompress = false\n"
+            '[remotes.up]\nurl = "http://127.0.0.1:9/v1"\nmodel = "m"\nquality = 0.9\n'
+            "retries = 0\ntimeout = 5\ncost_per_1k = 1000\n",
+        )
+        with d.client() as c:
+            r = c.post("/admin/reload")
+            assert r.status_code == 200 and r.json()["config"]["ok"], r.text
+            assert "up" in c.get("/stats").json()["router"]["tiers"]
+        # "best" is now the default route, and the new remote is the best tier: unreachable.
+        best = _ask(d, max_tokens=4, edgeinfer={"cache": "off"})
+        assert best.status_code == 502, best.text
+        assert best.json()["error"]["code"] == "upstream_error" and "up" in best.text
+        cheap = _ask(d, max_tokens=4, edgeinfer={"cache": "off", "max_cost": 500}).json()
+        assert cheap["model"] == "tiny" and cheap["edgeinfer"]["route"]["route"] == "best"
+        assert "prompt" not in cheap["edgeinfer"]  # compress is off now
+    finally:
+        d.stop()

@@ -16,11 +16,12 @@ from typing import Any
 
 from edgeinfer.cache.layer import CacheRequest, ResponseCache
 from edgeinfer.config.schema import PromptSettings, RemoteSpec, RouterSettings
+from edgeinfer.continuation import continuing
 from edgeinfer.distill import DistillLog
 from edgeinfer.engine.base import Sampling
-from edgeinfer.errors import EdgeInferError, InvalidRequest
+from edgeinfer.errors import InvalidRequest
 from edgeinfer.generation import GenerateOptions, Generation
-from edgeinfer.pool.events import Event, Failed, Finished, GenRequest, Usage
+from edgeinfer.pool.events import Event, Finished, GenRequest
 from edgeinfer.pool.runner import ModelRunner
 from edgeinfer.pool.scheduler import ModelPool, ServedModel
 from edgeinfer.prompt.history import SUMMARY_INSTRUCTION
@@ -161,6 +162,16 @@ class InferenceService:
                 return hit
             return await self._remote(remote, messages, options, self._storer(cached))
         served, runner = await self.pool.acquire(model)
+        with runner.held():  # a reload must not retire it before the request is submitted
+            return await self._local(served, runner, messages, options)
+
+    async def _local(
+        self,
+        served: ServedModel,
+        runner: ModelRunner,
+        messages: Sequence[Mapping[str, Any]],
+        options: GenerateOptions,
+    ) -> Generation:
         hit, cached = await self._lookup(served.name, served.digest or "", messages, options)
         if hit is not None:
             return hit
@@ -182,7 +193,13 @@ class InferenceService:
         store = self._storer(cached)
         if options.continue_on_length and self.router.settings.max_continuations:
             first = await self._start(served, runner, tokens, options)
-            gen = self._continuing(served, runner, prompt, first, options, store)
+
+            async def restart(so_far: str) -> Generation:
+                more = await asyncio.to_thread(engine.tokenize, prompt + so_far, add_special=False)
+                return await self._start(served, runner, more, options)
+
+            rounds = self.router.settings.max_continuations
+            gen = continuing(first, restart, rounds=rounds, on_finish=store, hold=runner.held())
         else:
             gen = await self._start(served, runner, tokens, options, store)
         gen.prompt = report.as_dict() if report is not None else None
@@ -208,72 +225,6 @@ class InferenceService:
             return await (await self._answer(name, convo, options)).text()
 
         return summarise
-
-    def _continuing(
-        self,
-        served: ServedModel,
-        runner: ModelRunner,
-        prompt: str,
-        first: Generation,
-        options: GenerateOptions,
-        on_finish: Callable[[str, Finished], None] | None,
-    ) -> Generation:
-        """Output-length control: an answer cut at ``max_tokens`` goes on where it stopped.
-
-        Each round re-submits the prompt plus the answer so far; the slot still holds their KV,
-        so prefix reuse evaluates only the last token or two instead of the whole conversation
-        (each round's reuse is reported in ``edgeinfer.continued``).
-        """
-        queue: asyncio.Queue[Event] = asyncio.Queue()
-        current = [first]
-
-        def cancel() -> None:
-            current[0].cancel()
-            task.cancel()
-
-        out = Generation(
-            served.name,
-            served.digest,
-            queue,
-            prompt_tokens=first.prompt_tokens,
-            cancel=cancel,
-            on_finish=on_finish,
-        )
-        rounds = self.router.settings.max_continuations
-        started = time.monotonic()
-
-        async def run() -> None:
-            text: list[str] = []
-            gen, done, completion = first, None, 0
-            for n in range(rounds + 1):
-                try:
-                    async for delta in gen:
-                        text.append(delta.text)
-                        queue.put_nowait(delta)
-                except EdgeInferError as exc:
-                    queue.put_nowait(Failed(exc))
-                    return
-                assert gen.result is not None
-                done, completion = gen.result, completion + gen.result.usage.completion_tokens
-                if n:
-                    u = done.usage
-                    out.continued.append(
-                        {"cached_tokens": u.cached_tokens, "completion_tokens": u.completion_tokens}
-                    )
-                if done.reason != "length" or n == rounds:
-                    break
-                tokens = await asyncio.to_thread(
-                    runner.engine.tokenize, prompt + "".join(text), add_special=False
-                )
-                gen = current[0] = await self._start(served, runner, tokens, options)
-            assert done is not None and first.result is not None
-            u = first.result.usage
-            elapsed = time.monotonic() - started
-            usage = Usage(u.prompt_tokens, completion, u.cached_tokens, u.ttft_s, elapsed)
-            queue.put_nowait(Finished(done.reason, usage))
-
-        task = asyncio.create_task(run())
-        return out
 
     def _storer(self, req: CacheRequest | None) -> Callable[[str, Finished], None] | None:
         """Step 6: what a finished generation hands to the cache."""
@@ -324,10 +275,11 @@ class InferenceService:
         self, model: str | None, prompt: str, options: GenerateOptions
     ) -> Generation:
         served, runner = await self.pool.acquire(model)
-        tokens = await asyncio.to_thread(runner.engine.tokenize, prompt, add_special=True)
-        if not tokens:
-            raise InvalidRequest("the prompt is empty", param="prompt")
-        return await self._start(served, runner, tokens, options)
+        with runner.held():
+            tokens = await asyncio.to_thread(runner.engine.tokenize, prompt, add_special=True)
+            if not tokens:
+                raise InvalidRequest("the prompt is empty", param="prompt")
+            return await self._start(served, runner, tokens, options)
 
     async def _start(
         self,

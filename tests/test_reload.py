@@ -134,6 +134,24 @@ def test_removed_model_drains_then_closes(pool: Any) -> None:
     assert [m.name for m in p.models()] == ["b"] and p.default == "b"
 
 
+def test_a_runner_held_by_a_preparing_request_is_not_retired_under_it(pool: Any) -> None:
+    """A request may spend seconds between the pool handing out a runner and submitting to it
+    (history summary, context optimisation); a reload that removes the model meanwhile must
+    let it through, then close the runner."""
+    p, made = pool
+    p.configure({"a": A, "b": spec("b")})
+    p.preload(["a", "b"])
+    _, runner = p.get("a")
+    with runner.held():
+        p.configure({"b": spec("b")})  # "a" is retired, with no drain grace at all
+        time.sleep(0.5)  # ten drain polls
+        assert not made.made[0].closed
+        sink = Sink()
+        runner.submit(GenRequest([11, 12, 13], Sampling(temperature=0), 4, sink))
+        assert isinstance(sink.wait(), Finished)
+    assert p.drained(10) and made.made[0].closed
+
+
 def test_added_model_becomes_loadable(pool: Any) -> None:
     p, _ = pool
     p.configure({"a": A})

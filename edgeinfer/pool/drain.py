@@ -2,8 +2,10 @@
 
 The pool stops handing a runner out first; the runner then keeps serving what it has (queued
 and running requests) until it is idle, and only then is stopped and its engine freed. A request
-may be between ``pool.get`` and ``runner.submit`` (tokenizing off the loop) when the pool lets
-go, so a runner is never stopped sooner than ``grace`` seconds after it was last handed out.
+may be between ``pool.get`` and ``runner.submit`` (prompt layer, tokenizing) when the pool lets
+go: the service holds the runner over that stretch (``runner.held()``), and the drain waits for
+the holds too. ``grace`` seconds after the runner was last handed out cover the instant between
+``pool.get`` returning and the hold starting.
 ``timeout`` bounds the wait: a stuck request cannot hold a model's memory forever.
 """
 
@@ -24,7 +26,7 @@ _POLL_S = 0.05
 def runner_busy(runner: ModelRunner) -> bool:
     """Whether the runner holds queued or running requests."""
     snap = runner.snapshot()
-    return bool(snap["queue_depth"] or snap["slots_busy"])
+    return bool(snap["queue_depth"] or snap["slots_busy"] or runner.holds)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -136,6 +137,7 @@ class ModelRunner:
         self._n_keep = min(n_keep, params.n_ctx // 2)
         self._queue: deque[GenRequest] = deque()
         self._cond = threading.Condition()
+        self._holds = 0  # requests between the pool handing this runner out and submit()
         self._stopping = False
         self._slots = [_Slot(seq=i) for i in range(params.slots)]
         self._engine: Engine | None = None
@@ -145,6 +147,23 @@ class ModelRunner:
         self._thread = threading.Thread(target=self._main, name=f"runner-{name}", daemon=True)
 
     # -- event-loop side -------------------------------------------------------------------
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """Keep this runner from being retired while a request prepares its prompt (cache
+        lookup, prompt layer, tokenizing) between the pool handing it out and :meth:`submit`;
+        a drain waits for every hold to end."""
+        with self._cond:
+            self._holds += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._holds -= 1
+
+    @property
+    def holds(self) -> int:
+        return self._holds
 
     def start(self) -> None:
         self._thread.start()

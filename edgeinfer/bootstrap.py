@@ -232,20 +232,23 @@ def config_watcher(
     service its [router], [prompt] and [remotes]. [cache] and [server] apply at restart."""
 
     def apply(new: Catalogue) -> None:
+        # What can fail is built before anything changes. A distillation log turned off stays
+        # open: answers in flight still record into it.
+        classifier, distill = None, None
+        if service is not None:
+            classifier = load_classifier(settings.paths, new.router)
+            if new.router.distill:
+                distill = service.router.distill or DistillLog(settings.paths.distill_db)
         files.catalogue = new
         pool.configure(served_specs(new, settings.models), budget_of(new.memory))
         if service is not None:
-            old = service.router.distill
-            distill = (old or DistillLog(settings.paths.distill_db)) if new.router.distill else None
             service.configure(
                 router=new.router,
                 prompt=new.prompt,
                 remotes=new.remotes,
-                classifier=load_classifier(settings.paths, new.router),
+                classifier=classifier,
                 distill=distill,
             )
-            if old is not None and distill is None:
-                old.close()
         for table in ("cache", "server"):
             if getattr(new, table) != getattr(catalogue, table):
                 log.warning(

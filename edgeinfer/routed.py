@@ -201,7 +201,9 @@ class Router:
         threshold = self.settings.confidence_threshold
         draft_options = replace(
             options,
-            logprobs=max(options.logprobs or 0, DRAFT_TOP_LOGPROBS),
+            # The caller's own top_logprobs when asked (a kept draft streams them to it), else
+            # enough alternatives for the entropy the route reports.
+            logprobs=DRAFT_TOP_LOGPROBS if options.logprobs is None else options.logprobs,
             # Confidence reads only the answer's head: past it, logprobs cost time (0.5 ms a
             # token on a 152k vocabulary) for nothing unless the caller asked for them.
             logprob_tokens=CONFIDENCE_WINDOW if options.logprobs is None else None,
@@ -211,38 +213,42 @@ class Router:
         pieces: list[str] = []
         logprobs: list[TokenLogprob] = []
         verdict: tuple[Confidence, str | None] | None = None  # decided before the draft ended
+        handed_over = False
         try:
             async with aclosing(draft.__aiter__()) as stream:
                 async for delta in stream:
                     pieces.append(delta.text)
                     logprobs.extend(delta.logprobs)
-                    if delta.logprobs and (verdict := self._judge_head(logprobs)) is not None:
-                        break
-        except BaseException:
-            draft.cancel()
-            raise
-        if verdict is None:  # the draft ended inside the window: judge all of it
-            assert draft.result is not None
-            conf = confidence(logprobs)
-            why = should_escalate(conf, threshold, draft.result.reason)
-            tokens, seconds = draft.result.usage.completion_tokens, draft.result.usage.total_s
-        else:
-            conf, why = verdict
-            tokens, seconds = len(logprobs), time.monotonic() - started
-        step = {
-            "model": first.name,
-            "confidence": conf.as_dict(),
-            "completion_tokens": tokens,
-            "seconds": round(seconds, 3),
-            "kept": why is None,
-        }
-        info["tiers"] = [step]
-        self._log_outcome(last_user_text(messages), first.name, kept=why is None)
-        if why is None:
-            kept = self._keep(draft, "".join(pieces), tuple(logprobs), options, step)
-            self._count(chosen, first, kept, escalated=False)
-            return kept
-        draft.cancel()  # frees its slot when stopped early
+                    if delta.logprobs:
+                        verdict = self._judge_head(logprobs, threshold)
+                        if verdict is not None:
+                            break
+            if verdict is None:  # the draft ended inside the window: judge all of it
+                assert draft.result is not None
+                conf = confidence(logprobs)
+                why = should_escalate(conf, threshold, draft.result.reason)
+                tokens = draft.result.usage.completion_tokens
+                seconds = draft.result.usage.total_s
+            else:
+                conf, why = verdict
+                tokens, seconds = len(logprobs), time.monotonic() - started
+            step = {
+                "model": first.name,
+                "confidence": conf.as_dict(),
+                "completion_tokens": tokens,
+                "seconds": round(seconds, 3),
+                "kept": why is None,
+            }
+            info["tiers"] = [step]
+            self._log_outcome(last_user_text(messages), first.name, kept=why is None)
+            if why is None:
+                kept = self._keep(draft, "".join(pieces), tuple(logprobs), options, step)
+                self._count(chosen, first, kept, escalated=False)
+                handed_over = True
+                return kept
+        finally:
+            if not handed_over:  # a no-op when finished; else frees the draft's slot
+                draft.cancel()
         log.info("cascade: %s -> %s (%s)", first.name, top.name, why)
         info.update(escalated=True, escalation_reason=why)
         info["tiers"].append({"model": top.name})
@@ -250,13 +256,15 @@ class Router:
         self._count(chosen, top, gen, escalated=True)
         return gen
 
-    def _judge_head(self, logprobs: list[TokenLogprob]) -> tuple[Confidence, str | None] | None:
+    @staticmethod
+    def _judge_head(
+        logprobs: list[TokenLogprob], threshold: float
+    ) -> tuple[Confidence, str | None] | None:
         """The cascade's verdict as soon as the draft's head settles it, else ``None``.
 
         Escalate once no continuation can reach the threshold (:func:`doomed`); decide either
         way once the confidence window is full, since later tokens are never read.
         """
-        threshold = self.settings.confidence_threshold
         cut = doomed(logprobs, threshold)
         if cut is not None:
             why = (
@@ -267,7 +275,7 @@ class Router:
         if len(logprobs) < CONFIDENCE_WINDOW:
             return None
         conf = confidence(logprobs)
-        return conf, should_escalate(conf, threshold, "length")
+        return conf, should_escalate(conf, threshold, "stop")  # "length" would say it was cut
 
     @staticmethod
     def _keep(

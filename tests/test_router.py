@@ -452,8 +452,8 @@ def test_a_confident_long_draft_streams_on_once_its_head_is_judged(tmp_path: Pat
     route = gen.route
     assert route is not None and route["escalated"] is False
     assert route["tiers"][0]["kept"] is True and route["tiers"][0]["completion_tokens"] == 64
-    # The caller asked for logprobs: every token gets them.
-    assert tiers.calls[0][1].logprob_tokens is None
+    # The caller asked for logprobs: every token gets them, with its own top_logprobs count.
+    assert tiers.calls[0][1].logprob_tokens is None and tiers.calls[0][1].logprobs == 2
 
 
 def test_explicit_max_tokens_and_route_win(tmp_path: Path) -> None:

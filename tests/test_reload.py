@@ -204,6 +204,23 @@ def test_invalid_file_keeps_the_last_good_config(files: list[Path]) -> None:
     assert set(watcher.current.models) == {"a"}
 
 
+def test_a_config_that_fails_to_apply_is_reported_and_the_watch_goes_on(
+    files: list[Path],
+) -> None:
+    failures = [OSError("disk full")]
+
+    def apply(_catalogue: Catalogue) -> None:
+        if failures:
+            raise failures.pop()
+
+    first = load_catalogue(files)
+    watcher = ConfigWatcher(files, lambda: load_catalogue(files), apply, initial=first)
+    status = watcher.reload("test")
+    assert not status.ok and "could not be applied: disk full" in (status.error or "")
+    assert watcher.current is first and status.generation == 1
+    assert watcher.reload("test").ok and watcher.status.generation == 2
+
+
 def test_file_changes_trigger_a_reload(files: list[Path]) -> None:
     applied: list[Catalogue] = []
 

@@ -85,7 +85,18 @@ class ConfigWatcher:
                     exc.message,
                 )
                 return self.status
-            self._apply(catalogue)
+            try:
+                self._apply(catalogue)
+            except Exception as exc:  # a bug or an OS error must not end the watch
+                log.exception("config reload (%s) could not be applied", trigger)
+                self.status = ConfigStatus(
+                    ok=False,
+                    generation=self.status.generation,
+                    loaded_at=self.status.loaded_at,
+                    error=f"the new config could not be applied: {exc}",
+                    trigger=trigger,
+                )
+                return self.status
             self.current = catalogue
             self.status = ConfigStatus(
                 ok=True,

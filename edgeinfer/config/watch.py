@@ -71,32 +71,17 @@ class ConfigWatcher:
             try:
                 catalogue = self._load()
             except ConfigError as exc:
-                self.status = ConfigStatus(
-                    ok=False,
-                    generation=self.status.generation,
-                    loaded_at=self.status.loaded_at,
-                    error=exc.message,
-                    path=self._path_named(exc.message),
-                    trigger=trigger,
-                )
                 log.error(
                     "config reload (%s) failed; keeping the last good config: %s",
                     trigger,
                     exc.message,
                 )
-                return self.status
+                return self._failed(exc.message, trigger, self._path_named(exc.message))
             try:
                 self._apply(catalogue)
             except Exception as exc:  # a bug or an OS error must not end the watch
                 log.exception("config reload (%s) could not be applied", trigger)
-                self.status = ConfigStatus(
-                    ok=False,
-                    generation=self.status.generation,
-                    loaded_at=self.status.loaded_at,
-                    error=f"the new config could not be applied: {exc}",
-                    trigger=trigger,
-                )
-                return self.status
+                return self._failed(f"the new config could not be applied: {exc}", trigger)
             self.current = catalogue
             self.status = ConfigStatus(
                 ok=True,
@@ -106,6 +91,18 @@ class ConfigWatcher:
             )
             log.info("config reloaded (%s), generation %d", trigger, self.status.generation)
             return self.status
+
+    def _failed(self, error: str, trigger: str, path: str | None = None) -> ConfigStatus:
+        """The last good config stays in force; the status says why the new one is not."""
+        self.status = ConfigStatus(
+            ok=False,
+            generation=self.status.generation,
+            loaded_at=self.status.loaded_at,
+            error=error,
+            path=path,
+            trigger=trigger,
+        )
+        return self.status
 
     def _path_named(self, message: str) -> str | None:
         named = [p for p in self.paths if str(p) in message]

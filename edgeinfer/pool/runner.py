@@ -441,17 +441,19 @@ class ModelRunner:
         self._account(elapsed, n_prefill, len(generating))
         for slot, index in outputs:
             token = engine.sample(slot.sampler, index)
-            if self._wants_logprob(slot) and not engine.is_eog(token):
-                assert slot.req is not None and slot.req.logprobs is not None
-                slot.logprobs.append(engine.logprobs(index, token, slot.req.logprobs))
+            top_n = self._logprob_top_n(slot)
+            if top_n is not None and not engine.is_eog(token):
+                slot.logprobs.append(engine.logprobs(index, token, top_n))
             self._on_token(engine, slot, token)
 
     @staticmethod
-    def _wants_logprob(slot: _Slot) -> bool:
+    def _logprob_top_n(slot: _Slot) -> int | None:
+        """How many alternatives this slot's next token's logprob wants, ``None``: no logprob
+        (not asked for, or past the request's ``logprob_tokens``)."""
         req = slot.req
-        if req is None or req.logprobs is None:
-            return False
-        return req.logprob_tokens is None or slot.n_gen < req.logprob_tokens
+        if req is None or (req.logprob_tokens is not None and slot.n_gen >= req.logprob_tokens):
+            return None
+        return req.logprobs
 
     def _account(self, elapsed: float, n_prefill: int, n_gen: int) -> None:
         # A mixed step's time is split in proportion to the tokens of each kind it held.

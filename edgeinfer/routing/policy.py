@@ -166,10 +166,10 @@ def doomed(
     score is below the threshold too. The cascade stops such a draft and escalates at once
     instead of paying for the rest of an answer it would throw away.
     """
-    head = [t.logprob for t in tokens[:window] if t.piece.strip()]
-    if not head or threshold <= 0 or sum(head) >= window * math.log(threshold):
+    conf = confidence(tokens, window=window)
+    if conf.tokens == 0 or threshold <= 0:
         return None
-    return confidence(tokens, window=window)
+    return conf if conf.mean_logprob * conf.tokens < window * math.log(threshold) else None
 
 
 def should_escalate(conf: Confidence, threshold: float, finish: str) -> str | None:

@@ -49,9 +49,24 @@ def tiny_path(model_store: ModelStore) -> Path:
     return model_store.ensure("tiny")
 
 
+_SHORT_DIRS: list[Path] = []
+
+
 def short_socket_dir() -> Path:
-    # pytest's tmp_path can exceed the 107-byte AF_UNIX limit; sockets live in a short dir.
-    return Path(tempfile.mkdtemp(prefix="ei-", dir="/tmp"))
+    """A fresh directory under /tmp, removed when the session ends.
+
+    pytest's tmp_path can exceed the 107-byte AF_UNIX limit; sockets live in a short dir.
+    """
+    path = Path(tempfile.mkdtemp(prefix="ei-", dir="/tmp"))
+    _SHORT_DIRS.append(path)
+    return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_short_dirs() -> Iterator[None]:
+    yield
+    for path in _SHORT_DIRS:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @dataclass

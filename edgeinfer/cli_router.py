@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     fit.add_argument("outcomes", nargs="*", type=Path, help="JSONL files: prompt, tier, correct")
     fit.add_argument("--no-log", action="store_true", help="ignore the daemon's cascade log")
     fit.add_argument("--out", type=Path, help="where to write the weights (default: data dir)")
-    fit.add_argument("--l2", type=float, default=1.0, help="regularisation strength")
+    fit.add_argument("--l2", type=float, default=2.0, help="regularisation strength")
     distill = sub.add_parser("distill", help="export captured large-tier answers")
     dcmds = distill.add_subparsers(dest="distill_command", metavar="COMMAND", required=True)
     export = dcmds.add_parser("export", help="write chat-format JSONL for fine-tuning")
@@ -66,7 +66,10 @@ def cmd_train(args: argparse.Namespace, paths: Paths) -> int:
         raise ConfigError("no outcomes to train on: give JSONL files or let the daemon log some")
     embedder = open_minilm(paths.models_dir)
     classifier = train(
-        outcomes, embedder.embed, l2=args.l2, meta={"sources": [str(p) for p in sources]}
+        outcomes,
+        embedder.embed,
+        l2=args.l2,
+        meta={"sources": [str(p) for p in sources], "l2": args.l2},
     )
     out = args.out or paths.router_weights
     out.parent.mkdir(parents=True, exist_ok=True)

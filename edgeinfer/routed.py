@@ -47,8 +47,6 @@ log = logging.getLogger("edgeinfer.router")
 Answer = Callable[[str, Sequence[Mapping[str, Any]], GenerateOptions], Awaitable[Generation]]
 Embed = Callable[[list[str]], Any]
 
-DRAFT_TOP_LOGPROBS = 5  # alternatives per token for the entropy estimate
-
 
 def last_user_text(messages: Sequence[Mapping[str, Any]]) -> str:
     for message in reversed(messages):
@@ -202,8 +200,8 @@ class Router:
         draft_options = replace(
             options,
             # The caller's own top_logprobs when asked (a kept draft streams them to it), else
-            # enough alternatives for the entropy the route reports.
-            logprobs=DRAFT_TOP_LOGPROBS if options.logprobs is None else options.logprobs,
+            # none: the engine's entropy needs no alternatives, which cost 1 ms a token.
+            logprobs=0 if options.logprobs is None else options.logprobs,
             # Confidence reads only the answer's head: past it, logprobs cost time (0.5 ms a
             # token on a 152k vocabulary) for nothing unless the caller asked for them.
             logprob_tokens=CONFIDENCE_WINDOW if options.logprobs is None else None,

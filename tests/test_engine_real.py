@@ -257,3 +257,32 @@ def test_logprobs_can_stop_after_the_first_tokens(tiny_path: Path, pools: list[P
     head_text, n_head = asyncio.run(run(replace(head, logprob_tokens=5)))
     assert n_all > 5 and n_head == 5
     assert head_text == all_text  # the same greedy answer either way
+
+
+def test_logprob_entropy_is_exact_without_alternatives(tiny_path: Path) -> None:
+    """The cascade's entropy comes from the engine over the whole vocabulary, so a draft needs
+    no top alternatives (their partition costs 1 ms a token); checked against float64 numpy."""
+    import numpy as np
+
+    from edgeinfer.engine.base import BatchItem, EngineParams
+
+    engine = llama.load(tiny_path, EngineParams(n_ctx=256, slots=1))
+    try:
+        tokens = engine.tokenize("The capital of France is", add_special=True)
+        last = len(tokens) - 1
+        engine.decode([BatchItem(0, i, t, i == last) for i, t in enumerate(tokens)])
+        raw = llama.C.llama_get_logits_ith(engine._ctx, last)
+        logits = np.ctypeslib.as_array(raw, shape=(engine.info.n_vocab,)).astype(np.float64)
+        logp = logits - (logits.max() + np.log(np.exp(logits - logits.max()).sum()))
+        token = int(np.argmax(logits))
+        expected = float(-(np.exp(logp) * logp).sum())
+
+        bare = engine.logprobs(last, token, 0)
+        assert bare.top == () and bare.entropy is not None
+        assert bare.entropy == pytest.approx(expected, rel=1e-3, abs=1e-4)
+        assert bare.logprob == pytest.approx(float(logp[token]), abs=1e-4)
+        with_top = engine.logprobs(last, token, 3)
+        assert with_top.top[0][1] == pytest.approx(float(logp[token]), abs=1e-4)
+        assert with_top.entropy == bare.entropy
+    finally:
+        engine.close()

@@ -142,6 +142,15 @@ def test_confidence_summarises_the_answer_head() -> None:
     assert conf.mean_entropy > 0
 
 
+def test_confidence_prefers_the_engines_exact_entropy() -> None:
+    exact = [TokenLogprob(b"x", -0.2, (), entropy=0.7), TokenLogprob(b"y", -0.4, (), entropy=1.1)]
+    assert confidence(exact).mean_entropy == pytest.approx(0.9)
+    # Without it, the estimate from alternatives: p = 0.5 each side, ln 2.
+    assert confidence([_tok(math.log(0.5), math.log(0.5), math.log(0.5))]).mean_entropy == (
+        pytest.approx(math.log(2))
+    )
+
+
 @pytest.mark.parametrize(
     ("conf", "finish", "escalates"),
     [
@@ -376,7 +385,7 @@ def test_cascade_keeps_or_escalates(
     assert route["tiers"][0]["confidence"]["score"] == pytest.approx(math.exp(logprob), abs=1e-3)
     # output-length control: no max_tokens given, so the request type's default applies
     assert [c[1].max_tokens for c in tiers.calls] == [500] * len(tiers.calls)
-    assert tiers.calls[0][1].logprobs == 5  # the draft asks for logprobs to score itself
+    assert tiers.calls[0][1].logprobs == 0  # logprobs to score itself, no alternatives
     stats = router.stats.as_dict()
     assert stats["escalations"] == int(escalated) and stats["drafts_kept"] == int(not escalated)
     outcome = json.loads((tmp_path / "outcomes.jsonl").read_text())
@@ -430,7 +439,7 @@ def test_a_doomed_draft_is_stopped_early_and_escalated(tmp_path: Path) -> None:
     assert route["tiers"][0]["completion_tokens"] == 15
     assert "draft stopped early" in route["escalation_reason"]
     # The caller asked for no logprobs: the draft computes them only over the confidence window.
-    assert tiers.calls[0][1].logprobs == 5 and tiers.calls[0][1].logprob_tokens == 32
+    assert tiers.calls[0][1].logprobs == 0 and tiers.calls[0][1].logprob_tokens == 32
 
 
 def test_a_confident_long_draft_streams_on_once_its_head_is_judged(tmp_path: Path) -> None:

@@ -63,11 +63,13 @@ class EngineInfo:
 
 @dataclass(frozen=True)
 class TokenLogprob:
-    """One sampled token's log-probability and its most likely alternatives."""
+    """One sampled token's log-probability, its most likely alternatives, and the entropy (nats)
+    of the whole next-token distribution when the engine computed it."""
 
     piece: bytes
     logprob: float
     top: tuple[tuple[bytes, float], ...] = ()
+    entropy: float | None = None
 
 
 @dataclass(frozen=True)

@@ -133,7 +133,10 @@ class Confidence:
 
 
 def _entropy(token: TokenLogprob) -> float:
-    """Entropy over the top alternatives plus the rest of the mass as one bucket."""
+    """The engine's exact entropy, else one over the top alternatives plus the rest of the mass
+    as one bucket."""
+    if token.entropy is not None:
+        return token.entropy
     probs = [math.exp(lp) for _, lp in token.top] or [math.exp(token.logprob)]
     rest = max(0.0, 1.0 - sum(probs))
     return -sum(p * math.log(p) for p in [*probs, rest] if p > 0)

@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -220,10 +219,10 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def upstream(model_store: ModelStore) -> Iterator[str]:
+def upstream(model_store: ModelStore, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     gguf = model_store.ensure("tiny")
     port = _free_port()
-    log = Path(tempfile.mkdtemp(prefix="ei-up-")) / "server.log"
+    log = tmp_path_factory.mktemp("upstream") / "server.log"
     argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf)]
     argv += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "1"]
     argv += ["--api_key", UPSTREAM_KEY]  # so a request without edgeinfer's key header fails

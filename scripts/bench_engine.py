@@ -33,7 +33,7 @@ Memory: daemon RSS after the throughput section.
 
 Run (the model is pulled on first use; EDGEINFER_MODELS_DIR is honoured)::
 
-    .venv/bin/python scripts/bench_engine.py                  # tiny, ~2-6 min on 2 cores
+    .venv/bin/python scripts/bench_engine.py                  # tiny, ~5-9 min on 2 cores
     .venv/bin/python scripts/bench_engine.py --quick          # smoke run
     .venv/bin/python scripts/bench_engine.py --skip b,c,d --rounds 5   # throughput only
     .venv/bin/python scripts/bench_engine.py --model small --clients 1,8 --json out.json

@@ -423,6 +423,7 @@ async def restart_section(
 
 
 SectionRun = Callable[[], Awaitable[dict[str, Any]]]
+SideRun = Callable[[Config, Target, Workload], dict[str, Any]]  # one side, every section
 
 
 async def measure(
@@ -581,7 +582,7 @@ def more_rounds(
     cfg: Config,
     target: Target,
     wl: Workload,
-    runs: list[tuple[str, Callable[[Config, Target, Workload], dict[str, Any]]]],
+    runs: list[tuple[str, SideRun]],
     results: dict[str, Any],
 ) -> None:
     """Rounds 2.. of the throughput section, the sides in reversed order every other round.
@@ -694,7 +695,8 @@ def _paired(results: dict[str, Any], num: str, den: str, clients: int) -> list[f
 def report_throughput(cfg: Config, results: dict[str, Any]) -> list[str]:
     rows: list[list[object]] = []
     for c in cfg.clients:
-        base, ei = (_get(results, side, "throughput", str(c)) or {} for side in SIDES[:2])
+        base = _get(results, "baseline", "throughput", str(c)) or {}
+        ei = _get(results, "edgeinfer", "throughput", str(c)) or {}
         tokens = f"{fmt(base.get('completion_tokens'))}/{fmt(ei.get('completion_tokens'))}"
         row: list[object] = [c, ei.get("requests"), tokens]
         row += [_median(_rates(results, "edgeinfer", c)), _median(_rates(results, "baseline", c))]
@@ -1013,7 +1015,7 @@ def main(argv: list[str] | None = None) -> int:
         raise BenchError(f"--llama-server: no such file {cfg.llama_server}")
     target = resolve_target(cfg.model)
     wl = build_workload(cfg, token_counter(target.gguf))
-    runs: list[tuple[str, Callable[[Config, Target, Workload], dict[str, Any]]]] = [
+    runs: list[tuple[str, SideRun]] = [
         ("baseline", run_baseline),
         ("edgeinfer", run_edgeinfer),
     ]

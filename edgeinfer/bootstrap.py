@@ -72,10 +72,15 @@ def load(paths: Paths) -> Catalogue:
     return load_catalogue(catalogue_paths(paths))
 
 
-def real_engine_factory() -> EngineFactory:
+def real_engine_factory(paths: Paths) -> EngineFactory:
+    """llama.cpp, with the extra-buffer verdicts of this machine kept in the cache dir."""
     from edgeinfer.engine import llama
 
-    return llama.load
+    return llama.Loader(extra_buffer_verdicts(paths))
+
+
+def extra_buffer_verdicts(paths: Paths) -> Path:
+    return paths.cache_dir / "extra_buffers.json"
 
 
 def real_quantizer() -> Quantizer:
@@ -186,7 +191,7 @@ def build_app(
         catalogue,
         files,
         names,
-        factory or real_engine_factory(),
+        factory or real_engine_factory(settings.paths),
         state_dir=settings.paths.cache_dir / "kv",
         observer=metrics,
     )

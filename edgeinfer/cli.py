@@ -7,13 +7,20 @@ readable line on stderr (``edgeinfer: error: ...``) and exit status 1.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from edgeinfer import __version__, cli_models, cli_router
 from edgeinfer.errors import EdgeInferError
-from edgeinfer.paths import Paths, resolve, socket_path
+from edgeinfer.paths import (
+    Paths,
+    ensure_private_dir,
+    ensure_private_file,
+    resolve,
+    socket_path,
+)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -22,6 +29,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from edgeinfer.server.daemon import refuse_if_live, run, serve_options, systemd_sockets
 
     paths = resolve()
+    # Everything the daemon writes (logs, the cache database and its WAL, saved KV states,
+    # verdicts, outcomes) holds prompts or answers: owner-only, whatever the login's umask.
+    os.umask(0o077)
+    for state in (paths.config_dir, paths.data_dir, paths.cache_dir, paths.log_dir):
+        ensure_private_dir(state)
     logs.setup(paths.log_dir, verbose=args.verbose)
     path = socket_path(paths, args.socket)
     activated = systemd_sockets()
@@ -124,6 +136,47 @@ def cmd_paths(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """What llama.cpp sees on this machine and what edgeinfer decided about it."""
+    import platform
+    import time
+    from importlib.metadata import version
+
+    from edgeinfer import bootstrap
+    from edgeinfer.engine import llama
+    from edgeinfer.engine.extra_buffers import VerdictStore, cpu_identity, verdict_key
+
+    paths = resolve()
+    cpu = cpu_identity()
+    decider = llama.Loader(bootstrap.extra_buffer_verdicts(paths)).decider()
+    print(f"edgeinfer  {__version__}, Python {platform.python_version()}, {platform.system()}")
+    print(f"cpu        {cpu.model}")
+    print(f"features   {' '.join(cpu.notable) or '(none reported)'}")
+    build = f"llama-cpp-python {version('llama-cpp-python')}, libraries {decider.library[:16]}"
+    print(f"llama.cpp  {build}")
+    print(f"system     {llama.system_info()}")
+    store: VerdictStore = decider.store
+    verdicts = store.all()
+    print(f"verdicts   {store.path} ({len(verdicts)} in all)")
+    for v in sorted(verdicts.values(), key=lambda v: v.at):
+        mine = v.key == verdict_key(decider.library, decider.cpu_flags_digest, v.quant)
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(v.at))
+        where = "this build and CPU" if mine else f"another build or CPU: {v.cpu}"
+        state = "on " if v.on else "off"
+        print(f"  {v.quant:<8} extra buffers {state}  {v.reason} ({when}; {where})")
+    print("models")
+    for name, spec in bootstrap.load(paths).models.items():
+        known = verdicts.get(verdict_key(decider.library, decider.cpu_flags_digest, spec.quant))
+        if spec.extra_buffers != "auto":
+            decided = f"{spec.extra_buffers} (set in models.toml)"
+        elif known is not None:
+            decided = f"{'on' if known.on else 'off'} (verdict)"
+        else:
+            decided = "probed at its first load"
+        print(f"  {name:<12} {spec.quant or '?':<8} extra_buffers {spec.extra_buffers}: {decided}")
+    return 0
+
+
 def cmd_cache(args: argparse.Namespace) -> int:
     """``edgeinfer cache stats|clear|export|import``: the database directly (SQLite locking
     makes that safe beside a running daemon); stats add the daemon's live savings if it runs."""
@@ -149,7 +202,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
         elif args.cache_command == "export":
             print(f"exported {store.export(Path(args.file))} entries to {args.file}")
         else:
-            print(f"imported {store.import_(Path(args.file))} entries from {args.file}")
+            print(f"{store.import_report(Path(args.file)).summary()} from {args.file}")
     finally:
         store.close()
     return 0
@@ -163,8 +216,7 @@ def start_background_daemon(paths: Paths, path: Path, models: str | None) -> int
     cmd = [sys.executable, "-m", "edgeinfer", "serve", "--socket", str(path)]
     if models:
         cmd += ["--models", models]
-    paths.log_dir.mkdir(parents=True, exist_ok=True)
-    with (paths.log_dir / "serve.out").open("ab") as out:
+    with ensure_private_file(paths.log_dir / "serve.out").open("ab") as out:
         proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -291,6 +343,11 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--light", action="store_true", help="light colours (F5 switches)")
     top.add_argument("--socket")
     top.set_defaults(func=cmd_tui)
+
+    doctor = sub.add_parser(
+        "doctor", help="CPU features, llama.cpp's build, and the extra-buffer verdicts"
+    )
+    doctor.set_defaults(func=cmd_doctor)
 
     where = sub.add_parser("paths", help="print the socket, config, model and cache paths")
     where.add_argument("--socket")

@@ -15,7 +15,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from edgeinfer.errors import ConfigError
-from edgeinfer.paths import Paths
+from edgeinfer.paths import Paths, make_private_dirs
+from edgeinfer.routed import OUTCOMES_KEEP
 from edgeinfer.routing.classifier import Outcome, train
 
 
@@ -59,8 +60,10 @@ def cmd_train(args: argparse.Namespace, paths: Paths) -> int:
     from edgeinfer.embed.onnx import open_minilm  # onnxruntime only when training
 
     sources = list(args.outcomes)
-    if not args.no_log and paths.router_outcomes.exists():
-        sources.append(paths.router_outcomes)
+    if not args.no_log:  # the daemon's log and its rotated files, oldest first
+        log = paths.router_outcomes
+        rotated = [log.with_name(f"{log.name}.{n}") for n in range(OUTCOMES_KEEP, 0, -1)]
+        sources += [p for p in [*rotated, log] if p.exists()]
     outcomes = read_outcomes(sources)
     if not outcomes:
         raise ConfigError("no outcomes to train on: give JSONL files or let the daemon log some")
@@ -72,7 +75,7 @@ def cmd_train(args: argparse.Namespace, paths: Paths) -> int:
         meta={"sources": [str(p) for p in sources], "l2": args.l2},
     )
     out = args.out or paths.router_weights
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(out.parent)
     classifier.save(out)
     tiers = ", ".join(classifier.tiers)
     print(f"trained on {len(outcomes)} outcomes ({tiers}); weights written to {out}")

@@ -9,6 +9,7 @@ round's reuse is reported in ``edgeinfer.continued``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -16,6 +17,8 @@ from contextlib import AbstractContextManager, nullcontext
 from edgeinfer.errors import EdgeInferError
 from edgeinfer.generation import Generation
 from edgeinfer.pool.events import Event, Failed, Finished, Usage
+
+log = logging.getLogger("edgeinfer.continuation")
 
 Restart = Callable[[str], Awaitable[Generation]]  # the answer so far -> the next round
 
@@ -31,7 +34,10 @@ def continuing(
     """One answer made of ``first`` and up to ``rounds`` continuations, streamed as one.
 
     ``hold`` is kept for the whole answer (the runner's hold, so a reload cannot retire it
-    between rounds); usage adds up the rounds' completion tokens over the first prompt.
+    between rounds); usage adds up the rounds' completion tokens over the first prompt. The
+    answer's deadline is the first round's: the request's timeout bounds all rounds together.
+    Any failure, expected or not, reaches the reader as an error: a task that died silently
+    would leave the client waiting.
     """
     queue: asyncio.Queue[Event] = asyncio.Queue()
     current = [first]
@@ -47,6 +53,7 @@ def continuing(
         prompt_tokens=first.prompt_tokens,
         cancel=cancel,
         on_finish=on_finish,
+        deadline=first.deadline,
     )
     started = time.monotonic()
 
@@ -54,13 +61,9 @@ def continuing(
         text: list[str] = []
         gen, done, completion = first, None, 0
         for n in range(rounds + 1):
-            try:
-                async for delta in gen:
-                    text.append(delta.text)
-                    queue.put_nowait(delta)
-            except EdgeInferError as exc:
-                queue.put_nowait(Failed(exc))
-                return
+            async for delta in gen:
+                text.append(delta.text)
+                queue.put_nowait(delta)
             assert gen.result is not None
             done, completion = gen.result, completion + gen.result.usage.completion_tokens
             if n:
@@ -70,11 +73,7 @@ def continuing(
                 )
             if done.reason != "length" or n == rounds:
                 break
-            try:
-                gen = current[0] = await restart("".join(text))
-            except EdgeInferError as exc:
-                queue.put_nowait(Failed(exc))
-                return
+            gen = current[0] = await restart("".join(text))
         assert done is not None and first.result is not None
         u = first.result.usage
         usage = Usage(
@@ -83,8 +82,18 @@ def continuing(
         queue.put_nowait(Finished(done.reason, usage))
 
     async def held() -> None:
-        with hold or nullcontext():
-            await run()
+        try:
+            with hold or nullcontext():
+                await run()
+        except EdgeInferError as exc:
+            queue.put_nowait(Failed(exc))
+        except Exception as exc:
+            log.exception("model %s: continuing an answer failed", first.model)
+            error = EdgeInferError(
+                f"continuing the answer of model {first.model!r} failed:"
+                f" {type(exc).__name__}: {exc} (the daemon's log has the details)"
+            )
+            queue.put_nowait(Failed(error))
 
     task = asyncio.create_task(held())
     return out

@@ -17,6 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TextIO
 
+from edgeinfer.paths import ensure_private_sqlite
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS examples (
     id INTEGER PRIMARY KEY,
@@ -30,10 +32,10 @@ CREATE TABLE IF NOT EXISTS examples (
 
 
 class DistillLog:
-    """An append-only SQLite file of examples; safe to share between threads."""
+    """An append-only SQLite file of examples (owner-only); safe to share between threads."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_private_sqlite(path)  # whole conversations: owner-only, whatever the umask
         self.path = path
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")

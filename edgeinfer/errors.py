@@ -13,7 +13,8 @@ Library code raises these; the server maps them to OpenAI error JSON in one plac
     ├── ModelUnavailable                 503 model_unavailable   (failed to load, still pulling)
     │   └── InsufficientMemory           503 insufficient_memory (cannot fit the memory budget)
     ├── Busy                             503 busy                (bounded queue is full)
-    │   └── ModelLoading                 503 model_loading       (loading on demand; retry)
+    │   ├── ModelLoading                 503 model_loading       (loading on demand; retry)
+    │   └── RateLimited                  429 rate_limit_exceeded (too many failed TCP tokens)
     ├── RequestTimeout                   504 timeout
     ├── UpstreamError                    502 upstream_error      (a remote tier failed)
     ├── Unauthorized                     401 invalid_api_key     (TCP without the bearer token)
@@ -113,6 +114,14 @@ class ModelLoading(Busy):
     ``retry_after`` seconds finds it ready. A ``Busy`` so the server adds ``Retry-After``."""
 
     code = "model_loading"
+
+
+class RateLimited(Busy):
+    """A TCP client that failed the bearer token too often waits out ``retry_after``."""
+
+    code = "rate_limit_exceeded"
+    status = 429
+    type = "requests"
 
 
 class RequestTimeout(EdgeInferError):

@@ -7,6 +7,7 @@ from a local runner, a remote tier, the cache, or a cascade's kept draft.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import asdict, dataclass, field
@@ -14,7 +15,24 @@ from typing import Any
 
 from edgeinfer.cache.entry import CacheHit
 from edgeinfer.engine.base import Sampling, TokenLogprob
+from edgeinfer.errors import RequestTimeout
 from edgeinfer.pool.events import Delta, Event, Finished, Usage
+
+log = logging.getLogger("edgeinfer.generation")
+
+# The ``edgeinfer`` object's fields, as GenerateOptions holds them.
+EDGEINFER_FIELDS = (
+    "timeout",
+    "cache",
+    "cache_threshold",
+    "route",
+    "min_quality",
+    "max_cost",
+    "request_type",
+    "continue_on_length",
+    "compress",
+    "context_budget",
+)
 
 
 @dataclass(frozen=True)
@@ -40,6 +58,15 @@ class GenerateOptions:
     # prompt layer: None = the [prompt] settings
     compress: bool | None = None
     context_budget: int | None = None
+    # who asks ("uid:1000" on the socket, "tcp" for token holders): the response cache is
+    # partitioned by it, so one user's answers (and questions) are never served to another
+    identity: str = ""
+
+    def edgeinfer_given(self) -> list[str]:
+        """The ``edgeinfer`` options this request set to something else than their default, so
+        an endpoint that does not apply one can refuse it instead of ignoring it."""
+        default = _DEFAULT_OPTIONS
+        return [n for n in EDGEINFER_FIELDS if getattr(self, n) != getattr(default, n)]
 
     def key_fields(self) -> dict[str, Any]:
         """Everything here that changes the generated text, for the cache keys."""
@@ -54,6 +81,7 @@ class GenerateOptions:
             "continue_on_length": self.continue_on_length or None,
             "compress": self.compress,
             "context_budget": self.context_budget,
+            "identity": self.identity or None,
         }
         return {
             **fields,
@@ -66,12 +94,25 @@ class GenerateOptions:
         }
 
 
+_DEFAULT_OPTIONS = GenerateOptions()
+
+# How long past its deadline a generation waits before it gives up by itself: the runner and a
+# remote tier time out at the deadline, freeing the slot and saying which part ran late; this
+# only catches one that died without a word (or a request still queued when time ran out).
+DEADLINE_GRACE_S = 1.0
+
+
 class Generation:
     """One answer in flight: iterate it for text deltas, then read :attr:`result`.
 
     Produced by the engine (events from the runner thread) or replayed from the cache; the
     server treats both alike. Iteration raises the request's error (an ``EdgeInferError``) if it
     fails; leaving early (client hung up) must be followed by :meth:`cancel`, which frees the slot.
+
+    ``deadline`` (monotonic seconds, from the request's timeout) bounds the wait for events
+    whoever was to send them: a runner thread or a remote task that died without a word, or a
+    request still queued, ends in ``RequestTimeout`` (after :data:`DEADLINE_GRACE_S`) instead
+    of a client waiting forever.
     """
 
     def __init__(
@@ -85,8 +126,10 @@ class Generation:
         wants_logprobs: bool = False,
         cache: dict[str, Any] | None = None,
         on_finish: Callable[[str, Finished], None] | None = None,
+        deadline: float | None = None,
     ) -> None:
         self.model = model
+        self.deadline = deadline
         self.digest = digest
         self.prompt_tokens = prompt_tokens
         self.wants_logprobs = wants_logprobs
@@ -150,18 +193,46 @@ class Generation:
         while self._unread:
             yield self._unread.pop(0)
         while self.result is None:
-            event = await self._queue.get()
+            event = await self._next()
             if isinstance(event, Delta):
                 self._text.append(event.text)
                 yield event
             elif isinstance(event, Finished):
                 self.result = event
                 if event.reason != "cancelled":
-                    text = "".join(self._text)
-                    for hook in self._hooks:
-                        hook(text, event)
+                    self._run_hooks(event)
             else:
                 raise event.error
+
+    async def _next(self) -> Event:
+        """The next event; what is queued already is read even past the deadline (it may be
+        the runner's own error), an empty queue is waited on only until the deadline (and
+        its grace)."""
+        deadline = self.deadline
+        try:
+            return self._queue.get_nowait()
+        except asyncio.QueueEmpty:
+            pass
+        if deadline is None:
+            return await self._queue.get()
+        try:
+            async with asyncio.timeout(deadline + DEADLINE_GRACE_S - time.monotonic()):
+                return await self._queue.get()
+        except TimeoutError:
+            self._cancel()  # frees the slot, or stops the remote call
+            raise RequestTimeout(
+                f"the request ran past its timeout waiting for model {self.model!r}"
+            ) from None
+
+    def _run_hooks(self, done: Finished) -> None:
+        """Storing or accounting an answer must never turn it into an error: it is complete,
+        and the client has most of it already. A failing hook is logged with its traceback."""
+        text = "".join(self._text)
+        for hook in self._hooks:
+            try:
+                hook(text, done)
+            except Exception:
+                log.exception("model %s: a finish hook failed; the answer stands", self.model)
 
     async def text(self) -> str:
         """Run to the end and return the whole answer."""

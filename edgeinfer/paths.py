@@ -47,7 +47,8 @@ class Paths:
 
     @property
     def router_outcomes(self) -> Path:
-        """Cascade verdicts the daemon logs, for ``edgeinfer router train``."""
+        """Cascade verdicts with their prompts, for ``edgeinfer router train``: only with
+        ``[router] log_prompts = true``; owner-only and rotated (routed.py)."""
         return self.data_dir / "router_outcomes.jsonl"
 
     @property
@@ -112,9 +113,83 @@ def check_socket_path(path: Path) -> None:
         )
 
 
+def make_private_dirs(path: Path) -> Path:
+    """Create the missing parts of ``path`` owner-only (0700), leaving existing ones as they are.
+
+    ``Path.mkdir(parents=True, mode=...)`` gives missing parents the umask's default mode and
+    the last part the mode *minus* the umask; this sets 0700 on every folder it creates. For
+    folders that may be shared on purpose (``EDGEINFER_MODELS_DIR``), which must not be changed.
+    """
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:  # another process made it first: not ours to change
+            continue
+        folder.chmod(0o700)  # the umask may have taken bits off
+    return path
+
+
 def ensure_private_dir(path: Path) -> Path:
-    """Create ``path`` owner-only (0700); tighten it if it already exists and is ours."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """Create ``path`` owner-only (0700); tighten it if it already exists and is ours.
+
+    For edgeinfer's own state dirs (data, cache, config, logs, the socket's dir): conversations,
+    cached answers and logged prompts are readable by whoever can list and open them.
+    """
+    make_private_dirs(path)
     if path.stat().st_uid == os.getuid():
         path.chmod(0o700)
     return path
+
+
+def ensure_private_file(path: Path) -> Path:
+    """Create ``path`` empty and owner-only (0600) if missing; tighten it if it exists and is ours.
+
+    Its folder is made private too. Creating the file with mode 0600 and then ``fchmod``-ing it
+    does not depend on the umask, and there is no moment when the file is readable by others.
+    """
+    ensure_private_dir(path.parent)
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        if os.fstat(fd).st_uid == os.getuid():
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    return path
+
+
+SQLITE_SIDECARS = ("-wal", "-shm", "-journal")
+
+
+def ensure_private_sqlite(path: Path) -> Path:
+    """Make a SQLite database owner-only before it is opened: the file, and any ``-wal``,
+    ``-shm`` or ``-journal`` left by an earlier run (SQLite gives the ones it creates later
+    the database file's own mode)."""
+    ensure_private_file(path)
+    for suffix in SQLITE_SIDECARS:
+        sidecar = Path(f"{path}{suffix}")
+        if sidecar.exists() and sidecar.stat().st_uid == os.getuid():
+            sidecar.chmod(0o600)
+    return path
+
+
+def append_private(path: Path, data: bytes, *, max_bytes: int, keep: int) -> None:
+    """Append ``data`` to an owner-only log file, rotating it first (``.1`` ... ``.{keep}``,
+    the oldest dropped) when ``data`` would take it past ``max_bytes``. Callers serialise
+    calls on one path."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        size = 0
+    if size and size + len(data) > max_bytes:
+        for n in range(keep, 0, -1):
+            older = path.with_name(f"{path.name}.{n - 1}") if n > 1 else path
+            if older.exists():
+                older.replace(path.with_name(f"{path.name}.{n}"))
+        path.unlink(missing_ok=True)  # keep = 0: nothing older is kept
+    ensure_private_file(path)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)

@@ -26,6 +26,7 @@ from edgeinfer.config.schema import RouterSettings
 from edgeinfer.distill import DistillLog
 from edgeinfer.engine.base import TokenLogprob
 from edgeinfer.generation import GenerateOptions, Generation
+from edgeinfer.paths import append_private
 from edgeinfer.pool.events import Delta, Finished
 from edgeinfer.routing.classifier import Classifier, feature_vector
 from edgeinfer.routing.features import DEFAULT_MAX_TOKENS, RequestType, infer_request_type
@@ -43,6 +44,11 @@ from edgeinfer.routing.policy import (
 )
 
 log = logging.getLogger("edgeinfer.router")
+PROMPT_LOG_BYTES = 4096
+"""A logged prompt's bound, as JSON text: enough for the classifier's features and embedding."""
+OUTCOMES_MAX_BYTES = 16 << 20
+OUTCOMES_KEEP = 3
+"""The outcome log rotates at ``OUTCOMES_MAX_BYTES``, keeping this many older files."""
 
 Answer = Callable[[str, Sequence[Mapping[str, Any]], GenerateOptions], Awaitable[Generation]]
 Embed = Callable[[list[str]], Any]
@@ -53,6 +59,22 @@ def last_user_text(messages: Sequence[Mapping[str, Any]]) -> str:
         if message.get("role") == "user":
             return str(message.get("content") or "")
     return ""
+
+
+def loggable(text: str, limit: int) -> tuple[str, bool]:
+    """``text`` as valid UTF-8 (a lone surrogate from the request's JSON becomes ``?``), cut to
+    at most ``limit`` bytes as JSON text; and whether it was cut."""
+    text = text.encode("utf-8", "replace").decode("utf-8")
+
+    def size(s: str) -> int:
+        return len(json.dumps(s, ensure_ascii=False).encode()) - 2
+
+    if len(text) <= limit // 6 or size(text) <= limit:  # 6 bytes: the widest escape, \uXXXX
+        return text, False
+    head = text.encode()[:limit].decode("utf-8", "ignore")
+    while (excess := size(head) - limit) > 0:  # escapes (quotes, control characters) grew it
+        head = head[: len(head) - max(1, excess // 6)]
+    return head, True
 
 
 @dataclass
@@ -304,15 +326,24 @@ class Router:
 
     def _log_outcome(self, prompt: str, tier: str, *, kept: bool) -> None:
         """A cascade's verdict on its draft, as a training example for ``router train``:
-        a kept draft counts as the tier being right, an escalated one as wrong."""
+        a kept draft counts as the tier being right, an escalated one as wrong.
+
+        Only with ``[router] log_prompts = true``: the example is the user's own words. A
+        verdict without its prompt trains nothing (the classifier reads the prompt) and
+        ``router train`` would refuse the line, so without consent nothing is written.
+        """
         path = self._outcomes
-        if path is None or not prompt:
+        if path is None or not prompt or not self.settings.log_prompts:
             return
-        line = json.dumps({"prompt": prompt, "tier": tier, "correct": kept, "source": "cascade"})
+        text, cut = loggable(prompt, PROMPT_LOG_BYTES)
+        row: dict[str, Any] = {"prompt": text, "tier": tier, "correct": kept, "source": "cascade"}
+        if cut:
+            row["truncated"] = True
+        line = (json.dumps(row, ensure_ascii=False) + "\n").encode()
 
         def append() -> None:
-            with self._lock, path.open("a") as fh:
-                fh.write(line + "\n")
+            with self._lock:
+                append_private(path, line, max_bytes=OUTCOMES_MAX_BYTES, keep=OUTCOMES_KEEP)
 
         asyncio.get_running_loop().run_in_executor(None, append)
 

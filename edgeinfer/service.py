@@ -18,7 +18,7 @@ from edgeinfer.cache.layer import CacheRequest, ResponseCache
 from edgeinfer.config.schema import PromptSettings, RemoteSpec, RouterSettings
 from edgeinfer.continuation import continuing
 from edgeinfer.distill import DistillLog
-from edgeinfer.engine.base import Sampling
+from edgeinfer.engine.base import Engine, Sampling
 from edgeinfer.errors import InvalidRequest
 from edgeinfer.generation import GenerateOptions, Generation
 from edgeinfer.pool.events import Event, Finished, GenRequest
@@ -26,11 +26,35 @@ from edgeinfer.pool.runner import ModelRunner
 from edgeinfer.pool.scheduler import ModelPool, ServedModel
 from edgeinfer.prompt.history import SUMMARY_INSTRUCTION
 from edgeinfer.prompt.layer import PromptLayer, PromptWish, Summarise
-from edgeinfer.prompt.template import render_chat
+from edgeinfer.prompt.template import needs_literal_check, render_chat_parts
 from edgeinfer.remote import RemoteTier
 from edgeinfer.routed import Router
 from edgeinfer.routing.classifier import Classifier
 from edgeinfer.routing.policy import Tier
+
+
+def tokenize_chat(
+    engine: Engine, parts: Sequence[tuple[str, bool]], messages: Sequence[Mapping[str, Any]]
+) -> list[int]:
+    """Tokens of a rendered chat: the template's parts with their special tokens (it holds any
+    BOS it wants), the client's contents as plain text, so typed role tokens stay text. Where
+    the template hid the contents' bounds, a content that would parse into special tokens is
+    refused instead. Runs off the event loop."""
+    if needs_literal_check(parts):
+        for message in messages:
+            text = message.get("content")
+            if isinstance(text, str) and engine.tokenize(
+                text, add_special=False
+            ) != engine.tokenize(text, add_special=False, parse_special=False):
+                raise InvalidRequest(
+                    "a message holds the model's special-token text (such as a role marker),"
+                    " which this model's chat template cannot keep as plain text",
+                    param="messages",
+                )
+    tokens: list[int] = []
+    for text, literal in parts:
+        tokens += engine.tokenize(text, add_special=False, parse_special=not literal)
+    return tokens
 
 
 class InferenceService:
@@ -160,7 +184,9 @@ class InferenceService:
             hit, cached = await self._lookup(remote.name, digest, messages, options)
             if hit is not None:
                 return hit
-            return await self._remote(remote, messages, options, self._storer(cached))
+            deadline = self._deadline(options)
+            store = self._storer(cached)
+            return await remote.answer(messages, options, deadline=deadline, on_finish=store)
         served, runner = await self.pool.acquire(model)
         with runner.held():  # a reload must not retire it before the request is submitted
             return await self._local(served, runner, messages, options)
@@ -182,21 +208,22 @@ class InferenceService:
 
         wish = PromptWish(options.compress, options.context_budget)
         messages, report = await self.prompt_layer.apply(messages, count, wish, self._summariser())
-        prompt = render_chat(
+        parts = render_chat_parts(
             engine.info.chat_template,
             messages,
             bos_token=engine.info.bos_text,
             eos_token=engine.info.eos_text,
         )
-        # The chat template already holds any BOS it wants; parse its special tokens.
-        tokens = await asyncio.to_thread(engine.tokenize, prompt, add_special=False)
+        tokens = await asyncio.to_thread(tokenize_chat, engine, parts, messages)
         store = self._storer(cached)
         if options.continue_on_length and self.router.settings.max_continuations:
             first = await self._start(served, runner, tokens, options)
 
             async def restart(so_far: str) -> Generation:
-                more = await asyncio.to_thread(engine.tokenize, prompt + so_far, add_special=False)
-                return await self._start(served, runner, more, options)
+                more = await asyncio.to_thread(
+                    tokenize_chat, engine, [*parts, (so_far, True)], messages
+                )
+                return await self._start(served, runner, more, options, deadline=first.deadline)
 
             rounds = self.router.settings.max_continuations
             gen = continuing(first, restart, rounds=rounds, on_finish=store, hold=runner.held())
@@ -239,41 +266,19 @@ class InferenceService:
 
         return store
 
-    async def _remote(
-        self,
-        remote: RemoteTier,
-        messages: Sequence[Mapping[str, Any]],
-        options: GenerateOptions,
-        on_finish: Callable[[str, Finished], None] | None,
-    ) -> Generation:
-        if options.logprobs is not None or options.response_format is not None:
-            raise InvalidRequest(
-                f"model {remote.name!r} is a remote tier: logprobs and response_format are"
-                " served by local models only"
-            )
-        s = options.sampling
-        fields = {
-            "max_tokens": options.max_tokens,
-            "temperature": s.temperature,
-            "top_p": s.top_p,
-            "presence_penalty": s.presence_penalty or None,
-            "frequency_penalty": s.frequency_penalty or None,
-            "seed": s.seed,
-            "stop": list(options.stop) or None,
-        }
-        queue: asyncio.Queue[Event] = asyncio.Queue()
-        task = await remote.start(remote.body(messages, fields), queue.put_nowait)
-
-        def cancel() -> None:
-            task.cancel()
-
-        return Generation(
-            remote.name, None, queue, prompt_tokens=0, cancel=cancel, on_finish=on_finish
-        )
-
     async def complete(
         self, model: str | None, prompt: str, options: GenerateOptions
     ) -> Generation:
+        """A raw completion: no cache, router, continuation or prompt layer, so of the
+        ``edgeinfer`` options only ``timeout`` applies; the others are refused, not ignored."""
+        refused = [f"edgeinfer.{n}" for n in options.edgeinfer_given() if n != "timeout"]
+        if refused:
+            raise InvalidRequest(
+                f"{', '.join(refused)}: not applied by /v1/completions (of the edgeinfer"
+                " options it takes only edgeinfer.timeout; caching, routing, continuation and"
+                " the prompt layer are for /v1/chat/completions)",
+                param=refused[0],
+            )
         served, runner = await self.pool.acquire(model)
         with runner.held():
             tokens = await asyncio.to_thread(runner.engine.tokenize, prompt, add_special=True)
@@ -288,7 +293,11 @@ class InferenceService:
         tokens: list[int],
         options: GenerateOptions,
         on_finish: Callable[[str, Finished], None] | None = None,
+        *,
+        deadline: float | None = None,
     ) -> Generation:
+        """Submit ``tokens`` to the runner; ``deadline`` is the request's own when this is a
+        continuation round (the timeout bounds all rounds together), else it starts now."""
         n_vocab = runner.engine.info.n_vocab
         bad = [t for t in options.sampling.logit_bias if not 0 <= t < n_vocab]
         if bad:
@@ -324,7 +333,7 @@ class InferenceService:
                 runner.engine.grammar_for, options.response_format, options.json_schema
             )
             sampling = replace(sampling, grammar=grammar)
-        timeout = options.timeout or self._timeout
+        deadline = deadline if deadline is not None else self._deadline(options)
         request = GenRequest(
             prompt=tokens,
             sampling=sampling,
@@ -333,7 +342,7 @@ class InferenceService:
             stop=options.stop,
             logprobs=options.logprobs,
             logprob_tokens=options.logprob_tokens,
-            deadline=time.monotonic() + timeout if timeout else None,
+            deadline=deadline,
         )
         runner.submit(request)
         return Generation(
@@ -344,7 +353,13 @@ class InferenceService:
             cancel=request.cancel,
             wants_logprobs=request.logprobs is not None,
             on_finish=on_finish,
+            deadline=deadline,
         )
+
+    def _deadline(self, options: GenerateOptions) -> float | None:
+        """When the request's timeout (its own, else the daemon's) runs out, monotonic."""
+        timeout = options.timeout or self._timeout
+        return time.monotonic() + timeout if timeout else None
 
 
 def _cost(model: ServedModel) -> float:

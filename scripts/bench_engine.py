@@ -91,6 +91,7 @@ from _benchutil import (
 from edgeinfer.bootstrap import load, real_quantizer
 from edgeinfer.config.load import bundled_catalogue_path, load_catalogue
 from edgeinfer.config.schema import ModelSpec
+from edgeinfer.engine.base import EngineParams
 from edgeinfer.models.store import ModelStore
 from edgeinfer.paths import Paths, resolve
 
@@ -461,20 +462,40 @@ async def measure(
 # -- running each side ----------------------------------------------------------------------------
 
 
+def extra_buffers(cfg: Config, target: Target) -> bool:
+    """The daemon's extra-buffer verdict for this model (its probe, its cache file), so every
+    side runs the same llama.cpp kernels and none crashes where they do."""
+    from edgeinfer.bootstrap import extra_buffer_verdicts
+    from edgeinfer.engine.llama import Loader
+
+    params = EngineParams(
+        threads=cfg.n_threads,
+        gpu_layers=target.spec.gpu_layers,
+        extra_buffers=target.spec.extra_buffers,
+        name=target.spec.name,
+    )
+    return Loader(extra_buffer_verdicts(target.paths)).extra_buffers(target.gguf, params)
+
+
 def run_baseline(cfg: Config, target: Target, wl: Workload) -> dict[str, Any]:
     from llama_cpp import Llama
 
+    from edgeinfer.engine.llama import llama_defaults
+
+    extra = extra_buffers(cfg, target)
+
     def load() -> Any:
-        return Llama(
-            model_path=str(target.gguf),
-            n_ctx=target.spec.n_ctx,
-            n_batch=target.spec.n_batch,
-            n_threads=cfg.n_threads,
-            n_threads_batch=cfg.n_threads,
-            n_gpu_layers=target.spec.gpu_layers,
-            flash_attn=True,
-            verbose=False,
-        )
+        with llama_defaults(extra_buffers=extra):
+            return Llama(
+                model_path=str(target.gguf),
+                n_ctx=target.spec.n_ctx,
+                n_batch=target.spec.n_batch,
+                n_threads=cfg.n_threads,
+                n_threads_batch=cfg.n_threads,
+                n_gpu_layers=target.spec.gpu_layers,
+                flash_attn=True,
+                verbose=False,
+            )
 
     t0 = time.perf_counter()
     side = BaselineSide(load)
@@ -563,6 +584,8 @@ def run_llama_server(cfg: Config, target: Target, wl: Workload) -> dict[str, Any
     argv = [str(cfg.llama_server), "-m", str(target.gguf), "-np", str(cfg.slots)]
     argv += ["-c", str(target.spec.n_ctx * cfg.slots), "--host", "127.0.0.1", "--port", str(port)]
     argv += ["-t", str(cfg.n_threads), "-tb", str(cfg.n_threads), "-ngl", str(layers)]
+    if not extra_buffers(cfg, target):
+        argv += ["--no-repack"]
     base = f"http://127.0.0.1:{port}"
     proc = ServerProcess(argv, dict(os.environ), root / "llama-server.log", lambda: _up(base))
     try:

@@ -45,7 +45,7 @@ from _benchutil import fmt, note, print_table, quiet_stderr, ratio  # noqa: E402
 from edgeinfer.config.load import bundled_catalogue_path, load_catalogue  # noqa: E402
 from edgeinfer.embed.onnx import OnnxEmbedder, open_minilm  # noqa: E402
 from edgeinfer.engine.base import BatchItem, EngineParams, Sampling  # noqa: E402
-from edgeinfer.engine.llama import LlamaEngine, quantize  # noqa: E402
+from edgeinfer.engine.llama import LlamaEngine, load, quantize  # noqa: E402
 from edgeinfer.models.store import ModelStore  # noqa: E402
 from edgeinfer.prompt.compress import compress_messages  # noqa: E402
 from edgeinfer.prompt.context import optimise_messages  # noqa: E402
@@ -84,7 +84,7 @@ class Model:
     def __init__(self, path: Path, n_ctx: int, threads: int) -> None:
         params = EngineParams(n_ctx=n_ctx, slots=1, n_batch=512, n_ubatch=512, threads=threads)
         with quiet_stderr():
-            self.engine = LlamaEngine(path, params)
+            self.engine: LlamaEngine = load(path, params)  # extra buffers as the daemon decides
         self.n_batch = params.n_batch
 
     def count(self, text: str) -> int:

@@ -12,6 +12,8 @@ import openai
 import pytest
 from llama_cpp import Llama
 
+from edgeinfer.engine.base import EngineParams
+from edgeinfer.engine.llama import Loader, llama_defaults
 from tests.conftest import Daemon
 
 pytestmark = pytest.mark.real
@@ -154,7 +156,10 @@ def test_curl_unix_socket(daemon: Daemon) -> None:
 def reference(tiny_path: Path) -> Llama:
     """llama-cpp-python's own high-level Llama on the same file: the baseline to match."""
     # flash attention changes the arithmetic; edgeinfer's "auto" turns it on for this CPU.
-    return Llama(str(tiny_path), n_ctx=4096, n_threads=2, flash_attn=True, verbose=False)
+    # Extra buffer types as edgeinfer's probe decided (they change kernels, and crash on some).
+    params = EngineParams(threads=2, name="tiny")
+    with llama_defaults(extra_buffers=Loader().extra_buffers(tiny_path, params)):
+        return Llama(str(tiny_path), n_ctx=4096, n_threads=2, flash_attn=True, verbose=False)
 
 
 @pytest.mark.parametrize(

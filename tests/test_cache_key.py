@@ -135,7 +135,7 @@ def test_cache_threshold(requested: float | None, expected: float) -> None:
     assert cache_threshold(requested) == expected
 
 
-@pytest.mark.parametrize("bad", [0, -0.1, 1.01, True, "0.9"])
+@pytest.mark.parametrize("bad", [0, 0.01, 0.49, -0.1, 1.01, True, "0.9"])
 def test_cache_threshold_out_of_range(bad: Any) -> None:
     with pytest.raises(InvalidRequest) as err:
         cache_threshold(bad)

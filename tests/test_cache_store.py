@@ -176,16 +176,17 @@ def test_export_import_round_trip(make_store: Make, tmp_path: Path) -> None:
     assert answer_of(_ask(store, chat("how do I bake bread number 3"))) == "recipe 3"
 
 
-def test_a_damaged_import_adds_nothing(make_store: Make, tmp_path: Path) -> None:
+def test_a_damaged_line_is_skipped_and_the_rest_imported(make_store: Make, tmp_path: Path) -> None:
     store = make_store(64)
     _store_answer(store, chat("a question"), "an answer")
     out = tmp_path / "cache.jsonl"
     store.export(out)
     store.clear()
     out.write_text(out.read_text() + "{not json\n")
-    with pytest.raises(CacheError, match=r"cache.jsonl:3: invalid JSON"):
-        store.import_(out)
-    assert store.stats()["entries"] == 0
+    report = store.import_report(out)
+    assert report.added == 1 and report.skipped.total() == 1
+    assert "skipped 1" in report.summary()
+    assert store.stats()["entries"] == 1
 
 
 def test_migrations_are_recorded_and_reopening_keeps_entries(

@@ -104,7 +104,8 @@ def _store(tmp_path: Path, models: dict[str, dict[str, Any]], **kwargs: Any) -> 
 
 
 def _url_model(url: str, **extra: Any) -> dict[str, Any]:
-    return {"source": {"type": "url", "url": url}, **extra}
+    # plain http needs a pinned sha256 (tests/test_models_url_trust.py covers the refusals)
+    return {"source": {"type": "url", "url": url}, "sha256": PAYLOAD_SHA, **extra}
 
 
 # -- url ------------------------------------------------------------------------------------

@@ -19,9 +19,9 @@ from edgeinfer.config.schema import MemorySettings, ModelSpec
 from edgeinfer.config.units import parse_bytes
 from edgeinfer.engine.base import EngineParams
 from edgeinfer.engine.fake import FakeEngine, factory
+from edgeinfer.engine.gguf import read_metadata
 from edgeinfer.errors import InsufficientMemory, ModelLoading, ModelUnavailable
 from edgeinfer.pool.drain import Drainer
-from edgeinfer.pool.gguf import read_metadata
 from edgeinfer.pool.memory import (
     MemoryEstimate,
     Resident,
@@ -316,3 +316,39 @@ def test_gguf_reader_survives_a_corrupt_length(model_file: Path) -> None:
     model_file.write_bytes(b"GGUF" + struct.pack("<IQQQ", 3, 0, 1, 1 << 62) + b"x" * 64)
     with pytest.raises(ModelUnavailable, match="implausible string length"):
         read_metadata(model_file)
+
+
+def test_requests_awaiting_a_load_park_no_threads_and_get_503_after_the_wait(
+    model_file: Path,
+) -> None:
+    gate = threading.Event()
+    made = factory()
+
+    def slow(path: Path, params: EngineParams) -> Any:
+        gate.wait(10)
+        return made(path, params)
+
+    pool, _ = make_pool(model_file, {"a": 10}, 100, factory=slow, load_wait_s=0.5)
+    pool.configure({"a": spec("a")})
+
+    async def six_waiting() -> tuple[int, list[Any]]:
+        before = threading.active_count()
+        tasks = [asyncio.create_task(pool.acquire("a")) for _ in range(6)]
+        await asyncio.sleep(0.2)
+        grew = threading.active_count() - before
+        return grew, await asyncio.gather(*tasks, return_exceptions=True)
+
+    grew, results = asyncio.run(six_waiting())
+    assert grew <= 2, grew  # the load thread and the runner it starts, none per request
+    assert all(isinstance(r, ModelLoading) for r in results), results
+
+    async def released_while_waiting() -> Any:
+        task = asyncio.create_task(pool.acquire("a"))
+        await asyncio.sleep(0.1)
+        gate.set()  # the load ends during the wait: the waiter is woken, not timed out
+        return await task
+
+    pool.load_wait_s = 30.0
+    served, runner = asyncio.run(released_while_waiting())
+    assert served.status() == "ready" and runner.loaded
+    pool.stop()

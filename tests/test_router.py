@@ -369,7 +369,7 @@ QUESTION = [{"role": "user", "content": "What is the capital of Peru? Answer in 
 def test_cascade_keeps_or_escalates(
     tmp_path: Path, logprob: float, served: str, escalated: bool
 ) -> None:
-    router = _router(tmp_path, margin=1.0, distill=True)
+    router = _router(tmp_path, margin=1.0, distill=True, log_prompts=True)
     tiers = Tiers({"tiny": logprob, "large": -0.01})
 
     async def go() -> tuple[Generation, str]:

@@ -22,6 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
+from edgeinfer.engine.base import EngineParams
+from edgeinfer.engine.llama import Loader
 from edgeinfer.models.store import ModelStore
 from tests.conftest import Daemon, short_socket_dir, start_daemon
 
@@ -223,7 +225,14 @@ def upstream(model_store: ModelStore, tmp_path_factory: pytest.TempPathFactory) 
     gguf = model_store.ensure("tiny")
     port = _free_port()
     log = tmp_path_factory.mktemp("upstream") / "server.log"
-    argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf)]
+    # llama-cpp-python's server, with the extra-buffer verdict edgeinfer's probe gives this CPU
+    extra = Loader().extra_buffers(gguf, EngineParams(threads=1, name="tiny"))
+    launch = (
+        "import runpy; from edgeinfer.engine.llama import llama_defaults; "
+        f"defaults = llama_defaults(extra_buffers={extra}); defaults.__enter__(); "
+        "runpy.run_module('llama_cpp.server', run_name='__main__', alter_sys=True)"
+    )
+    argv = [sys.executable, "-c", launch, "--model", str(gguf)]
     argv += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "1"]
     argv += ["--api_key", UPSTREAM_KEY]  # so a request without edgeinfer's key header fails
     with log.open("wb") as out:

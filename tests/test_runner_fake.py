@@ -382,3 +382,73 @@ def test_an_engine_bug_fails_the_requests_but_the_runner_lives(model_file: Path)
         assert isinstance(ok_sink.wait()[1], Finished)
     finally:
         runner.stop()
+
+
+class GatedSampler(FakeEngine):
+    """A fake whose sampler building (a grammar parse, in llama.cpp) waits for a gate: the
+    runner is then mid-admission, the request neither queued nor in a slot."""
+
+    gate: threading.Event
+    entered: threading.Event
+
+    def new_sampler(self, sampling: Sampling) -> object:
+        self.entered.set()
+        assert self.gate.wait(30)
+        return super().new_sampler(sampling)
+
+
+def gated_runner(model_file: Path) -> tuple[ModelRunner, threading.Event, threading.Event]:
+    gate, entered = threading.Event(), threading.Event()
+
+    def make(path: Path, params: EngineParams) -> FakeEngine:
+        engine = GatedSampler(params=params)
+        engine.gate, engine.entered = gate, entered
+        return engine
+
+    runner = ModelRunner("fake", model_file, EngineParams(n_ctx=256, slots=2, n_batch=64), make)
+    runner.start()
+    runner.wait_loaded(5)
+    return runner, gate, entered
+
+
+def test_admission_runs_outside_the_lock_the_event_loop_takes(model_file: Path) -> None:
+    """submit() and held() (event-loop side) never wait for engine work of the runner."""
+    runner, gate, entered = gated_runner(model_file)
+    try:
+        first, first_sink = request([5, 6, 7])
+        runner.submit(first)
+        assert entered.wait(10)  # the runner is inside new_sampler now
+
+        def loop_side() -> None:
+            with runner.held():
+                runner.submit(request([8, 9])[0])
+
+        t = threading.Thread(target=loop_side)
+        t.start()
+        t.join(10)
+        assert not t.is_alive(), "submit() waited for the runner's admission"
+    finally:
+        gate.set()
+    assert isinstance(first_sink.wait()[1], Finished)
+    runner.stop()
+
+
+def test_a_request_between_queue_and_slot_keeps_the_runner_busy_and_drain_waits(
+    model_file: Path,
+) -> None:
+    from edgeinfer.pool.drain import Drainer, Retiring
+
+    runner, gate, entered = gated_runner(model_file)
+    req, sink = request([5, 6, 7])
+    runner.submit(req)
+    assert entered.wait(10)
+    snap = runner.snapshot()
+    assert snap["queue_depth"] == 0 and snap["slots_busy"] == 0  # invisible to the counts
+    assert runner.busy  # but in flight
+    drainer = Drainer(grace=0.0, timeout=30)
+    drainer.retire(Retiring(runner, 0, 0, "test"), handed_out=0.0)
+    time.sleep(0.2)
+    gate.set()
+    text, done = sink.wait()
+    assert isinstance(done, Finished) and done.reason != "cancelled", done  # not cut by the stop
+    assert drainer.wait(10) and not runner.busy

@@ -35,6 +35,7 @@ from edgeinfer.server.auth import (
     PEER_KEY,
     AccessGuard,
     bearer_ok,
+    identity,
     peer_credentials,
     read_token,
 )
@@ -435,3 +436,18 @@ def test_serve_refuses_a_busy_tcp_port_and_leaves_no_socket_file() -> None:
     assert out.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in out.stderr
     assert not sock.exists()
+
+
+@pytest.mark.parametrize(
+    ("scope", "who"),
+    [
+        (_scope(UNIX, ME), f"uid:{ME}"),
+        (_scope(UNIX), "unix"),
+        (_scope(TCP, auth=f"Bearer {TOKEN}"), "tcp"),
+        (_scope(None), "tcp"),  # unknown counts as network, as for access
+    ],
+)
+def test_identity_partitions_the_cache_by_listener_and_peer(
+    scope: dict[str, Any], who: str
+) -> None:
+    assert identity(scope) == who

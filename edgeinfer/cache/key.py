@@ -30,6 +30,7 @@ from edgeinfer.errors import InvalidRequest
 CacheMode = Literal["off", "exact", "semantic"]
 MODES: tuple[CacheMode, ...] = ("off", "exact", "semantic")
 DEFAULT_THRESHOLD = 0.95
+MIN_THRESHOLD = 0.5  # the lowest edgeinfer.cache_threshold a request may set
 KEY_VERSION = 1
 
 IGNORED_FIELDS = frozenset(
@@ -114,9 +115,11 @@ def cache_threshold(requested: float | None, default: float = DEFAULT_THRESHOLD)
         raise InvalidRequest(
             "edgeinfer.cache_threshold must be a number", param="edgeinfer.cache_threshold"
         )
-    if not 0.0 < float(requested) <= 1.0:
+    if not MIN_THRESHOLD <= float(requested) <= 1.0:
+        # below the floor nearly any question of the same context would match: a client could
+        # fish for stored answers instead of asking for one
         raise InvalidRequest(
-            f"edgeinfer.cache_threshold must be in (0, 1], got {requested}",
+            f"edgeinfer.cache_threshold must be in [{MIN_THRESHOLD}, 1], got {requested}",
             param="edgeinfer.cache_threshold",
         )
     return float(requested)

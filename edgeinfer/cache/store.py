@@ -38,7 +38,7 @@ from edgeinfer.cache.entry import CacheEntry, CacheHit, GuardRejection
 from edgeinfer.cache.guard import guard, reason_kind
 from edgeinfer.cache.writer import Writer, delete_entries, namespace_id
 from edgeinfer.errors import CacheError
-from edgeinfer.paths import Paths, ensure_private_dir
+from edgeinfer.paths import Paths, ensure_private_sqlite
 
 log = logging.getLogger(__name__)
 CANDIDATES = 16
@@ -133,7 +133,7 @@ class CacheStore:
 
     def start(self) -> None:
         """Open (or create, or migrate) the database and start the writer thread."""
-        ensure_private_dir(self.path.parent)
+        ensure_private_sqlite(self.path)  # answers and questions: owner-only, WAL included
         try:
             try:
                 self._open()
@@ -329,23 +329,22 @@ class CacheStore:
     # -- stats, export, import -------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        """Counts and sizes for ``/stats`` and ``edgeinfer cache stats``."""
-        conn = self._reader()
-        entries, semantic, size = conn.execute(
-            "SELECT count(*), count(question), total(bytes) FROM entries"
-        ).fetchone()
-        models = dict(conn.execute("SELECT model, count(*) FROM entries GROUP BY model").fetchall())
+        """Counts and sizes for ``/stats`` and ``edgeinfer cache stats``: the writer's tally, so
+        the live feed's ticks cost no table scan (see writer.py for how it stays exact)."""
+        if not self._started:
+            raise CacheError("the cache store is not started")
+        tally = self._writer.tally()
         with self._lock:
             rejections = dict(self._rejections)
         return {
-            "entries": entries,
-            "semantic_entries": semantic,
-            "bytes": int(size),
+            "entries": tally.entries,
+            "semantic_entries": tally.semantic,
+            "bytes": tally.bytes,
             "max_bytes": self.max_bytes,
             "ttl_s": self.ttl_s,
             "file_bytes": sum(p.stat().st_size for p in self._files()),
             "pending_writes": self._writer.pending(),
-            "models": models,
+            "models": tally.models,
             "guard_rejections": rejections,
             **{f"{k}_writes" if k in ("dropped", "failed") else k: v
                for k, v in self._writer.counters.items()},
@@ -361,20 +360,16 @@ class CacheStore:
         return transfer.write_jsonl(Path(path), transfer.header(self.dim, self.embedder), records)
 
     def import_(self, path: Path, timeout: float = 600.0) -> int:
-        """Add the entries of an export file not already cached; the number added.
+        """Add the valid entries of an export file not already cached; the number added."""
+        return self.import_report(path, timeout).added
 
-        Every line is checked first, so a damaged file adds nothing.
-        """
-        count = sum(1 for _ in transfer.read_jsonl(Path(path), self.dim, self.embedder))
-        added = 0
-        batch: list[CacheEntry] = []
-        for entry in transfer.read_jsonl(Path(path), self.dim, self.embedder):
-            batch.append(entry)
-            if len(batch) == 500:
-                added, batch = added + self.put_many(batch, timeout), []
-        added += self.put_many(batch, timeout)
-        log.info("imported %d of %d entries from %s", added, count, path)
-        return added
+    def import_report(self, path: Path, timeout: float = 600.0) -> transfer.ImportReport:
+        """Import, saying what was added and which lines were skipped why (transfer.py checks
+        and normalises every line; a bad one is never inserted)."""
+        limits = transfer.Limits(self.dim, self.embedder, self._clock(), self.ttl_s, self.max_bytes)
+        report = transfer.load(Path(path), limits, lambda batch: self.put_many(batch, timeout))
+        log.info("%s from %s", report.summary(), path)  # the CLI prints it
+        return report
 
     def put_many(self, entries: list[CacheEntry], timeout: float = 600.0) -> int:
         """Insert ``entries`` in one transaction and wait for it; the number not already cached.

@@ -10,6 +10,12 @@ before them to be committed.
 
 Eviction runs on this thread after each batch: expired entries (TTL) every ``purge_every_s``,
 then least-recently-hit entries until the byte total is under the cap.
+
+The thread also keeps the table's figures (entries, bytes, entries per model: a :class:`Tally`)
+as it inserts and deletes, so ``/stats`` and its live feed read them without scanning the table.
+It counts afresh only on opening, after a call or a failed batch, and when another connection
+(``edgeinfer cache clear`` beside the daemon) committed, which it checks at least every
+:data:`RESYNC_S` seconds with SQLite's ``data_version`` (it needs no table read).
 """
 
 from __future__ import annotations
@@ -29,12 +35,15 @@ from typing import Any, TypeVar
 import numpy as np
 
 from edgeinfer.cache.entry import CacheEntry
+from edgeinfer.cache.tally import Tally, count_entries
 from edgeinfer.errors import CacheError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 ENTRY_OVERHEAD = 96
 """Bytes counted per entry on top of its text and vector (row and index overhead, roughly)."""
+RESYNC_S = 5.0
+"""Longest an idle writer waits before it looks for commits by another connection."""
 
 
 @dataclass(frozen=True)
@@ -115,7 +124,8 @@ class Writer:
         self._purge_every_s = purge_every_s
         self._queue: queue.Queue[_Op] = queue.Queue(maxsize=queue_size)
         self._thread: threading.Thread | None = None
-        self._total = 0
+        self._tally = Tally()  # written on the writer thread, read by stats (under the lock)
+        self._data_version = 0
         self._last_purge = float("-inf")
         self._lock = threading.Lock()  # counters are bumped from callers' threads too
         self.counters = {"written": 0, "dropped": 0, "evicted": 0, "expired": 0, "failed": 0}
@@ -124,7 +134,7 @@ class Writer:
 
     def start(self) -> None:
         conn = self._connect()
-        self._total = int(conn.execute("SELECT total(bytes) FROM entries").fetchone()[0])
+        self._recount(conn)
         self._thread = threading.Thread(
             target=self._run, args=(conn,), name="edgeinfer-cache-writer", daemon=True
         )
@@ -181,6 +191,11 @@ class Writer:
     def pending(self) -> int:
         return self._queue.qsize()
 
+    def tally(self) -> Tally:
+        """The table's figures as of the last commit (no table scan)."""
+        with self._lock:
+            return self._tally.copy()
+
     def _enqueue(self, op: _Op, timeout: float) -> None:
         if self._thread is None:
             raise CacheError("the cache store is not started")
@@ -192,15 +207,17 @@ class Writer:
     # -- the writer thread -----------------------------------------------------------------
 
     def _run(self, conn: sqlite3.Connection) -> None:
-        # idle wake-ups only matter for the TTL purge
-        idle = None if self._ttl_s is None else max(self._purge_every_s, 0.5)
+        # idle wake-ups: the TTL purge, and noticing another connection's commits
+        idle = RESYNC_S if self._ttl_s is None else max(min(self._purge_every_s, RESYNC_S), 0.5)
         try:
             while True:
                 try:
                     batch = [self._queue.get(timeout=idle)]
                 except queue.Empty:
+                    self._resync(conn)
                     self._transaction(conn, [])
                     continue
+                self._resync(conn)
                 while len(batch) < 512:
                     try:
                         batch.append(self._queue.get_nowait())
@@ -232,7 +249,7 @@ class Writer:
     def _transaction(self, conn: sqlite3.Connection, writes: list[_Put | _Touch]) -> None:
         now = self._clock()
         purge_due = self._ttl_s is not None and now - self._last_purge >= self._purge_every_s
-        if not writes and not purge_due and self._total <= self._max_bytes:
+        if not writes and not purge_due and self._tally.bytes <= self._max_bytes:
             return
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -251,21 +268,35 @@ class Writer:
             log.error("cache write of %d operations failed: %s", len(writes), exc)
             self.counters["failed"] += len(writes)
             self._rollback(conn)
-            self._total = int(conn.execute("SELECT total(bytes) FROM entries").fetchone()[0])
+            self._recount(conn)
 
     def _run_call(self, conn: sqlite3.Connection, op: _Call) -> None:
         try:
             conn.execute("BEGIN IMMEDIATE")
             result = op.fn(conn)
-            self._total = int(conn.execute("SELECT total(bytes) FROM entries").fetchone()[0])
+            self._recount(conn)
             self._evict(conn, self._clock())
             conn.execute("COMMIT")
         except BaseException as exc:  # handed to the caller, who re-raises it
             self._rollback(conn)
-            self._total = int(conn.execute("SELECT total(bytes) FROM entries").fetchone()[0])
+            self._recount(conn)
             op.future.set_exception(exc)
         else:
             op.future.set_result(result)
+
+    def _recount(self, conn: sqlite3.Connection) -> None:
+        tally = count_entries(conn)
+        with self._lock:
+            self._tally = tally
+        self._data_version = int(conn.execute("PRAGMA data_version").fetchone()[0])
+
+    def _resync(self, conn: sqlite3.Connection) -> None:
+        """Count afresh if another connection committed since we last looked."""
+        try:
+            if int(conn.execute("PRAGMA data_version").fetchone()[0]) != self._data_version:
+                self._recount(conn)
+        except self._errors as exc:  # figures a little stale beat a dead writer
+            log.warning("cache figures not recounted: %s", exc)
 
     def _rollback(self, conn: sqlite3.Connection) -> None:
         try:
@@ -293,7 +324,9 @@ class Writer:
         )  # fmt: skip
         if cur.rowcount != 1:
             return False  # already cached: the first answer stays, with its hit history
-        self._total += size
+        semantic = int(entry.question is not None)
+        with self._lock:
+            self._tally.add(Tally(1, semantic, size, {entry.model: 1}))
         self.counters["written"] += 1
         if entry.embedding is not None and entry.question is not None:
             vector = np.ascontiguousarray(entry.embedding, dtype=np.float32)
@@ -311,14 +344,14 @@ class Writer:
             ids = [r[0] for r in conn.execute(
                 "SELECT id FROM entries WHERE created < ?", (now - self._ttl_s,))]  # fmt: skip
             self.counters["expired"] += self._delete(conn, ids)
-        while self._total > self._max_bytes:
+        while self._tally.bytes > self._max_bytes:
             rows = conn.execute(
                 "SELECT id, bytes FROM entries ORDER BY last_hit, id LIMIT 256"
             ).fetchall()
             if not rows:
-                self._total = 0
+                self._recount(conn)  # the byte total was off: trust the table
                 break
-            excess, victims = self._total - self._max_bytes, []
+            excess, victims = self._tally.bytes - self._max_bytes, []
             for entry_id, size in rows:
                 victims.append(entry_id)
                 excess -= size
@@ -327,22 +360,20 @@ class Writer:
             self.counters["evicted"] += self._delete(conn, victims)
 
     def _delete(self, conn: sqlite3.Connection, ids: list[int]) -> int:
-        self._total -= delete_entries(conn, ids)
+        removed = delete_entries(conn, ids)
+        with self._lock:
+            self._tally.add(removed, -1)
         return len(ids)
 
 
-def delete_entries(conn: sqlite3.Connection, ids: list[int]) -> int:
-    """Delete entries and their vectors (inside the caller's transaction); the bytes freed."""
-    freed = 0
+def delete_entries(conn: sqlite3.Connection, ids: list[int]) -> Tally:
+    """Delete entries and their vectors (inside the caller's transaction); what they held."""
+    removed = Tally()
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
         marks = ",".join("?" * len(chunk))
-        freed += int(
-            conn.execute(
-                f"SELECT total(bytes) FROM entries WHERE id IN ({marks})", chunk
-            ).fetchone()[0]
-        )
+        removed.add(count_entries(conn, f"WHERE id IN ({marks})", chunk))
         conn.execute(f"DELETE FROM entries WHERE id IN ({marks})", chunk)
     # vec0 deletes by its primary key one row at a time (an IN list would scan the table)
     conn.executemany("DELETE FROM entry_vectors WHERE entry_id = ?", [(i,) for i in ids])
-    return freed
+    return removed

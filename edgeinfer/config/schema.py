@@ -60,7 +60,8 @@ class PathSource(_Strict):
 
 
 class UrlSource(_Strict):
-    """An http(s) URL, downloaded with resume."""
+    """An http(s) URL, downloaded with resume. Plain http:// needs the entry's ``sha256``: the
+    model store refuses it (and redirects to it) without one, see models/sources.py."""
 
     type: Literal["url"]
     url: str
@@ -108,6 +109,10 @@ class ModelSpec(_Strict):
     flash_attn: Literal["auto", "on", "off"] = "auto"
     n_ubatch: int = Field(default=512, ge=16, le=8192)
     kv_type: Literal["f16", "q8_0"] = Field(default="f16", description="KV cache type")
+    extra_buffers: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="llama.cpp's extra buffer types (AMX, repacked weights); auto = probe once",
+    )
     context_shift: bool = Field(default=True, description="slide the window when it fills")
     n_keep: int = Field(default=128, ge=0, description="tokens kept at a context shift")
     prompt_cache_ram_mb: int = Field(default=256, ge=0)
@@ -136,6 +141,14 @@ class ModelSpec(_Strict):
         if value is not None and not re.fullmatch(r"[0-9a-f]{64}", value):
             raise ValueError("must be 64 lowercase hex digits")
         return value
+
+    @model_validator(mode="after")
+    def _pinned_http(self) -> ModelSpec:
+        # plain http can be altered on the way: only a pinned digest makes its bytes trustworthy
+        if isinstance(self.source, UrlSource) and self.source.url.startswith("http://"):
+            if self.sha256 is None:
+                raise ValueError("an http:// source needs sha256 (or use an https:// URL)")
+        return self
 
 
 def valid_model_name(name: str) -> bool:
@@ -227,6 +240,9 @@ class RouterSettings(_Strict):
     output_length: bool = Field(default=True, description="default max_tokens by request type")
     max_continuations: int = Field(default=2, ge=0, le=16)
     distill: bool = Field(default=False, description="record large-tier answers for export")
+    log_prompts: bool = Field(
+        default=False, description="log cascade verdicts with their prompt, for `router train`"
+    )
 
 
 class PromptSettings(_Strict):
@@ -290,6 +306,14 @@ class ServerSettings(_Strict):
         default=None, description="socket peers let in (SO_PEERCRED); none = socket mode decides"
     )
     drain_seconds: float = Field(default=30.0, ge=0.0, le=3600.0)
+    # TCP only: what an unauthenticated peer can hold (the owner-only socket is not limited)
+    header_timeout_s: float = Field(
+        default=10.0, gt=0.0, le=600.0, description="TCP: seconds to send a request's headers"
+    )
+    max_tcp_connections: int = Field(default=64, ge=1, le=10_000)
+    auth_failures_per_minute: int = Field(
+        default=10, ge=1, description="TCP: wrong tokens from one address before it waits"
+    )
 
 
 class Catalogue(_Strict):

@@ -26,6 +26,10 @@ class EngineParams:
     flash_attn: Literal["auto", "on", "off"] = "auto"
     n_ubatch: int = 512
     kv_type: Literal["f16", "q8_0"] = "f16"
+    # llama.cpp's extra buffer types (AMX, repacked weights); "auto" = on where a probe decode
+    # survives them (engine/extra_buffers.py)
+    extra_buffers: Literal["auto", "on", "off"] = "auto"
+    name: str = ""  # the catalogue name, for log lines
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,7 @@ class EngineInfo:
     eos_text: str
     size_bytes: int
     can_shift: bool = True  # whether positions can be shifted (context shift)
+    extra_buffers: bool = False  # whether llama.cpp repacked weights into extra buffer types
 
 
 @dataclass(frozen=True)
@@ -90,8 +95,9 @@ class Engine(Protocol):
     info: EngineInfo
     params: EngineParams
 
-    def tokenize(self, text: str, *, add_special: bool) -> list[int]:
-        """Text to tokens; ``add_special`` adds BOS where the model wants it."""
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool = True) -> list[int]:
+        """Text to tokens; ``add_special`` adds BOS where the model wants it, ``parse_special``
+        turns special-token text (``<|im_start|>``) into those tokens: never for user text."""
         ...
 
     def token_to_piece(self, token: int) -> bytes:

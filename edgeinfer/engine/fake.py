@@ -50,7 +50,7 @@ class FakeEngine:
     closed: bool = False
     _last: dict[int, int] = field(default_factory=dict)
 
-    def tokenize(self, text: str, *, add_special: bool) -> list[int]:
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool = True) -> list[int]:
         return [10 + int(hashlib.md5(w.encode()).hexdigest(), 16) % 900 for w in text.split()]
 
     def token_to_piece(self, token: int) -> bytes:

@@ -9,12 +9,16 @@ that CPU models hand their ``llama_decode`` to one shared compute thread (see
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import faulthandler
+import json
 import logging
 import math
 import os
+import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -24,6 +28,8 @@ import llama_cpp.llama_grammar as llama_grammar
 import numpy as np
 
 from edgeinfer.engine.base import BatchItem, EngineInfo, EngineParams, Sampling, TokenLogprob
+from edgeinfer.engine.extra_buffers import ExtraBuffers, VerdictStore, files_digest
+from edgeinfer.engine.grammar_limits import check_grammar, check_schema
 from edgeinfer.errors import ContextLengthExceeded, EngineError, InvalidRequest, ModelUnavailable
 
 log = logging.getLogger("edgeinfer.llama")
@@ -102,11 +108,14 @@ class _Sampler:
 class LlamaEngine:
     """One GGUF model and one multi-sequence context. See :class:`edgeinfer.engine.Engine`."""
 
-    def __init__(self, path: Path, params: EngineParams) -> None:
+    def __init__(self, path: Path, params: EngineParams, *, extra_buffers: bool = False) -> None:
+        """Load ``path``. ``extra_buffers`` is the resolved ``params.extra_buffers`` (see
+        :class:`Loader`): whether llama.cpp may repack weights into its extra buffer types."""
         _init_backend()
         self.params = params
         mparams = C.llama_model_default_params()
         mparams.n_gpu_layers = params.gpu_layers if params.gpu_layers >= 0 else 999
+        mparams.use_extra_bufts = extra_buffers
         self._model = C.llama_model_load_from_file(os.fsencode(path), mparams)
         if not self._model:
             raise ModelUnavailable(f"llama.cpp could not load {path} (not a valid GGUF model?)")
@@ -146,6 +155,7 @@ class LlamaEngine:
             eos_text=self._text(C.llama_vocab_eos(self._vocab)),
             size_bytes=C.llama_model_size(self._model),
             can_shift=bool(C.llama_memory_can_shift(self._mem)),
+            extra_buffers=extra_buffers,
         )
 
     def _text(self, token: int) -> str:
@@ -154,15 +164,15 @@ class LlamaEngine:
         raw = C.llama_vocab_get_text(self._vocab, token)
         return raw.decode("utf-8", "replace") if raw else ""
 
-    def tokenize(self, text: str, *, add_special: bool) -> list[int]:
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool = True) -> list[int]:
         data = text.encode("utf-8")
         cap = len(data) + 8
         buf = (C.llama_token * cap)()
-        n = C.llama_tokenize(self._vocab, data, len(data), buf, cap, add_special, True)
+        n = C.llama_tokenize(self._vocab, data, len(data), buf, cap, add_special, parse_special)
         if n < 0:
             cap = -n
             buf = (C.llama_token * cap)()
-            n = C.llama_tokenize(self._vocab, data, len(data), buf, cap, add_special, True)
+            n = C.llama_tokenize(self._vocab, data, len(data), buf, cap, add_special, parse_special)
         if n < 0:
             raise EngineError(f"tokenizer failed with code {n}")
         return list(buf[:n])
@@ -257,12 +267,17 @@ class LlamaEngine:
         if kind == "json_object":
             return str(llama_grammar.JSON_GBNF)
         try:
-            return str(llama_grammar.json_schema_to_gbnf(schema or "{}"))
+            check_schema(json.loads(schema or "{}"))
+            grammar = str(llama_grammar.json_schema_to_gbnf(schema or "{}"))
+        except InvalidRequest:
+            raise
         except Exception as exc:  # the converter raises bare exceptions of several kinds
             raise InvalidRequest(
                 f"response_format.json_schema cannot be turned into a grammar: {exc}",
                 param="response_format",
             ) from exc
+        check_grammar(grammar)  # what reaches llama.cpp's recursive parser stays shallow
+        return grammar
 
     def logprobs(self, batch_index: int, token: int, top_n: int) -> TokenLogprob:
         ptr = C.llama_get_logits_ith(self._ctx, batch_index)
@@ -319,9 +334,111 @@ class LlamaEngine:
             self._model = None
 
 
+def library_files() -> list[Path]:
+    """The llama.cpp shared libraries llama-cpp-python loads (what a verdict is keyed on)."""
+    lib = Path(C.__file__).parent / "lib"
+    suffixes = (".so", ".dylib", ".dll")
+    return [f for f in lib.iterdir() if f.is_file() and any(s in f.name for s in suffixes)]
+
+
+def system_info() -> str:
+    """llama.cpp's own one-line summary of the CPU features its build uses."""
+    _init_backend()
+    return bytes(C.llama_print_system_info()).decode("utf-8", "replace").strip()
+
+
+def probe_argv(path: Path, params: EngineParams) -> list[str]:
+    """The child command :class:`ExtraBuffers` runs to try a decode with extra buffers on."""
+    cmd = [sys.executable, "-m", "edgeinfer.engine.llama", "probe", str(path)]
+    return cmd + [str(params.threads), str(params.gpu_layers)]
+
+
+class Loader:
+    """The :data:`edgeinfer.engine.EngineFactory` for llama.cpp.
+
+    Resolves each model's ``extra_buffers`` setting before loading it: ``auto`` asks the
+    verdict store, and on a first load on this machine a probe child (see
+    ``engine/extra_buffers.py``), so a llama.cpp build that crashes on its extra buffer types
+    costs a child process, never the caller. ``verdicts=None`` remembers them in memory only.
+    """
+
+    def __init__(self, verdicts: Path | None = None) -> None:
+        self._verdicts = VerdictStore(verdicts)
+        self._decider: ExtraBuffers | None = None
+        self._lock = threading.Lock()
+
+    def decider(self) -> ExtraBuffers:
+        """The decisions, over this llama.cpp build (hashed once, on first use)."""
+        with self._lock:
+            if self._decider is None:
+                library = files_digest(library_files())
+                self._decider = ExtraBuffers(self._verdicts, library=library)
+            return self._decider
+
+    def extra_buffers(self, path: Path, params: EngineParams) -> bool:
+        """``params.extra_buffers`` resolved for ``path`` (may run the probe)."""
+        argv = probe_argv(path, params)
+        return self.decider().use(params.extra_buffers, path, argv, name=params.name)
+
+    def __call__(self, path: Path, params: EngineParams) -> LlamaEngine:
+        return LlamaEngine(path, params, extra_buffers=self.extra_buffers(path, params))
+
+
+@contextlib.contextmanager
+def llama_defaults(*, extra_buffers: bool) -> Iterator[None]:
+    """Make llama-cpp-python's high-level ``Llama``, which has no such argument, load with
+    ``use_extra_bufts`` as given. Benchmarks and tests run it as their baseline: it must use
+    the same verdict as edgeinfer, and must not crash on a CPU where extra buffers do."""
+    original = C.llama_model_default_params
+
+    def defaults() -> Any:
+        mparams = original()
+        mparams.use_extra_bufts = extra_buffers
+        return mparams
+
+    C.llama_model_default_params = defaults
+    try:
+        yield
+    finally:
+        C.llama_model_default_params = original
+
+
+_default_loader = Loader()
+
+
 def load(path: Path, params: EngineParams) -> LlamaEngine:
-    """The :data:`edgeinfer.engine.EngineFactory` for llama.cpp."""
-    return LlamaEngine(path, params)
+    """Load with verdicts kept for this process only (tests, scripts); the daemon builds a
+    :class:`Loader` over the cache dir instead."""
+    return _default_loader(path, params)
+
+
+def _probe(path: Path, threads: int, gpu_layers: int) -> None:
+    """The probe child's work: load with extra buffers on, then run a prompt chunk and a few
+    single-token steps (the two kernel shapes of a request). A crash ends this process only."""
+    faulthandler.enable()  # a native crash leaves a stack trace on stderr for the verdict
+    params = EngineParams(n_ctx=256, slots=1, n_batch=64, threads=threads, gpu_layers=gpu_layers)
+    engine = LlamaEngine(path, params, extra_buffers=True)
+    try:
+        tokens = engine.tokenize(
+            "The quick brown fox jumps over the lazy dog. " * 3, add_special=True
+        )
+        tokens = tokens[:48]
+        engine.decode([BatchItem(0, i, t, i == len(tokens) - 1) for i, t in enumerate(tokens)])
+        sampler = engine.new_sampler(Sampling(temperature=0.0))
+        token = engine.sample(sampler, len(tokens) - 1)
+        for pos in range(len(tokens), len(tokens) + 4):
+            engine.decode([BatchItem(0, pos, token, True)])
+            token = engine.sample(sampler, 0)
+        engine.free_sampler(sampler)
+    finally:
+        engine.close()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 5 or sys.argv[1] != "probe":
+        # anything but a clean run must not read as "extra buffers work"
+        sys.exit("usage: python -m edgeinfer.engine.llama probe MODEL THREADS GPU_LAYERS")
+    _probe(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
 
 
 def quantize(src: Path, dst: Path, ftype: str) -> None:
@@ -338,4 +455,12 @@ def quantize(src: Path, dst: Path, ftype: str) -> None:
         raise EngineError(f"llama.cpp failed to quantize {src} to {ftype} (code {rc})")
 
 
-__all__ = ["LlamaEngine", "load", "quantize"]
+__all__ = [
+    "LlamaEngine",
+    "Loader",
+    "library_files",
+    "llama_defaults",
+    "load",
+    "quantize",
+    "system_info",
+]

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, NoReturn, Protocol
 
 import httpx
 
@@ -257,62 +257,136 @@ class QuantizeFetcher:
             bar.update(completed=dest.stat().st_size)
 
 
-class UrlFetcher:
-    """An http(s) download that resumes a ``.part`` left by an interrupted pull.
+MAX_DOWNLOAD_BYTES = 256 << 30
+"""A URL download without a catalogue ``size`` stops past this: a server must not fill the disk."""
 
-    With a partial file it asks for ``Range: bytes=N-`` and appends on ``206``; a server that
-    answers ``200`` (no range support) or whose range does not fit the file gets a fresh download.
-    Proxies and certificates come from the environment, as httpx does by default.
+
+class UrlFetcher:
+    """An https download (http:// only with a pinned sha256) that resumes an interrupted pull.
+
+    Unpinned, the first download's hash becomes the trusted one, so its bytes must come over TLS:
+    an http:// URL or redirect needs the catalogue's sha256. A resume sends ``Range`` with
+    ``If-Range`` (the first response's strong ETag or Last-Modified, kept in
+    ``<part>.validator``); a ``200`` answer (file changed, no range support) or a range that does
+    not fit restarts from zero, so a new tail is never glued to an old head. A part with no
+    validator resumes only when pinned (a mix fails the hash). The download stops past the
+    catalogue's ``size``, else past :data:`MAX_DOWNLOAD_BYTES`. Proxies and certificates come
+    from the environment, as httpx does by default.
     """
 
     resumable = True
 
-    def __init__(self, url: str, *, meter: Meter, label: str, timeout: float = 30.0):
+    def __init__(
+        self, url: str, *, meter: Meter, label: str, timeout: float = 30.0,
+        sha256: str | None = None, size: int | None = None, max_bytes: int = MAX_DOWNLOAD_BYTES,
+    ):  # fmt: skip
         self._url = url
         self._meter = meter
         self._label = label
         self._timeout = timeout
+        self._pinned = sha256 is not None
+        self._size = size
+        self._limit = size if size is not None else max_bytes
 
     def fetch(self, dest: Path) -> None:
+        keep = _validator_file(dest)
         offset = dest.stat().st_size if dest.exists() else 0
+        validator = _read_validator(keep, self._url) if offset else None
+        if offset > self._limit or (validator is None and not self._pinned):
+            offset = 0  # nothing can vouch that the part is the head of this file
+        hooks = {"request": [self._check_hop]}
         try:
-            with httpx.Client(timeout=self._timeout, follow_redirects=True) as client:
-                if offset and self._download(client, dest, offset):
-                    return
-                self._download(client, dest, 0)
+            with httpx.Client(timeout=self._timeout, follow_redirects=True, event_hooks=hooks) as c:
+                if not (offset and self._download(c, dest, offset, validator)):
+                    self._download(c, dest, 0, None)
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise ModelStoreError(
                 f"downloading {self._label} from {self._url} failed: {exc}"
             ) from exc
+        keep.unlink(missing_ok=True)
 
-    def _download(self, client: httpx.Client, dest: Path, offset: int) -> bool:
+    def _check_hop(self, request: httpx.Request) -> None:
+        """Before every request, redirects included: plain http only for a pinned file."""
+        if request.url.scheme != "https" and not self._pinned:
+            hop = "" if request.url == httpx.URL(self._url) else f" (redirected from {self._url})"
+            raise ModelStoreError(
+                f"refusing to download {self._label} from {request.url}{hop}: plain http://"
+                " without a pinned sha256 (use https, or set the file's sha256 in the catalogue)"
+            )
+
+    def _download(
+        self, client: httpx.Client, dest: Path, offset: int, validator: str | None
+    ) -> bool:
         """Fetch from ``offset``; False when the partial file must be dropped and refetched."""
         headers = {"Accept-Encoding": "identity"}  # ranges count raw bytes, not gzip's
         if offset:
             headers["Range"] = f"bytes={offset}-"
+            if validator:
+                headers["If-Range"] = validator
         with client.stream("GET", self._url, headers=headers) as resp:
             if offset and resp.status_code == 416:  # nothing past offset: done, or a stale file
                 return _content_range(resp.headers.get("content-range", ""))[1] == offset
-            if resp.status_code not in (200, 206):
+            if resp.status_code not in (200, 206) or (resp.status_code == 206 and not offset):
                 raise ModelStoreError(
                     f"downloading {self._label} from {self._url} failed:"
                     f" HTTP {resp.status_code} {resp.reason_phrase}"
                 )
-            resumed = resp.status_code == 206 and offset > 0
+            resumed = resp.status_code == 206
             if resumed and _content_range(resp.headers.get("content-range", ""))[0] != offset:
                 return False
             start = offset if resumed else 0
             length = resp.headers.get("content-length")
             total = start + int(length) if length and length.isdigit() else None
+            if total is not None and total > self._limit:
+                self._too_big(dest)
+            if not resumed:
+                _write_validator(_validator_file(dest), self._url, resp.headers)
             with (
                 self._meter.task(f"download {self._label}", total=total) as bar,
                 dest.open("ab" if resumed else "wb") as out,
             ):
                 bar.update(completed=start)
-                for chunk in resp.iter_raw(CHUNK):
+                for chunk in resp.iter_raw():  # as it arrives: an interrupted pull keeps it all
+                    if bar.completed + len(chunk) > self._limit:
+                        out.close()
+                        self._too_big(dest)
                     out.write(chunk)
                     bar.advance(len(chunk))
         return True
+
+    def _too_big(self, dest: Path) -> NoReturn:
+        """Stop a download past its cap; the part is dropped, as it is not the expected file."""
+        dest.unlink(missing_ok=True)
+        _validator_file(dest).unlink(missing_ok=True)
+        cap = "the catalogue's size of " if self._size is not None else "the global cap of "
+        raise ModelStoreError(
+            f"downloading {self._label} from {self._url}: the server sends more than"
+            f" {cap}{self._limit:,} bytes; stopped"
+        )
+
+
+def _validator_file(dest: Path) -> Path:
+    return dest.with_name(f"{dest.name}.validator")
+
+
+def _write_validator(path: Path, url: str, headers: httpx.Headers) -> None:
+    """Keep what ``If-Range`` needs to resume this response (RFC 9110 13.1.5: a strong ETag,
+    else Last-Modified) as two lines, the URL and it; without one a resume starts over."""
+    etag = headers.get("etag", "")
+    validator = etag if etag.startswith('"') else headers.get("last-modified")
+    if validator:
+        path.write_text(f"{url}\n{validator}")
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _read_validator(path: Path, url: str) -> str | None:
+    """The validator kept for a part of ``url``; None if missing, unreadable or another URL's."""
+    try:
+        kept, _, validator = path.read_text().partition("\n")
+    except (OSError, UnicodeDecodeError):
+        return None
+    return validator if kept == url and validator else None
 
 
 def _content_range(header: str) -> tuple[int | None, int | None]:

@@ -51,6 +51,7 @@ from edgeinfer.models.sources import (
     Quantizer,
     UrlFetcher,
 )
+from edgeinfer.paths import make_private_dirs
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -259,7 +260,9 @@ class ModelStore:
         if isinstance(source, PathSource):
             return PathFetcher(source, meter=self._meter, label=name)
         if isinstance(source, UrlSource):
-            return UrlFetcher(source.url, meter=self._meter, label=name)
+            return UrlFetcher(
+                source.url, meter=self._meter, label=name, sha256=spec.sha256, size=spec.size
+            )
         if self._quantizer is None:
             raise ModelStoreError(
                 f"model {name!r} is made by quantizing {source.from_!r}, which needs the inference "
@@ -306,7 +309,10 @@ class ModelStore:
         """Hold the model's flock: a second process pulling the same model waits here."""
         folder = self._dir(name)
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            # The store usually lives in the data dir: what it creates on the way is owner-only.
+            # An existing store is left as it is (EDGEINFER_MODELS_DIR may be shared on purpose).
+            make_private_dirs(self.models_dir)
+            folder.mkdir(exist_ok=True)
             lock = (folder / LOCK_FILE).open("a+b")
         except OSError as exc:
             raise ModelStoreError(f"cannot use the model store at {folder}: {exc}") from exc

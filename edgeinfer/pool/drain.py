@@ -24,9 +24,8 @@ _POLL_S = 0.05
 
 
 def runner_busy(runner: ModelRunner) -> bool:
-    """Whether the runner holds queued or running requests."""
-    snap = runner.snapshot()
-    return bool(snap["queue_depth"] or snap["slots_busy"] or runner.holds)
+    """Whether any request holds the runner or is in it (its locked in-flight count)."""
+    return runner.busy
 
 
 @dataclass(frozen=True)
@@ -72,12 +71,13 @@ class Drainer:
         runner = item.runner
         while not self._abort.is_set():
             quiet = time.monotonic() - handed_out >= self.grace
-            if quiet and not runner_busy(runner):
+            if quiet and runner.wait_idle(_POLL_S):  # waits on the runner's in-flight count
                 break
             if time.monotonic() > deadline:
                 log.warning("model %s: drain timed out; failing what is left", runner.name)
                 break
-            self._abort.wait(_POLL_S)
+            if not quiet:
+                self._abort.wait(_POLL_S)
         runner.stop()
         with self._lock:
             self._retiring.pop(id(runner), None)

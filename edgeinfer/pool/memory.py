@@ -1,6 +1,6 @@
 """The memory budget: estimate a model's bytes before loading, and pick what to unload.
 
-Estimated from the GGUF header (``pool/gguf.py``) and the catalogue entry, so the scheduler can
+Estimated from the GGUF header (``engine/gguf.py``) and the catalogue entry, so the scheduler can
 refuse or make room before llama.cpp allocates anything:
 
 - weights: the file size (llama.cpp maps the file; the pages count once touched);
@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeinfer.config.schema import ModelSpec
+from edgeinfer.engine.gguf import read_metadata
 from edgeinfer.errors import ModelUnavailable
-from edgeinfer.pool.gguf import read_metadata
 
 _KV_BYTES = {"f16": 2.0, "q8_0": 34 / 32}  # q8_0: 32 int8 values + one f16 scale per block
 _ACTIVATION_ROWS = 16  # activations of one token, in units of n_embd floats (a generous bound)

@@ -138,6 +138,7 @@ class ModelRunner:
         self._queue: deque[GenRequest] = deque()
         self._cond = threading.Condition()
         self._holds = 0  # requests between the pool handing this runner out and submit()
+        self._in_flight = 0  # submitted and not yet ended: queued, being admitted, in a slot
         self._stopping = False
         self._slots = [_Slot(seq=i) for i in range(params.slots)]
         self._engine: Engine | None = None
@@ -160,10 +161,23 @@ class ModelRunner:
         finally:
             with self._cond:
                 self._holds -= 1
+                self._cond.notify_all()
 
     @property
     def holds(self) -> int:
         return self._holds
+
+    @property
+    def busy(self) -> bool:
+        """Whether any request holds this runner or is in it (queued, being admitted or in a
+        slot): read under the lock, so a request moving from queue to slot is never missed."""
+        with self._cond:
+            return self._in_flight > 0 or self._holds > 0
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for :attr:`busy` to turn false (drains); True when idle."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._in_flight == 0 and self._holds == 0, timeout)
 
     def start(self) -> None:
         self._thread.start()
@@ -208,7 +222,8 @@ class ModelRunner:
                 raise Busy(f"model {self.name!r} has {len(self._queue)} requests queued; retry")
             self._check_queued_work(req)
             self._queue.append(req)
-            self._cond.notify()
+            self._in_flight += 1
+            self._cond.notify_all()
 
     def _check_queued_work(self, req: GenRequest) -> None:
         """Bound the work waiting, not just the count: a request's work is its prompt plus its
@@ -248,6 +263,7 @@ class ModelRunner:
             "prefix_restored_ram": s.prefix_restored_ram,
             "prefix_restored_disk": s.prefix_restored_disk,
             "context_shifts": s.context_shifts,
+            "extra_buffers": self._engine.info.extra_buffers if self._engine else None,
             "prompt_cache": self._store_snapshot(),
         }
 
@@ -304,51 +320,56 @@ class ModelRunner:
                 self._cond.wait()
             if self._stopping:
                 return False
-            self._admit(engine)
-            return True
+            free = sum(1 for s in self._slots if s.req is None)
+            taken = [self._queue.popleft() for _ in range(min(free, len(self._queue)))]
+        # Admission builds samplers (grammars) and copies or restores KV state (~100 MB for a
+        # large model, maybe from disk): never under the lock submit() and held() take on the
+        # event loop. Only this thread touches the slots.
+        self._admit(engine, taken)
+        return True
 
     def _active(self) -> list[_Slot]:
         return [s for s in self._slots if s.req is not None]
 
-    def _admit(self, engine: Engine) -> None:
-        """Move queued requests into idle slots (caller holds the lock)."""
-        while self._queue:
-            idle = [(s.seq, s.cached, s.last_used) for s in self._slots if s.req is None]
-            if not idle:
-                return
-            req = self._queue.popleft()
+    def _admit(self, engine: Engine, taken: list[GenRequest]) -> None:
+        """Move requests taken off the queue into idle slots (one idle slot each). Whatever
+        goes wrong with one request ends that request, never the others or the runner."""
+        for req in taken:
             if req.cancelled.is_set():
                 self._finish_unstarted(req)
                 continue
             try:
-                sampler = engine.new_sampler(req.sampling)
-            except Exception as exc:  # never let one request's settings kill the runner
-                self.stats.errors += 1
-                req.emit(Failed(_as_edgeinfer(exc)))
-                continue
-            seq, reuse = choose_slot(idle, req.prompt)
-            slot = self._slots[seq]
-            try:
-                reuse = self._place_prefix(engine, slot, req.prompt, reuse)
-            except Exception as exc:  # a refused state or copy: start this slot clean
-                log.exception("model %s: prefix placement failed", self.name)
-                engine.seq_rm(seq, 0)
-                slot.cached, reuse = [], 0
+                self._admit_one(engine, req)
+            except Exception as exc:
                 if not isinstance(exc, EdgeInferError):
-                    engine.free_sampler(sampler)
-                    self.stats.errors += 1
-                    req.emit(Failed(_as_edgeinfer(exc)))
-                    continue
-            slot.pending = req.prompt[reuse:]
-            slot.prompt_len = len(req.prompt)
-            slot.req, slot.n_gen, slot.n_cached, slot.t_first = req, 0, reuse, None
-            slot.next_token = None
-            slot.sampler = sampler
-            slot.logprobs = []
-            slot.text = TextStream(req.stop)
-            self.stats.requests += 1
-            self.stats.prompt_tokens += len(req.prompt)
-            self.stats.cached_tokens += reuse
+                    log.exception("model %s: admitting a request failed", self.name)
+                self.stats.errors += 1
+                self._end(req, Failed(_as_edgeinfer(exc)))
+
+    def _admit_one(self, engine: Engine, req: GenRequest) -> None:
+        idle = [(s.seq, s.cached, s.last_used) for s in self._slots if s.req is None]
+        sampler = engine.new_sampler(req.sampling)  # raises for a grammar llama.cpp refuses
+        seq, reuse = choose_slot(idle, req.prompt)
+        slot = self._slots[seq]
+        try:
+            reuse = self._place_prefix(engine, slot, req.prompt, reuse)
+        except Exception as exc:  # a refused state or copy: start this slot clean
+            log.exception("model %s: prefix placement failed", self.name)
+            engine.seq_rm(seq, 0)
+            slot.cached, reuse = [], 0
+            if not isinstance(exc, EdgeInferError):
+                engine.free_sampler(sampler)
+                raise
+        slot.pending = req.prompt[reuse:]
+        slot.prompt_len = len(req.prompt)
+        slot.req, slot.n_gen, slot.n_cached, slot.t_first = req, 0, reuse, None
+        slot.next_token = None
+        slot.sampler = sampler
+        slot.logprobs = []
+        slot.text = TextStream(req.stop)
+        self.stats.requests += 1
+        self.stats.prompt_tokens += len(req.prompt)
+        self.stats.cached_tokens += reuse
 
     def _place_prefix(self, engine: Engine, slot: _Slot, prompt: list[int], reuse: int) -> int:
         """Put the longest available prefix of ``prompt`` into ``slot``'s sequence: what the slot
@@ -396,7 +417,14 @@ class ModelRunner:
 
     def _finish_unstarted(self, req: GenRequest) -> None:
         self.stats.cancelled += 1
-        req.emit(Finished("cancelled", Usage(len(req.prompt), 0, 0, 0.0, 0.0)))
+        self._end(req, Finished("cancelled", Usage(len(req.prompt), 0, 0, 0.0, 0.0)))
+
+    def _end(self, req: GenRequest, event: Finished | Failed) -> None:
+        """A request's last event; it no longer counts as in flight."""
+        req.emit(event)
+        with self._cond:
+            self._in_flight -= 1
+            self._cond.notify_all()
 
     def _step(self, engine: Engine) -> None:
         now = self._clock()
@@ -532,19 +560,18 @@ class ModelRunner:
                 req.emit(Delta(tail, logprobs))
         now = self._clock()
         ttft = (t_first - req.submitted) if t_first is not None else 0.0
-        req.emit(
-            Finished(reason, Usage(len(req.prompt), n_gen, n_cached, ttft, now - req.submitted))
-        )
+        usage = Usage(len(req.prompt), n_gen, n_cached, ttft, now - req.submitted)
+        self._end(req, Finished(reason, usage))
 
     def _fail(self, engine: Engine, slot: _Slot, error: EdgeInferError) -> None:
         self.stats.errors += 1
         req = self._release(engine, slot)
-        req.emit(Failed(error))
+        self._end(req, Failed(error))
 
     def _drain_queue(self, error: EdgeInferError) -> None:
         with self._cond:
             while self._queue:
-                self._queue.popleft().emit(Failed(error))
+                self._end(self._queue.popleft(), Failed(error))
 
     def _shutdown(self, engine: Engine) -> None:
         self._drain_queue(ModelUnavailable(f"model {self.name!r} is shutting down"))

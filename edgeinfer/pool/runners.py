@@ -23,6 +23,8 @@ def engine_params(spec: ModelSpec) -> EngineParams:
         flash_attn=spec.flash_attn,
         n_ubatch=spec.n_ubatch,
         kv_type=spec.kv_type,
+        extra_buffers=spec.extra_buffers,
+        name=spec.name,
     )
 
 

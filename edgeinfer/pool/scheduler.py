@@ -17,6 +17,7 @@ estimator and clock, so tests swap in the fake engine and drive keep-alive witho
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -49,6 +50,12 @@ from edgeinfer.pool.served import Budget, Entry, ServedModel, mib, model_row
 
 log = logging.getLogger("edgeinfer.pool")
 
+
+def _resolve(woken: asyncio.Future[None]) -> None:
+    if not woken.done():
+        woken.set_result(None)
+
+
 Resolver = Callable[[ModelSpec], tuple[Path, str | None]]
 """Pulls (first use) and verifies a model's file: its path and sha256. Blocking."""
 Estimator = Callable[[ModelSpec, Path], MemoryEstimate]
@@ -71,6 +78,7 @@ class ModelPool:
         rss: Callable[[], int] = rss_bytes,
         drainer: Drainer | None = None,
         reap_every: float | None = None,
+        load_wait_s: float = 30.0,
     ) -> None:
         self._make_runner = RunnerMaker(
             factory, state_dir=state_dir, observer=observer, runner=runner
@@ -84,6 +92,9 @@ class ModelPool:
         self._lock = threading.RLock()
         self._load_lock = threading.Lock()  # one load at a time
         self._idle = threading.Condition(self._lock)  # notified when a load ends
+        # requests awaiting a load (acquire), woken on their own loop when one ends
+        self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = set()
+        self.load_wait_s = load_wait_s
         self._entries: dict[str, Entry] = {}
         self._stopped = threading.Event()
         self.default: str | None = None
@@ -182,12 +193,34 @@ class ModelPool:
         raise ModelLoading(f"model {name!r} is loading; retry shortly", retry_after=2.0)
 
     async def acquire(self, name: str | None) -> tuple[ServedModel, ModelRunner]:
-        """Like :meth:`get`, but waits (off the loop) for an on-demand load to finish."""
-        try:
-            return self.get(name)
-        except ModelLoading:
-            await asyncio.to_thread(self.load, name or self.default or "")
-            return self.get(name)
+        """Like :meth:`get`, but waits up to ``load_wait_s`` for an on-demand load, then
+        raises ``ModelLoading`` (503 with Retry-After). The wait is an awaited future that the
+        load thread resolves: no thread is parked per waiting request (six of them once
+        stalled tokenizing, cache lookups and /stats on a 2-core box)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.load_wait_s
+        while True:
+            woken: asyncio.Future[None] = loop.create_future()
+            waiter = (loop, woken)
+            with self._lock:  # registered before looking, so a load ending now still wakes us
+                self._waiters.add(waiter)
+            try:
+                return self.get(name)
+            except ModelLoading:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken, remaining)
+            finally:
+                with self._lock:
+                    self._waiters.discard(waiter)
+
+    def _wake_waiters(self) -> None:
+        """A load ended (lock held): every :meth:`acquire` waiting looks again."""
+        for loop, woken in self._waiters:
+            with contextlib.suppress(RuntimeError):  # a loop already closed
+                loop.call_soon_threadsafe(_resolve, woken)
 
     def _lookup(self, name: str | None) -> tuple[str, Entry]:
         if name in (None, "", "auto"):
@@ -264,6 +297,7 @@ class ModelPool:
                     if current.pending is not None and current.error is None:
                         self._start_load(name)  # changed again while this load ran
                 self._idle.notify_all()
+                self._wake_waiters()
         with self._lock:
             return self._view(name, self._entries[name])
 

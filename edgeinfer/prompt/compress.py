@@ -9,17 +9,32 @@ before a transform runs and put back byte for byte afterwards.
 System and developer messages are never touched, so the KV of the prompt's prefix stays
 reusable across requests; the transforms are deterministic, so a compressed history turn
 compresses to the same bytes on every later request too.
+
+Every pass is linear in the text: the work runs in a worker thread, but a regular expression
+holds the GIL for its whole call, so one that backtracks quadratically over a padded message
+would freeze the daemon's event loop. No pattern here can retry a run from each of its positions
+(runs are matched possessively, from their first character only), and the inline spans are found
+by a scanner (:func:`_inline_spans`) instead of a lazy pattern. A message longer than
+:data:`~edgeinfer.prompt.report.MAX_TEXT_CHARS` is not compressed at all (the report says so).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from edgeinfer.prompt.report import CountTokens, Message, PromptReport, content_tokens, editable
+from edgeinfer.prompt.report import (
+    CountTokens,
+    Message,
+    PromptReport,
+    content_tokens,
+    count_too_long,
+    editable,
+    too_long,
+)
 
 # Placeholders use private-use code points; text that already holds them is left unchanged.
 _INLINE, _BLOCK, _END = "\ue000", "\ue002", "\ue001"
@@ -29,14 +44,15 @@ _PLACEHOLDER = re.compile("[\ue000\ue002](\\d+)\ue001")
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 _QUOTE_LINE = re.compile(r"^ {0,3}>")
 _INDENTED = re.compile(r"^(?: {4}|\t)")
-# A character that may sit inside an inline span: anything but the end of a paragraph.
-_IN_PARA = r"(?:[^\n]|\n(?![ \t]*\n))"
-_INLINE_SPAN = re.compile(
-    rf"(`+){_IN_PARA}+?(?<!`)\1(?!`)"  # `code`, ``code with ` inside``
-    rf'|"(?:[^"\n]|\n(?![ \t]*\n))*"'  # "quoted"
-    rf"|“(?:[^”\n]|\n(?![ \t]*\n))*”"  # “quoted”
-)
-_PARA_BREAK = re.compile(r"(\n[ \t]*\n(?:[ \t]*\n)*)")
+_PARA_BREAK = re.compile(r"(\n[ \t]*+\n(?:[ \t]*+\n)*+)")
+# The newline that ends a paragraph (a blank line follows); no inline span runs across it.
+_PARA_END = re.compile(r"\n(?=[ \t]*+\n)")
+_OPENER = re.compile('[`"“]')
+_TICKS = re.compile("`+")
+# The whitespace passes: a run is matched from its first blank only (the lookbehind), whole.
+_TRAILING = re.compile(r"(?<![ \t])[ \t]++$", re.MULTILINE)
+_BETWEEN_WORDS = re.compile(r"(?<=\S)(?:\t| [ \t])[ \t]*+(?=\S)")
+_BLANK_LINES = re.compile(r"\n{3,}+")
 
 # A repeated paragraph shorter than this stays: headings and one-word lines ("## Example",
 # "Yes.") repeat legitimately and carry structure; dropping them saves almost nothing.
@@ -147,14 +163,93 @@ def _mask(text: str) -> _Masked:
 
 
 def _mask_inline(masked: _Masked, prose: str) -> str:
-    return _INLINE_SPAN.sub(lambda m: masked.hide(m[0], _INLINE), prose)
+    out: list[str] = []
+    pos = 0
+    for start, end in _inline_spans(prose):
+        out += (prose[pos:start], masked.hide(prose[start:end], _INLINE))
+        pos = end
+    out.append(prose[pos:])
+    return "".join(out)
+
+
+class _Ahead:
+    """The next match of a pattern at or after a position, asked for positions that only grow.
+
+    The answer is kept until the position passes it, so a thousand unclosed quotes ask the text
+    once, not a thousand times each to the end of the paragraph.
+    """
+
+    def __init__(self, text: str, pattern: re.Pattern[str]) -> None:
+        self._text, self._pattern, self._at = text, pattern, -1
+
+    def __call__(self, pos: int) -> int:
+        """Where the first match at or after ``pos`` starts; ``len(text)`` when there is none."""
+        if self._at < pos:
+            found = self._pattern.search(self._text, pos)
+            self._at = len(self._text) if found is None else found.start()
+        return self._at
+
+
+class _Runs:
+    """The text's backtick runs by length: a closing run is looked up, never scanned for."""
+
+    def __init__(self, text: str) -> None:
+        self._starts: dict[int, list[int]] = {}
+        for run in _TICKS.finditer(text):
+            self._starts.setdefault(run.end() - run.start(), []).append(run.start())
+        self._passed: dict[int, int] = {}
+
+    def first(self, length: int, pos: int) -> int:
+        """Start of the first run of exactly ``length`` backticks at or after ``pos`` (which
+        only grows between calls); -1 when there is none."""
+        starts = self._starts.get(length, [])
+        i = self._passed.get(length, 0)
+        while i < len(starts) and starts[i] < pos:
+            i += 1
+        self._passed[length] = i
+        return starts[i] if i < len(starts) else -1
+
+
+def _inline_spans(prose: str) -> Iterator[tuple[int, int]]:
+    """``(start, end)`` of each inline code span and quotation in ``prose``, left to right.
+
+    A run of n backticks opens a span that closes at the next run of exactly n; when there is
+    none, its first n-1 backticks open it, and so on. A ``"`` closes at the next ``"``, a ``“``
+    at the next ``”``. No span runs across a blank line. This is what the lazy pattern
+    ``(`+)…+?\\1|"…"|“…”`` matched, found in one pass over the text.
+    """
+    para_end = _Ahead(prose, _PARA_END)
+    closer = {'"': _Ahead(prose, re.compile('"')), "“": _Ahead(prose, re.compile("”"))}
+    runs = _Runs(prose)
+    pos = 0
+    while opener := _OPENER.search(prose, pos):
+        start = opener.start()
+        limit = para_end(start)
+        if prose[start] != "`":
+            close = closer[prose[start]](start + 1)
+            if close < limit:
+                yield start, close + 1
+                pos = close + 1
+            else:
+                pos = start + 1
+            continue
+        ticks = _TICKS.match(prose, start)
+        assert ticks is not None
+        pos = ticks.end()
+        for n in range(pos - start, 0, -1):
+            close = runs.first(n, pos)
+            if 0 <= close < limit:
+                yield start, close + n
+                pos = close + n
+                break
 
 
 def _whitespace(text: str) -> str:
-    text = re.sub(r"[ \t]+$", "", text, flags=re.MULTILINE)
-    # Runs between words only: leading indentation is list structure, so it stays.
-    text = re.sub(r"(?<=\S)(?: {2,}|[ \t]*\t[ \t]*)(?=\S)", " ", text)
-    return re.sub(r"\n{3,}", "\n\n", text).strip("\n")
+    text = _TRAILING.sub("", text)
+    # Runs between words only: leading indentation is list structure, so it stays. Any run but
+    # a lone space becomes one space.
+    text = _BETWEEN_WORDS.sub(" ", text)
+    return _BLANK_LINES.sub("\n\n", text).strip("\n")
 
 
 def _dedupe(masked: _Masked, text: str) -> tuple[str, int]:
@@ -180,7 +275,7 @@ def _dedupe(masked: _Masked, text: str) -> tuple[str, int]:
 @lru_cache(maxsize=8)
 def _phrase_pattern(phrases: tuple[str, ...]) -> re.Pattern[str]:
     ordered = sorted(phrases, key=len, reverse=True)  # longest first: "for example" wins
-    alternatives = (r"\s+".join(map(re.escape, p.split())) for p in ordered)
+    alternatives = (r"\s++".join(map(re.escape, p.split())) for p in ordered)
     return re.compile(rf"\b(?:{'|'.join(alternatives)})\b", re.IGNORECASE)
 
 
@@ -275,14 +370,14 @@ def compress_messages(
 
     Returns:
         New message dicts, and the report (``details`` holds ``paragraphs_dropped`` and
-        ``abbreviations`` counts).
+        ``abbreviations`` counts; ``too_long`` the contents left as sent for their length).
     """
     use = (DEFAULT_ABBREVIATIONS if table is None else table) if abbreviations else None
     out: list[Message] = []
     totals: dict[str, int] = {}
     for message in messages:
         new = dict(message)
-        if editable(message):
+        if editable(message) and not too_long(message):
             new["content"], counts = compress_text(message["content"], use)
             for name, n in counts.items():
                 totals[name] = totals.get(name, 0) + n
@@ -293,4 +388,4 @@ def compress_messages(
         details["abbreviations"] = totals["abbreviate"]
     before = content_tokens(messages, count_tokens)
     after = content_tokens(out, count_tokens) if actions else before
-    return out, PromptReport(before, after, actions, details)
+    return out, PromptReport(before, after, actions, details, count_too_long(messages))

@@ -21,7 +21,16 @@ from typing import Any
 
 from edgeinfer.embed.base import Vectors
 from edgeinfer.prompt.compress import paragraphs
-from edgeinfer.prompt.report import CountTokens, Message, PromptReport, content_tokens, editable
+from edgeinfer.prompt.report import (
+    MAX_TEXT_CHARS,
+    CountTokens,
+    Message,
+    PromptReport,
+    content_tokens,
+    count_too_long,
+    editable,
+    too_long,
+)
 
 Embed = Callable[[list[str]], Vectors]
 
@@ -113,10 +122,13 @@ def select_context(
     A document within the budget comes back unchanged without being embedded. Otherwise the
     result holds at most ``budget_tokens`` tokens, except when even the single best chunk is
     larger: it is then kept alone. The report's ``details`` has ``chunks_kept``/``chunks_total``.
+    A document over :data:`MAX_TEXT_CHARS` comes back unchanged too (the report's ``too_long``).
     """
     before = count_tokens(document)
     if before <= budget_tokens:
         return document, PromptReport.unchanged(before)
+    if len(document) > MAX_TEXT_CHARS:
+        return document, PromptReport(before, before, too_long=1)
     chunks = chunk_text(document, count_tokens=count_tokens, chunk_tokens=chunk_tokens)
     if len(chunks) < 2:
         return document, PromptReport.unchanged(before)
@@ -187,16 +199,17 @@ def optimise_messages(
     The question comes from the last user turn. When that turn is itself short (a follow-up
     question), the document is the longest earlier user message instead. The document gets
     whatever budget the other messages leave, but never less than one chunk. System and
-    developer messages are never touched.
+    developer messages are never touched, nor is a message over :data:`MAX_TEXT_CHARS`.
     """
     out = [dict(m) for m in messages]
     total = content_tokens(messages, count_tokens)
+    unchanged = PromptReport(total, total, too_long=count_too_long(messages))
     users = [i for i, m in enumerate(messages) if m.get("role") == "user" and editable(m)]
     if total <= budget_tokens or not users:
-        return out, PromptReport.unchanged(total)
+        return out, unchanged
     target, split = _locate(messages, users, count_tokens, chunk_tokens)
     if split is None:
-        return out, PromptReport.unchanged(total)
+        return out, unchanged
     others = total - count_tokens(messages[target]["content"])
     room = budget_tokens - others - count_tokens(split.prefix + split.suffix)
     document, report = select_context(
@@ -208,10 +221,10 @@ def optimise_messages(
         chunk_tokens=chunk_tokens,
     )
     if not report.actions:
-        return out, PromptReport.unchanged(total)
+        return out, unchanged
     out[target]["content"] = split.prefix + document + split.suffix
     after = content_tokens(out, count_tokens)
-    return out, PromptReport(total, after, report.actions, report.details)
+    return out, PromptReport(total, after, report.actions, report.details, unchanged.too_long)
 
 
 def _locate(
@@ -220,12 +233,14 @@ def _locate(
     count_tokens: CountTokens,
     chunk_tokens: int,
 ) -> tuple[int, Split | None]:
-    """Which message holds the document, and how it splits around the question."""
+    """Which message holds the document, and how it splits around the question (None when
+    there is no document, or it is too long to touch)."""
     last = messages[users[-1]]["content"]
     if count_tokens(last) > QUESTION_TOKENS:
-        return users[-1], split_question(last, count_tokens)
+        split = None if too_long(messages[users[-1]]) else split_question(last, count_tokens)
+        return users[-1], split
     sizes = {i: count_tokens(messages[i]["content"]) for i in users[:-1]}
     longest = max(sizes, key=lambda i: sizes[i], default=None)
-    if longest is None or sizes[longest] <= chunk_tokens:
+    if longest is None or sizes[longest] <= chunk_tokens or too_long(messages[longest]):
         return users[-1], None
     return longest, Split("", messages[longest]["content"], "", last)

@@ -17,7 +17,15 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from edgeinfer.prompt.report import CountTokens, Message, PromptReport, content_tokens, text_of
+from edgeinfer.prompt.report import (
+    CountTokens,
+    Message,
+    PromptReport,
+    content_tokens,
+    count_too_long,
+    text_of,
+    too_long,
+)
 
 Summarise = Callable[[str], Awaitable[str]]
 """Transcript in, summary out (the small model, greedy, a few hundred tokens at most)."""
@@ -66,20 +74,22 @@ async def summarise_history(
     """The chat with its oldest turns replaced by a summary when it exceeds ``budget_tokens``.
 
     Returns the messages unchanged (as new dicts) when the chat fits, when there is nothing old
-    enough to summarise, or when the summariser returns nothing. Errors of the summariser
+    enough to summarise, when an old turn is over ``MAX_TEXT_CHARS`` (it passes through as sent,
+    so the rest stays too), or when the summariser returns nothing. Errors of the summariser
     propagate: whether to answer without the summary is the caller's choice.
     The report's ``details`` has ``messages_summarised``.
     """
     out = [dict(m) for m in messages]
     total = content_tokens(messages, count_tokens)
+    unchanged = PromptReport(total, total, too_long=count_too_long(messages))
     if total <= budget_tokens:
-        return out, PromptReport.unchanged(total)
+        return out, unchanged
     old, at = split_history(messages, keep_last)
-    if not old:
-        return out, PromptReport.unchanged(total)
+    if not old or any(too_long(messages[i]) for i in old):
+        return out, unchanged
     summary = (await summarise(transcript([messages[i] for i in old]))).strip()
     if not summary:
-        return out, PromptReport.unchanged(total)
+        return out, unchanged
     dropped = set(old)
     new: list[Message] = []
     for i, message in enumerate(out):
@@ -89,4 +99,4 @@ async def summarise_history(
             new.append(message)
     after = content_tokens(new, count_tokens)
     details = {"messages_summarised": len(old)}
-    return new, PromptReport(total, after, ["history"], details)
+    return new, PromptReport(total, after, ["history"], details, unchanged.too_long)

@@ -23,6 +23,14 @@ Message = dict[str, Any]
 # that the KV of the prefix is reused across requests (and tool output is data, not prose).
 UNTOUCHED_ROLES = frozenset({"system", "developer", "tool", "function"})
 
+MAX_TEXT_CHARS = 1 << 20
+"""The longest message content (in characters) the layer rewrites, chunks or summarises.
+
+A longer one passes through as sent: it cannot fit a local model's context anyway, so the work
+would buy nothing, and it bounds what one request can make the layer do however its passes scale.
+Token counting still covers it (the engine tokenizes the prompt regardless).
+"""
+
 
 @dataclass
 class PromptReport:
@@ -34,12 +42,14 @@ class PromptReport:
         actions: names of the transforms that changed something, in the order they ran
             (``whitespace``, ``dedupe``, ``abbreviate``, ``context``, ``history``).
         details: counts behind the actions (paragraphs dropped, chunks kept/total, ...).
+        too_long: editable messages left as sent because they exceed :data:`MAX_TEXT_CHARS`.
     """
 
     tokens_before: int
     tokens_after: int
     actions: list[str] = field(default_factory=list)
     details: dict[str, int] = field(default_factory=dict)
+    too_long: int = 0
 
     @classmethod
     def unchanged(cls, tokens: int) -> PromptReport:
@@ -56,7 +66,9 @@ class PromptReport:
         details = {**self.details}
         for key, value in later.details.items():
             details[key] = details.get(key, 0) + value
-        return PromptReport(self.tokens_before, later.tokens_after, actions, details)
+        # Each transform counts the over-long messages it met; they are the same messages.
+        too_long = max(self.too_long, later.too_long)
+        return PromptReport(self.tokens_before, later.tokens_after, actions, details, too_long)
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON shape for the response's ``edgeinfer.prompt`` object."""
@@ -66,6 +78,7 @@ class PromptReport:
             "tokens_removed": self.tokens_removed,
             "actions": list(self.actions),
             **self.details,
+            **({"messages_too_long": self.too_long} if self.too_long else {}),
         }
 
 
@@ -86,3 +99,13 @@ def content_tokens(messages: Sequence[Mapping[str, Any]], count_tokens: CountTok
 def editable(message: Mapping[str, Any]) -> bool:
     """Whether the layer may rewrite this message's content (user/assistant prose only)."""
     return message.get("role") not in UNTOUCHED_ROLES and isinstance(message.get("content"), str)
+
+
+def too_long(message: Mapping[str, Any]) -> bool:
+    """Whether this message's content is over :data:`MAX_TEXT_CHARS` (so the layer leaves it)."""
+    return len(text_of(message.get("content"))) > MAX_TEXT_CHARS
+
+
+def count_too_long(messages: Sequence[Mapping[str, Any]]) -> int:
+    """How many messages the layer would edit but for their length (for the reports)."""
+    return sum(1 for m in messages if editable(m) and too_long(m))

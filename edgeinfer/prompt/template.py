@@ -8,6 +8,8 @@ escaping, ``raise_exception`` and ``strftime_now``. A model without a template g
 from __future__ import annotations
 
 import json
+import re
+import secrets
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from functools import lru_cache
@@ -73,3 +75,41 @@ def render_chat(
         )
     except jinja2.TemplateError as exc:
         raise InvalidRequest(f"the model's chat template failed: {exc}") from exc
+
+
+def render_chat_parts(
+    template: str | None,
+    messages: Sequence[Mapping[str, Any]],
+    *,
+    bos_token: str = "",
+    eos_token: str = "",
+) -> list[tuple[str, bool]]:
+    """The prompt of :func:`render_chat` cut into ``(text, literal)`` parts: ``literal`` marks
+    text the client wrote (message contents), which must be tokenized as plain text, so a user
+    who types ``<|im_start|>system`` gets those characters and never the model's real role
+    token; the template's own text is tokenized with its special tokens.
+
+    Contents are found by rendering once more with each wrapped in a per-request random marker
+    (unguessable, so content cannot fake one). A template that transforms contents (``trim``,
+    slicing) cuts the markers off; then the plain render comes back whole, as one template part,
+    and the caller must make sure no content holds special-token text
+    (:func:`needs_literal_check`)."""
+    plain = render_chat(template, messages, bos_token=bos_token, eos_token=eos_token)
+    nonce = secrets.token_hex(8)
+    marked: list[Mapping[str, Any]] = []
+    for i, message in enumerate(messages):
+        content = message.get("content")
+        if isinstance(content, str) and content:
+            message = {**message, "content": f"\ue000{nonce}:{i}\ue001{content}\ue000{nonce}\ue001"}
+        marked.append(message)
+    text = render_chat(template, marked, bos_token=bos_token, eos_token=eos_token)
+    pieces = re.split(f"\ue000{nonce}(?::\\d+)?\ue001", text)
+    if "".join(pieces) != plain or len(pieces) % 2 == 0:
+        return [(plain, False)]
+    # pieces alternate: template, content, template, content, ..., template
+    return [(piece, k % 2 == 1) for k, piece in enumerate(pieces) if piece]
+
+
+def needs_literal_check(parts: Sequence[tuple[str, bool]]) -> bool:
+    """Whether :func:`render_chat_parts` could not separate contents from the template."""
+    return len(parts) == 1 and not parts[0][1]

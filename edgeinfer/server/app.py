@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import logging
 import signal
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
@@ -26,11 +26,20 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from edgeinfer import __version__
 from edgeinfer.engine.base import TokenLogprob
 from edgeinfer.errors import Busy, EdgeInferError, InvalidRequest, ModelUnavailable
+from edgeinfer.server.auth import identity
+from edgeinfer.server.feed import StatsFeeds
 from edgeinfer.server.limits import BodyLimit
+from edgeinfer.server.openai_shapes import (
+    Shape,
+    internal_error,
+    sse_stream,
+)
 from edgeinfer.server.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from edgeinfer.service import Generation, InferenceService
 from edgeinfer.stats import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from edgeinfer.stats import Metrics
+
+log = logging.getLogger("edgeinfer.server")
 
 if TYPE_CHECKING:
     from edgeinfer.server.admin import Operations
@@ -48,138 +57,26 @@ def _is_type_tag(step: str) -> bool:
     return step in _TYPE_TAGS or "[" in step or step.startswith(("function-", "constrained-"))
 
 
+def _wire_text(text: str) -> str:
+    """``text`` as it can be encoded into the error JSON: a lone surrogate (from a JSON key
+    such as ``"\\ud800"``) becomes its escape instead of failing the response with a 500."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     err = exc.errors()[0]
     # Union members add their type as a location step ("stop.str"); the field is what counts.
-    loc = [str(p) for p in err.get("loc", ()) if p != "body" and not _is_type_tag(str(p))]
+    steps = (str(p) for p in err.get("loc", ()) if p != "body" and not _is_type_tag(str(p)))
+    loc = [_wire_text(step) for step in steps]
     if err.get("type") == "json_invalid":
         return "the request body is not valid JSON", None
     field = ".".join(loc) or None
-    msg = err.get("msg", "invalid value")
+    msg = _wire_text(str(err.get("msg", "invalid value")))
     if err.get("type") == "extra_forbidden":
         msg = "unknown or unsupported field"
     elif err.get("type") == "missing":
         msg = "required field is missing"
     return (f"{field}: {msg}" if field else msg), field
-
-
-def _usage(gen: Generation) -> dict[str, Any]:
-    assert gen.result is not None
-    u = gen.result.usage
-    return {
-        "prompt_tokens": u.prompt_tokens,
-        "completion_tokens": u.completion_tokens,
-        "total_tokens": u.prompt_tokens + u.completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
-    }
-
-
-def _edgeinfer(gen: Generation) -> dict[str, Any]:
-    """What edgeinfer did for this request; later layers add their entries."""
-    info: dict[str, Any] = {"model": gen.model, "model_sha256": gen.digest, "cache": gen.cache}
-    if gen.route is not None:
-        info["route"] = gen.route
-    if gen.prompt is not None:
-        info["prompt"] = gen.prompt
-    if gen.continued:
-        info["continued"] = gen.continued
-    if gen.result is not None:
-        u = gen.result.usage
-        info["cached_tokens"] = u.cached_tokens
-        info["timings"] = {
-            "ttft_ms": round(u.ttft_s * 1000, 1),
-            "total_ms": round(u.total_s * 1000, 1),
-        }
-    return info
-
-
-class _Shape:
-    """The two OpenAI object shapes (chat vs text completion) for bodies and SSE chunks."""
-
-    def __init__(self, chat: bool) -> None:
-        self.chat = chat
-        self.object = "chat.completion" if chat else "text_completion"
-        self.chunk_object = "chat.completion.chunk" if chat else "text_completion"
-        self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
-
-    def _base(self, gen: Generation, obj: str) -> dict[str, Any]:
-        return {"id": self.id, "object": obj, "created": gen.created, "model": gen.model}
-
-    def body(self, gen: Generation, text: str, logprobs: list[TokenLogprob]) -> dict[str, Any]:
-        assert gen.result is not None
-        choice: dict[str, Any] = {
-            "index": 0,
-            "finish_reason": gen.result.reason,
-            "logprobs": _logprobs(logprobs) if gen.wants_logprobs else None,
-        }
-        if self.chat:
-            choice["message"] = {"role": "assistant", "content": text}
-        else:
-            choice["text"] = text
-        return {
-            **self._base(gen, self.object),
-            "choices": [choice],
-            "usage": _usage(gen),
-            "edgeinfer": _edgeinfer(gen),
-        }
-
-    def chunk(
-        self,
-        gen: Generation,
-        text: str | None,
-        finish: str | None,
-        logprobs: tuple[TokenLogprob, ...] = (),
-    ) -> dict[str, Any]:
-        lp = _logprobs(logprobs) if gen.wants_logprobs and text is not None else None
-        choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": lp}
-        if self.chat:
-            choice["delta"] = {} if text is None else {"content": text}
-        else:
-            choice["text"] = text or ""
-        return {**self._base(gen, self.chunk_object), "choices": [choice]}
-
-
-def _token(piece: bytes, logprob: float) -> dict[str, Any]:
-    return {"token": piece.decode("utf-8", "replace"), "logprob": logprob, "bytes": list(piece)}
-
-
-def _logprobs(tokens: list[TokenLogprob] | tuple[TokenLogprob, ...]) -> dict[str, Any]:
-    """OpenAI's chat ``logprobs`` object: one entry per generated token."""
-    return {
-        "content": [
-            {**_token(t.piece, t.logprob), "top_logprobs": [_token(p, lp) for p, lp in t.top]}
-            for t in tokens
-        ]
-    }
-
-
-def _sse(data: dict[str, Any] | str) -> bytes:
-    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
-    return f"data: {payload}\n\n".encode()
-
-
-async def _stream(gen: Generation, shape: _Shape, include_usage: bool) -> AsyncIterator[bytes]:
-    try:
-        if shape.chat:
-            first = shape.chunk(gen, None, None)
-            first["choices"][0]["delta"] = {"role": "assistant", "content": ""}
-            yield _sse(first)
-        async for delta in gen:
-            yield _sse(shape.chunk(gen, delta.text, None, delta.logprobs))
-        assert gen.result is not None
-        last = shape.chunk(gen, None, gen.result.reason)
-        last["edgeinfer"] = _edgeinfer(gen)
-        if include_usage:
-            yield _sse(last)
-            yield _sse({**shape.chunk(gen, None, None), "choices": [], "usage": _usage(gen)})
-        else:
-            yield _sse({**last, "usage": _usage(gen)})
-        yield _sse("[DONE]")
-    except EdgeInferError as exc:
-        # Headers are gone already: report the error in-band, the way OpenAI streams do.
-        yield _sse(exc.to_openai())
-    finally:
-        gen.cancel()  # no-op when finished; frees the slot when the client hung up
 
 
 async def _until_disconnect(request: Request) -> None:
@@ -203,48 +100,18 @@ async def _collect(request: Request, gen: Generation) -> tuple[str, list[TokenLo
 
 
 async def _respond(
-    request: Request, start: Awaitable[Generation], shape: _Shape, stream: bool, usage: bool
+    request: Request, start: Awaitable[Generation], shape: Shape, stream: bool, usage: bool
 ) -> Response:
     gen = await start
     if stream:
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         return StreamingResponse(
-            _stream(gen, shape, usage), media_type="text/event-stream", headers=headers
+            sse_stream(gen, shape, usage), media_type="text/event-stream", headers=headers
         )
     answer = await _collect(request, gen)
     if answer is None:
         return Response(status_code=499)
     return JSONResponse(shape.body(gen, *answer))
-
-
-_FEED_INTERVAL = (0.1, 60.0)
-
-
-def _feed_interval(request: Request) -> float:
-    """``?interval=`` seconds between two ``/stats`` events (default 1)."""
-    raw = request.query_params.get("interval", "1")
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    low, high = _FEED_INTERVAL
-    if not low <= value <= high:  # also refuses NaN
-        raise InvalidRequest(f"interval: a number of seconds in [{low}, {high}]", param="interval")
-    return value
-
-
-async def _stats_feed(
-    snapshot: Callable[[], dict[str, Any]], interval: float, stopping: asyncio.Event
-) -> AsyncIterator[bytes]:
-    """One ``/stats`` snapshot per ``interval`` until the daemon stops. A client that hangs up
-    ends it at the next write (uvicorn raises there), so an idle feed costs one snapshot a tick."""
-    while not stopping.is_set():
-        snap = await asyncio.to_thread(snapshot)
-        yield _sse({"time": round(time.time(), 3), **snap})
-        try:
-            await asyncio.wait_for(stopping.wait(), interval)
-        except TimeoutError:
-            pass
 
 
 def _relay_stop_signals(stopping: asyncio.Event) -> None:
@@ -287,6 +154,7 @@ def create_app(
     metrics = metrics or Metrics()
     metrics.watch(snapshot)
     stopping = asyncio.Event()  # ends the live /stats feeds when the daemon stops
+    feeds = StatsFeeds(snapshot, stopping)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -307,6 +175,11 @@ def create_app(
     async def _edgeinfer_error(_: Request, exc: EdgeInferError) -> JSONResponse:
         return error_response(exc)
 
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        # Starlette logs the traceback too; the client gets OpenAI error JSON, not plain text
+        return error_response(internal_error(exc))
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         message, field = _validation_message(exc)
@@ -322,15 +195,16 @@ def create_app(
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-        start = service.chat(body.model, messages, body.options())
+        options = replace(body.options(), identity=identity(request.scope))
+        start = service.chat(body.model, messages, options)
         usage = bool(body.stream_options and body.stream_options.include_usage)
-        return await _respond(request, start, _Shape(chat=True), body.stream, usage)
+        return await _respond(request, start, Shape(chat=True), body.stream, usage)
 
     @app.post("/v1/completions", response_model=None)
     async def completions(body: CompletionRequest, request: Request) -> Response:
         start = service.complete(body.model, body.prompt, body.options())
         usage = bool(body.stream_options and body.stream_options.include_usage)
-        return await _respond(request, start, _Shape(chat=False), body.stream, usage)
+        return await _respond(request, start, Shape(chat=False), body.stream, usage)
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
@@ -408,7 +282,7 @@ def create_app(
     # Out of the OpenAPI schema: a fuzzer reading an endless body would never return.
     @app.get("/stats/stream", include_in_schema=False)
     async def stats_stream(request: Request) -> StreamingResponse:
-        feed = _stats_feed(snapshot, _feed_interval(request), stopping)
+        feed = feeds.open(request)  # Busy (503, Retry-After) past the subscriber cap
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         return StreamingResponse(feed, media_type="text/event-stream", headers=headers)
 

@@ -36,7 +36,7 @@ from fastapi import FastAPI
 from edgeinfer.config.schema import ServerSettings
 from edgeinfer.errors import DaemonError
 from edgeinfer.paths import check_socket_path, ensure_private_dir
-from edgeinfer.server.auth import AccessGuard, PeerCredProtocol, read_token
+from edgeinfer.server.auth import AccessGuard, FailedLogins, read_token, tcp_limited
 from edgeinfer.server.drain import Drain
 
 log = logging.getLogger("edgeinfer.daemon")
@@ -158,6 +158,9 @@ class ServeOptions:
     token: str | None = None
     allow_uids: Collection[int] | None = None
     drain_seconds: float = 30.0
+    header_timeout_s: float = 10.0
+    max_tcp_connections: int = 64
+    auth_failures_per_minute: int = 10
 
 
 def check_options(options: ServeOptions, activated: Sequence[socket.socket] = ()) -> None:
@@ -190,6 +193,9 @@ def serve_options(
         token=token,
         allow_uids=frozenset(settings.allow_uids) if settings.allow_uids is not None else None,
         drain_seconds=settings.drain_seconds,
+        header_timeout_s=settings.header_timeout_s,
+        max_tcp_connections=settings.max_tcp_connections,
+        auth_failures_per_minute=settings.auth_failures_per_minute,
     )
     check_options(options, activated)
     return options
@@ -291,9 +297,14 @@ def run(
     sockets = _listeners(path, options, activated)
     drain = Drain(app)
     config = uvicorn.Config(
-        AccessGuard(drain, token=options.token, allow_uids=options.allow_uids),
+        AccessGuard(
+            drain,
+            token=options.token,
+            allow_uids=options.allow_uids,
+            failures=FailedLogins(options.auth_failures_per_minute),
+        ),
         interface="asgi3",
-        http=PeerCredProtocol,
+        http=tcp_limited(options.header_timeout_s, options.max_tcp_connections),
         ws="none",
         proxy_headers=False,  # a TCP client must not name its own address
         log_config=None,

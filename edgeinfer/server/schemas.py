@@ -3,11 +3,16 @@
 Strict: a wrong type is a 400 naming the field (no silent "5" → 5 coercion), and a field
 edgeinfer does not implement is refused rather than ignored, so a caller never believes a
 setting took effect when it did not.
+
+Every string is checked for lone surrogates: JSON's ``"\\ud800"`` escape decodes to a Python
+string that cannot be encoded as UTF-8, so it would pass here and fail deep inside (tokenizer,
+cache key, log line) as a 500.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from typing import Annotated, Any, Literal
 
@@ -17,10 +22,38 @@ from edgeinfer.engine.base import Sampling
 from edgeinfer.service import GenerateOptions
 
 _MAX_TOKENS_LIMIT = 1 << 20
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+_TOKEN_ID = re.compile("[0-9]{1,10}")  # ASCII digits only: str.isdigit() also takes "²"
+MAX_TOKEN_ID = (1 << 31) - 1
+"""llama.cpp's token ids are int32; the model's own vocabulary size is checked by the service."""
+
+
+def _unicode_text(value: Any) -> Any:
+    """``value`` unchanged; ValueError if a string in it (dict keys too) holds a lone surrogate.
+
+    Iterative, so a deeply nested JSON schema cannot exhaust the stack.
+    """
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                raise ValueError("holds a lone surrogate (\\ud800-\\udfff), which is not text")
+        elif isinstance(item, dict):
+            pending += item.keys()
+            pending += item.values()
+        elif isinstance(item, list | tuple):
+            pending += item
+    return value
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
+
+    @field_validator("*")
+    @classmethod
+    def _no_surrogates(cls, value: Any) -> Any:
+        return _unicode_text(value)
 
 
 class TextPart(_Strict):
@@ -117,8 +150,9 @@ class _Sampling(_Strict):
     @classmethod
     def _token_ids(cls, value: dict[str, float] | None) -> dict[str, float] | None:
         for key in value or {}:
-            if not key.lstrip("-").isdigit():
-                raise ValueError(f"keys must be token ids, got {key!r}")
+            if not _TOKEN_ID.fullmatch(key) or int(key) > MAX_TOKEN_ID:
+                shown = key if len(key) <= 20 else f"{key[:20]}..."
+                raise ValueError(f"keys must be token ids 0..{MAX_TOKEN_ID}, got {shown!r}")
         return value
 
     def options(self) -> GenerateOptions:

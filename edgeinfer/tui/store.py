@@ -4,7 +4,7 @@ One small database (``chat.sqlite3``) with numbered migrations recorded in ``PRA
 user_version``, each in its own transaction. Calls are synchronous: the TUI's writes are a row
 at a time into a local WAL database (well under a millisecond), and the daemon never touches it.
 An answer's ``meta`` is the response's ``model``, ``usage`` and ``edgeinfer`` report as JSON, so
-a reopened conversation shows the same badges.
+a reopened conversation shows the same badges. The file and its folder are owner-only.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeinfer.paths import Paths
+from edgeinfer.paths import Paths, ensure_private_sqlite
 
 FILENAME = "chat.sqlite3"
 
@@ -66,7 +66,7 @@ class ConversationStore:
     """Conversations and their messages; ``clock`` is injected so tests order rows exactly."""
 
     def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_private_sqlite(path)  # conversations are nobody else's business
         self.path = path
         self._clock = clock
         self._db = sqlite3.connect(path, isolation_level=None)

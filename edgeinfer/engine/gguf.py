@@ -1,9 +1,10 @@
-"""A minimal GGUF header reader: the metadata the memory budget needs, before loading.
+"""A minimal GGUF header reader: the metadata needed before llama.cpp loads a file.
 
 Reading the key/value section costs a few milliseconds and no native code, so the scheduler can
 estimate a model's RAM (weights, KV cache, compute buffers) and refuse or make room *before*
-llama.cpp allocates anything. Arrays are skipped; only their length is kept (the vocabulary
-size is the length of ``tokenizer.ggml.tokens``). Format: github.com/ggml-org/ggml docs/gguf.md.
+llama.cpp allocates anything, and the extra-buffer verdicts can key on the file's quant type.
+Arrays are skipped; only their length is kept (the vocabulary size is the length of
+``tokenizer.ggml.tokens``). Format: github.com/ggml-org/ggml docs/gguf.md.
 """
 
 from __future__ import annotations

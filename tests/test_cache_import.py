@@ -148,7 +148,7 @@ def test_bad_lines_are_skipped_and_counted(
             "line too long": 1,
         }
     )
-    assert report.summary().startswith("imported 2, skipped 17: ")
+    assert report.summary().startswith("imported 2 entries, skipped 17: ")
     assert "2 bad key" in report.summary() and "1 zero vector" in report.summary()
     assert store.stats()["entries"] == 2
     again = store.import_report(tmp_path / "in.jsonl")

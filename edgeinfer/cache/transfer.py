@@ -107,8 +107,8 @@ class ImportReport:
     skipped: Counter[str] = field(default_factory=Counter)
 
     def summary(self) -> str:
-        """``imported N, skipped M: reasons`` (and how many were cached already)."""
-        text = f"imported {self.added}"
+        """``imported N entries, skipped M: reasons`` (and how many were cached already)."""
+        text = f"imported {self.added} entries"
         if self.duplicates:
             text += f" ({self.duplicates} already cached)"
         if self.skipped:

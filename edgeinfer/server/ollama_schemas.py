@@ -79,6 +79,10 @@ class OllamaRoute(APIRoute):
                 return ollama_error(InvalidRequest(_validation_text(exc)))
             except EdgeInferError as exc:
                 return ollama_error(exc)
+            except Exception:  # a bug: Ollama's shape too, with the traceback in the log
+                log.exception("an Ollama API request failed")
+                message = "internal error; the daemon's log has the details"
+                return ollama_error(EdgeInferError(message))
 
         return route
 

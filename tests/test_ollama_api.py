@@ -4,6 +4,7 @@ official ``ollama`` Python client over the Unix socket, and as raw NDJSON throug
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -12,7 +13,7 @@ import httpx
 import ollama
 import pytest
 
-from tests.conftest import MODELS_DIR, Daemon
+from tests.conftest import MODELS_DIR, Daemon, short_socket_dir, start_daemon
 
 pytestmark = pytest.mark.real
 
@@ -116,8 +117,10 @@ def test_raw_ndjson_chat_and_generate(daemon: Daemon) -> None:
         chat = ndjson(
             c.post("/api/chat", json={"model": "tiny", "messages": QUESTION, "options": GREEDY})
         )
-        gen = ndjson(c.post("/api/generate", json={"model": "tiny", "prompt": "Hi"}))
-        whole = c.post("/api/chat", json={"model": "tiny", "messages": QUESTION, "stream": False})
+        hi = {"model": "tiny", "prompt": "Hi", "options": GREEDY}
+        gen = ndjson(c.post("/api/generate", json=hi))
+        once = {"model": "tiny", "messages": QUESTION, "stream": False, "options": GREEDY}
+        whole = c.post("/api/chat", json=once)
     for lines, field in ((chat, "message"), (gen, "response")):
         for line in lines[:-1]:
             assert line["done"] is False and line["model"] == "tiny:latest" and field in line
@@ -175,6 +178,8 @@ def test_errors_are_ollama_shaped(client: ollama.Client, daemon: Daemon) -> None
         assert c.post("/api/generate", content=body, headers=form).json()["done"] is True
         unknown = c.post("/api/create", json={"model": "x"})
         assert unknown.status_code == 404 and "error" in unknown.json()
+        huge = c.post("/api/chat", content=b"x" * (9 << 20))  # past the 8 MiB body limit
+        assert huge.status_code == 413 and isinstance(huge.json()["error"], str)
 
 
 def test_version_and_pull(client: ollama.Client, daemon: Daemon) -> None:
@@ -202,3 +207,22 @@ def test_empty_prompt_loads_and_keep_alive_zero_unloads(client: ollama.Client) -
     assert back.done_reason == "load"
     assert "tiny:latest" in {m.model for m in client.ps().models}
     assert client.chat(model="tiny", messages=QUESTION, options=GREEDY).done
+
+
+def test_over_tcp_with_the_bearer_token(tiny_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    token = "ollama-over-tcp-token-0123456789"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    monkeypatch.setenv("EDGEINFER_TOKEN", token)
+    home = short_socket_dir() / "home"
+    d = start_daemon("--models", "tiny", "--no-cache", "--tcp", f"127.0.0.1:{port}", home=home)
+    try:
+        host = f"http://127.0.0.1:{port}"
+        with ollama.Client(host=host, headers={"Authorization": f"Bearer {token}"}) as c:
+            assert c.generate(model="tiny", prompt="Hi", options=GREEDY).done
+            assert [m.model for m in c.list().models] == ["tiny:latest"]
+        r = httpx.get(f"{host}/api/tags")  # no token
+        assert r.status_code == 401 and isinstance(r.json()["error"], str)
+    finally:
+        d.stop()

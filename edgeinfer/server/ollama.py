@@ -156,7 +156,9 @@ def ollama_router(service: InferenceService, store: StoreFactory | None = None) 
 
     async def load_or_unload(name: str, keep_alive: KeepAlive, reply: Reply) -> Response:
         """An empty prompt loads the model, and with ``keep_alive: 0`` unloads it (Ollama)."""
-        if _unloads(keep_alive):
+        if service.router.wants(name) or name in service.remotes:
+            reason = "load"  # nothing of ours to load: a tier is picked, or remote, per request
+        elif _unloads(keep_alive):
             why = "unloaded by request (keep_alive 0)"
             await asyncio.to_thread(service.pool.unload, name, why)
             reason = "unload"

@@ -216,6 +216,11 @@ def build_app(
         if cache is not None:
             cache.close()
 
+    def store(progress: Progress | None) -> ModelStore:
+        """The store over the config in force (a reload swaps ``files.catalogue``)."""
+        quantizer = real_quantizer()
+        return ModelStore(files.models_dir, files.catalogue, quantizer=quantizer, progress=progress)
+
     watcher = config_watcher(settings, catalogue, files, pool, service)
     return create_app(
         service,
@@ -223,6 +228,7 @@ def build_app(
         on_shutdown=shutdown,
         max_body_bytes=settings.max_body_bytes,
         admin=Operations(pool, watcher),
+        store=store,
     )
 
 

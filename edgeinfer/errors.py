@@ -50,6 +50,11 @@ class EdgeInferError(Exception):
         self.message = message
         self.param = param
 
+    def to_wire(self, path: str) -> dict[str, object]:
+        """The error body a route answers with: Ollama's ``{"error": "..."}`` under ``/api/``
+        (the Ollama API), OpenAI's everywhere else."""
+        return {"error": self.message} if path.startswith("/api/") else self.to_openai()
+
     def to_openai(self) -> dict[str, object]:
         """The OpenAI error body: ``{"error": {"message", "type", "param", "code"}}``."""
         return {

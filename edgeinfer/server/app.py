@@ -29,6 +29,8 @@ from edgeinfer.errors import Busy, EdgeInferError, InvalidRequest, ModelUnavaila
 from edgeinfer.server.auth import identity
 from edgeinfer.server.feed import StatsFeeds
 from edgeinfer.server.limits import BodyLimit
+from edgeinfer.server.ollama import ollama_router
+from edgeinfer.server.ollama_models import StoreFactory
 from edgeinfer.server.openai_shapes import (
     Shape,
     internal_error,
@@ -143,9 +145,11 @@ def create_app(
     on_shutdown: Callable[[], None] | None = None,
     max_body_bytes: int = 8 << 20,
     admin: Operations | None = None,
+    store: StoreFactory | None = None,
 ) -> FastAPI:
     """The ASGI app over ``service``; ``on_shutdown`` runs after the server stopped accepting.
-    ``admin`` adds config reload and model load/unload, and their state in /health and /stats."""
+    ``admin`` adds config reload and model load/unload, and their state in /health and /stats;
+    ``store`` gives the Ollama routes model files and ``/api/pull``."""
 
     def snapshot() -> dict[str, Any]:
         snap = service.snapshot()
@@ -169,6 +173,7 @@ def create_app(
     if admin is not None:
         admin.mount(app)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.include_router(ollama_router(service, store))  # the Ollama API, /api/...
     started = time.time()
 
     @app.exception_handler(EdgeInferError)

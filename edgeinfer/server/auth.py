@@ -272,9 +272,8 @@ class AccessGuard:
                 )
                 if isinstance(refused, Busy):
                     headers["Retry-After"] = str(max(1, round(refused.retry_after)))
-                response = JSONResponse(
-                    refused.to_openai(), status_code=refused.status, headers=headers
-                )
+                body = refused.to_wire(scope.get("path", ""))
+                response = JSONResponse(body, status_code=refused.status, headers=headers)
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -7,7 +7,8 @@ when SIGTERM/SIGINT arrives) it can cancel the work and still finish the respons
 
 * nothing sent yet: 503 ``shutting_down`` OpenAI error JSON;
 * an SSE stream under way: one last ``data: {"error": ...}`` event, the way a stream reports any
-  error once its headers are gone, then the end of the body;
+  error once its headers are gone, then the end of the body (an Ollama NDJSON stream: one last
+  ``{"error": ...}`` line);
 * a request arriving while draining (pipelined on an open connection): 503 at once.
 
 Cancelling a stream's task runs its ``finally``, which cancels the generation and frees its slot.
@@ -36,12 +37,15 @@ class _Flight:
         self.started = False
         self.complete = False
         self.sse = False
+        self.ndjson = False  # the Ollama API's streams
 
     async def send(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             self.started = True
             headers = dict(message.get("headers") or [])
-            self.sse = headers.get(b"content-type", b"").startswith(b"text/event-stream")
+            kind = headers.get(b"content-type", b"")
+            self.sse = kind.startswith(b"text/event-stream")
+            self.ndjson = kind.startswith(b"application/x-ndjson")
         elif message["type"] == "http.response.body" and not message.get("more_body", False):
             self.complete = True
         await self._send(message)
@@ -52,12 +56,15 @@ class _Flight:
             return
         with contextlib.suppress(OSError):  # the client may be gone already
             if not self.started:
-                response = JSONResponse(error.to_openai(), status_code=error.status)
+                wire = error.to_wire(scope.get("path", ""))
+                response = JSONResponse(wire, status_code=error.status)
                 await response(scope, receive, self._send)
                 return
             body = b""
             if self.sse:
                 body = f"data: {json.dumps(error.to_openai(), separators=(',', ':'))}\n\n".encode()
+            elif self.ndjson:
+                body = (json.dumps({"error": error.message}) + "\n").encode()
             await self._send({"type": "http.response.body", "body": body, "more_body": False})
 
 
@@ -91,9 +98,8 @@ class Drain:
             return
         if self.draining:
             refused = ShuttingDown("the daemon is shutting down; not taking new requests")
-            await JSONResponse(refused.to_openai(), status_code=refused.status)(
-                scope, receive, send
-            )
+            body = refused.to_wire(scope.get("path", ""))
+            await JSONResponse(body, status_code=refused.status)(scope, receive, send)
             return
         flight = _Flight(send)
         task = asyncio.ensure_future(self.app(scope, receive, flight.send))

@@ -1,6 +1,7 @@
 """Request body size limit, as a pure ASGI middleware in front of the app.
 
-A body larger than ``max_bytes`` is refused with 413 and OpenAI error JSON before it is read
+A body larger than ``max_bytes`` is refused with 413 and OpenAI error JSON (Ollama's under
+``/api/``) before it is read
 into memory: by its Content-Length when the client sends one, else as the bytes arrive.
 """
 
@@ -23,7 +24,7 @@ class BodyLimit:
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(send)
+            await self._refuse(send, scope)
             return
         seen = 0
         exceeded = False
@@ -47,19 +48,22 @@ class BodyLimit:
                 await send(message)
             elif not replaced:
                 replaced = True
-                await self._refuse(send)
+                await self._refuse(send, scope)
 
         await self.app(scope, limited_receive, guarded_send)
 
-    async def _refuse(self, send: Send) -> None:
+    async def _refuse(self, send: Send, scope: Scope) -> None:
+        message = f"the request body is larger than {self.max_bytes} bytes"
         error: dict[str, Any] = {
             "error": {
-                "message": f"the request body is larger than {self.max_bytes} bytes",
+                "message": message,
                 "type": "invalid_request_error",
                 "param": None,
                 "code": "request_too_large",
             }
         }
+        if str(scope.get("path", "")).startswith("/api/"):
+            error = {"error": message}  # the Ollama API's shape
         body = json.dumps(error).encode()
         headers = [
             (b"content-type", b"application/json"),

@@ -61,6 +61,9 @@ class GenerateOptions:
     # who asks ("uid:1000" on the socket, "tcp" for token holders): the response cache is
     # partitioned by it, so one user's answers (and questions) are never served to another
     identity: str = ""
+    # sampling fields the request left out: the serving model's defaults fill them in
+    # (edgeinfer.sampling.with_defaults) once it is known; until then they hold Sampling's own
+    default_sampling: frozenset[str] = frozenset()
 
     def edgeinfer_given(self) -> list[str]:
         """The ``edgeinfer`` options this request set to something else than their default, so
@@ -82,6 +85,8 @@ class GenerateOptions:
             "compress": self.compress,
             "context_budget": self.context_budget,
             "identity": self.identity or None,
+            # left to a model not chosen yet (model "auto"): "unset" is not "set to 1.0"
+            "defaulted": sorted(self.default_sampling) or None,
         }
         return {
             **fields,

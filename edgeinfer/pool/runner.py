@@ -127,6 +127,7 @@ class ModelRunner:
         self.name = name
         self.params = params
         self._path = path
+        self.path = path  # the GGUF file (its metadata holds default sampling settings)
         self._factory = factory
         self._max_queue = max_queue
         self._max_queued_tokens = max_queued_tokens

@@ -155,7 +155,9 @@ class Generation:
         """A generation served from a cache hit, in the same shape as a fresh one."""
         answer = hit.response
         usage = Usage(hit.prompt_tokens, hit.completion_tokens, hit.prompt_tokens, 0.0, 0.0)
-        done = Finished(answer.get("finish_reason", "stop"), usage)
+        stop_sequence = answer.get("stop_sequence")
+        matched = stop_sequence if isinstance(stop_sequence, str) else None
+        done = Finished(answer.get("finish_reason", "stop"), usage, matched)
         gen = cls.from_text(model, digest, str(answer.get("content", "")), done)
         gen.cache = {"layer": hit.layer, "similarity": round(hit.similarity, 4)}
         if hit.layer == "semantic":

@@ -264,7 +264,9 @@ class InferenceService:
             return None
 
         def store(text: str, done: Finished) -> None:
-            answer = {"content": text, "finish_reason": done.reason}
+            answer: dict[str, Any] = {"content": text, "finish_reason": done.reason}
+            if done.stop_sequence is not None:
+                answer["stop_sequence"] = done.stop_sequence
             usage = (done.usage.prompt_tokens, done.usage.completion_tokens)
             cache.put(req, answer, usage, done.usage.total_s)
 

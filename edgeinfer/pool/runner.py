@@ -562,7 +562,8 @@ class ModelRunner:
         now = self._clock()
         ttft = (t_first - req.submitted) if t_first is not None else 0.0
         usage = Usage(len(req.prompt), n_gen, n_cached, ttft, now - req.submitted)
-        self._end(req, Finished(reason, usage))
+        matched = text.matched if text is not None and reason == "stop" else None
+        self._end(req, Finished(reason, usage, matched))
 
     def _fail(self, engine: Engine, slot: _Slot, error: EdgeInferError) -> None:
         self.stats.errors += 1

@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from edgeinfer import __version__
 from edgeinfer.engine.base import TokenLogprob
 from edgeinfer.errors import Busy, EdgeInferError, InvalidRequest, ModelUnavailable
+from edgeinfer.server.anthropic import add_messages_route
 from edgeinfer.server.auth import identity
 from edgeinfer.server.feed import StatsFeeds
 from edgeinfer.server.limits import BodyLimit
@@ -199,6 +200,8 @@ def create_app(
         start = service.chat(body.model, messages, options)
         usage = bool(body.stream_options and body.stream_options.include_usage)
         return await _respond(request, start, Shape(chat=True), body.stream, usage)
+
+    add_messages_route(app, service, _collect)
 
     @app.post("/v1/completions", response_model=None)
     async def completions(body: CompletionRequest, request: Request) -> Response:

@@ -218,13 +218,3 @@ class CompletionRequest(_Sampling):
     prompt: str
     echo: Literal[False] = False
     suffix: None = None
-
-
-class EmbeddingRequest(_Strict):
-    input: str | Annotated[list[str], Field(min_length=1, max_length=2048)]
-    model: str | None = None
-    encoding_format: Literal["float"] = "float"
-    user: str | None = None
-
-    def texts(self) -> list[str]:
-        return [self.input] if isinstance(self.input, str) else list(self.input)

@@ -33,15 +33,11 @@ def client(daemon: Daemon) -> Iterator[openai.OpenAI]:
         yield c
 
 
-def test_sdk_default_base64_equals_the_float_result(
-    client: openai.OpenAI, daemon: Daemon
-) -> None:
+def test_sdk_default_base64_equals_the_float_result(client: openai.OpenAI, daemon: Daemon) -> None:
     sdk = client.embeddings.create(model="all-MiniLM-L6-v2", input=TEXTS)  # SDK default: base64
     with daemon.client() as c:
         raw = c.post("/v1/embeddings", json={"model": "x", "input": TEXTS}).json()
-        b64 = c.post(
-            "/v1/embeddings", json={"input": TEXTS, "encoding_format": "base64"}
-        ).json()
+        b64 = c.post("/v1/embeddings", json={"input": TEXTS, "encoding_format": "base64"}).json()
     floats = [d["embedding"] for d in raw["data"]]
     assert [d.embedding for d in sdk.data] == floats  # float32 values survive exactly
     assert len(floats[0]) == 384 and sdk.model == raw["model"] == "all-MiniLM-L6-v2-int8"

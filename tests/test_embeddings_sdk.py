@@ -6,23 +6,19 @@ import base64
 import struct
 from collections.abc import Iterator
 
+import httpx
 import openai
 import pytest
 
 from tests.conftest import Daemon
-
-try:  # openai >= 3 is built on httpx2 and refuses httpx objects; older SDKs on httpx
-    import httpx2 as sdk_httpx
-except ImportError:  # pragma: no cover - depends on the installed SDK
-    import httpx as sdk_httpx  # type: ignore[no-redef]
 
 pytestmark = pytest.mark.real
 
 TEXTS = ["The cat sat on the mat.", "Quarterly revenue grew by 12 percent."]
 
 
-def _http(daemon: Daemon) -> sdk_httpx.Client:
-    return sdk_httpx.Client(transport=sdk_httpx.HTTPTransport(uds=str(daemon.socket)), timeout=60)
+def _http(daemon: Daemon) -> httpx.Client:
+    return httpx.Client(transport=httpx.HTTPTransport(uds=str(daemon.socket)), timeout=60)
 
 
 @pytest.fixture

@@ -60,6 +60,11 @@ def test_max_tokens_and_stop_sequence_reasons(client: anthropic.Anthropic) -> No
     )
     assert stopped.stop_reason == "stop_sequence" and stopped.stop_sequence == "5"
     assert stopped.content[0].text == text[: text.index("5")]
+    again = client.messages.create(
+        model="tiny", max_tokens=40, **GREEDY, messages=question, stop_sequences=["5"]
+    )
+    assert again.model_extra is not None and again.model_extra["edgeinfer"]["cache"]["layer"]
+    assert (again.stop_reason, again.stop_sequence) == ("stop_sequence", "5")  # kept in cache
 
 
 def test_system_prompt_as_string_and_blocks_is_applied(client: anthropic.Anthropic) -> None:

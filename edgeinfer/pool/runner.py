@@ -126,8 +126,7 @@ class ModelRunner:
     ) -> None:
         self.name = name
         self.params = params
-        self._path = path
-        self.path = path  # the GGUF file (its metadata holds default sampling settings)
+        self.path = path  # the GGUF file (its metadata may hold default sampling settings)
         self._factory = factory
         self._max_queue = max_queue
         self._max_queued_tokens = max_queued_tokens
@@ -291,7 +290,7 @@ class ModelRunner:
 
     def _main(self) -> None:
         try:
-            self._engine = self._factory(self._path, self.params)
+            self._engine = self._factory(self.path, self.params)
         except EdgeInferError as exc:
             self.load_error = exc
         except Exception as exc:  # a native loader can fail in many ways; report, stay up

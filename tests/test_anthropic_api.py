@@ -8,6 +8,15 @@ from typing import Any
 import anthropic
 import pytest
 
+from edgeinfer.errors import (
+    Busy,
+    EdgeInferError,
+    InvalidRequest,
+    ModelNotFound,
+    ModelUnavailable,
+    RequestTimeout,
+)
+from edgeinfer.server.anthropic import anthropic_error, error_body
 from tests.conftest import Daemon
 
 try:  # anthropic >= 2 is built on httpx2 and refuses httpx objects; older SDKs on httpx
@@ -15,8 +24,8 @@ try:  # anthropic >= 2 is built on httpx2 and refuses httpx objects; older SDKs 
 except ImportError:  # pragma: no cover - depends on the installed SDK
     import httpx as sdk_httpx  # type: ignore[no-redef]
 
-pytestmark = pytest.mark.real
 
+pytestmark = pytest.mark.real
 
 # anthropic >= 2 dropped temperature / top_p / top_k from messages.create's arguments (older
 # SDKs send them as fields); either way they reach the daemon as body fields.
@@ -185,3 +194,21 @@ def test_missing_max_tokens_and_bad_json_are_400(daemon: Daemon) -> None:
     assert r.json()["error"]["type"] == "invalid_request_error"
     assert "max_tokens" in r.json()["error"]["message"]
     assert bad.status_code == 400 and bad.json()["type"] == "error"
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind", "status"),
+    [
+        (InvalidRequest("x"), "invalid_request_error", 400),
+        (ModelNotFound("x"), "not_found_error", 404),
+        (Busy("x", retry_after=3), "overloaded_error", 503),
+        (ModelUnavailable("x"), "overloaded_error", 503),
+        (RequestTimeout("x"), "api_error", 504),
+        (EdgeInferError("x"), "api_error", 500),
+    ],
+)
+def test_error_types_map_to_anthropic_ones(exc: EdgeInferError, kind: str, status: int) -> None:
+    response = anthropic_error(exc)
+    assert response.status_code == status
+    assert error_body(exc) == {"type": "error", "error": {"type": kind, "message": "x"}}
+    assert ("retry-after" in response.headers) == isinstance(exc, Busy)

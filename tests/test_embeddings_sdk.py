@@ -67,15 +67,16 @@ def test_token_arrays_are_a_clear_400(daemon: Daemon, tokens: object) -> None:
 
 def test_langchain_openai_embeddings(daemon: Daemon, client: openai.OpenAI) -> None:
     lc = pytest.importorskip("langchain_openai")
-    emb = lc.OpenAIEmbeddings(
-        model="all-MiniLM-L6-v2",
-        base_url="http://edgeinfer/v1",
-        api_key="unused",
-        http_client=_http(daemon),
-        check_embedding_ctx_length=False,
-    )
-    docs = emb.embed_documents(TEXTS)
-    query = emb.embed_query(TEXTS[0])
+    with _http(daemon) as http:  # LangChain never closes a client it was given
+        emb = lc.OpenAIEmbeddings(
+            model="all-MiniLM-L6-v2",
+            base_url="http://edgeinfer/v1",
+            api_key="unused",
+            http_client=http,
+            check_embedding_ctx_length=False,
+        )
+        docs = emb.embed_documents(TEXTS)
+        query = emb.embed_query(TEXTS[0])
     direct = client.embeddings.create(model="m", input=TEXTS)
     assert docs == [d.embedding for d in direct.data]
     assert query == docs[0]

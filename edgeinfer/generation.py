@@ -61,6 +61,9 @@ class GenerateOptions:
     # who asks ("uid:1000" on the socket, "tcp" for token holders): the response cache is
     # partitioned by it, so one user's answers (and questions) are never served to another
     identity: str = ""
+    # sampling fields the request left out: the serving model's defaults fill them in
+    # (edgeinfer.sampling.with_defaults) once it is known; until then they hold Sampling's own
+    default_sampling: frozenset[str] = frozenset()
 
     def edgeinfer_given(self) -> list[str]:
         """The ``edgeinfer`` options this request set to something else than their default, so
@@ -82,6 +85,8 @@ class GenerateOptions:
             "compress": self.compress,
             "context_budget": self.context_budget,
             "identity": self.identity or None,
+            # left to a model not chosen yet (model "auto"): "unset" is not "set to 1.0"
+            "defaulted": sorted(self.default_sampling) or None,
         }
         return {
             **fields,
@@ -150,7 +155,9 @@ class Generation:
         """A generation served from a cache hit, in the same shape as a fresh one."""
         answer = hit.response
         usage = Usage(hit.prompt_tokens, hit.completion_tokens, hit.prompt_tokens, 0.0, 0.0)
-        done = Finished(answer.get("finish_reason", "stop"), usage)
+        stop_sequence = answer.get("stop_sequence")
+        matched = stop_sequence if isinstance(stop_sequence, str) else None
+        done = Finished(answer.get("finish_reason", "stop"), usage, matched)
         gen = cls.from_text(model, digest, str(answer.get("content", "")), done)
         gen.cache = {"layer": hit.layer, "similarity": round(hit.similarity, 4)}
         if hit.layer == "semantic":

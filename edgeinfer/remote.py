@@ -42,7 +42,7 @@ def request_fields(options: GenerateOptions) -> dict[str, Any]:
     ``upstream_error``) instead of the setting silently doing nothing. None values are dropped.
     """
     s = options.sampling
-    return {
+    fields = {
         "max_tokens": options.max_tokens,
         "temperature": s.temperature,
         "top_p": s.top_p,
@@ -55,6 +55,8 @@ def request_fields(options: GenerateOptions) -> dict[str, Any]:
         "seed": s.seed,
         "stop": list(options.stop) or None,
     }
+    # a field the request left out is the upstream's to default (it knows its own model)
+    return {k: v for k, v in fields.items() if k not in options.default_sampling}
 
 
 class RemoteTier:

@@ -31,6 +31,7 @@ from edgeinfer.remote import RemoteTier
 from edgeinfer.routed import Router
 from edgeinfer.routing.classifier import Classifier
 from edgeinfer.routing.policy import Tier
+from edgeinfer.sampling import model_defaults, with_defaults
 
 
 def tokenize_chat(
@@ -198,6 +199,9 @@ class InferenceService:
         messages: Sequence[Mapping[str, Any]],
         options: GenerateOptions,
     ) -> Generation:
+        # the model's default sampling first: the cache keys and its deterministic test see
+        # the settings the generation will really use
+        options = with_defaults(options, model_defaults(served.spec, runner.path))
         hit, cached = await self._lookup(served.name, served.digest or "", messages, options)
         if hit is not None:
             return hit
@@ -260,7 +264,9 @@ class InferenceService:
             return None
 
         def store(text: str, done: Finished) -> None:
-            answer = {"content": text, "finish_reason": done.reason}
+            answer: dict[str, Any] = {"content": text, "finish_reason": done.reason}
+            if done.stop_sequence is not None:
+                answer["stop_sequence"] = done.stop_sequence
             usage = (done.usage.prompt_tokens, done.usage.completion_tokens)
             cache.put(req, answer, usage, done.usage.total_s)
 
@@ -280,6 +286,7 @@ class InferenceService:
                 param=refused[0],
             )
         served, runner = await self.pool.acquire(model)
+        options = with_defaults(options, model_defaults(served.spec, runner.path))
         with runner.held():
             tokens = await asyncio.to_thread(runner.engine.tokenize, prompt, add_special=True)
             if not tokens:

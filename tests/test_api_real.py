@@ -175,8 +175,14 @@ def reference(tiny_path: Path) -> Llama:
 def test_greedy_chat_equals_llama_cpp_python(
     daemon: Daemon, reference: Llama, messages: list[dict[str, str]]
 ) -> None:
-    ours = chat(daemon, messages=messages, max_tokens=48, temperature=0).json()
-    theirs = reference.create_chat_completion(messages, max_tokens=48, temperature=0)  # type: ignore[arg-type]
+    # repeat_penalty spelled out: tiny's default (models.toml) is 1.1, llama-cpp-python's 1.0
+    ours = chat(daemon, messages=messages, max_tokens=48, temperature=0, repeat_penalty=1.0).json()
+    theirs = reference.create_chat_completion(
+        messages,  # type: ignore[arg-type]
+        max_tokens=48,
+        temperature=0,
+        repeat_penalty=1.0,
+    )
     assert ours["choices"][0]["message"]["content"] == theirs["choices"][0]["message"]["content"]  # type: ignore[index]
     assert ours["usage"]["prompt_tokens"] == theirs["usage"]["prompt_tokens"]  # type: ignore[index]
 
@@ -186,9 +192,15 @@ def test_greedy_completion_equals_llama_cpp_python(daemon: Daemon, reference: Ll
     with daemon.client() as c:
         ours = c.post(
             "/v1/completions",
-            json={"model": "tiny", "prompt": prompt, "max_tokens": 40, "temperature": 0},
+            json={
+                "model": "tiny",
+                "prompt": prompt,
+                "max_tokens": 40,
+                "temperature": 0,
+                "repeat_penalty": 1.0,  # tiny's default is 1.1
+            },
         ).json()
-    theirs = reference.create_completion(prompt, max_tokens=40, temperature=0)
+    theirs = reference.create_completion(prompt, max_tokens=40, temperature=0, repeat_penalty=1.0)
     assert ours["choices"][0]["text"] == theirs["choices"][0]["text"]  # type: ignore[index]
 
 
@@ -259,7 +271,14 @@ def test_per_request_timeout(daemon: Daemon) -> None:
 
 def test_repetition_penalties_apply(daemon: Daemon) -> None:
     messages = [{"role": "user", "content": "List the numbers from one to twenty, one per line."}]
-    plain = chat(daemon, messages=messages, max_tokens=30, temperature=0, edgeinfer=NO_CACHE)
+    plain = chat(  # no penalty at all (tiny's default repeat_penalty is 1.1)
+        daemon,
+        messages=messages,
+        max_tokens=30,
+        temperature=0,
+        repeat_penalty=1.0,
+        edgeinfer=NO_CACHE,
+    )
     penalised = chat(
         daemon,
         messages=messages,

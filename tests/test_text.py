@@ -37,3 +37,12 @@ def test_flush_releases_held_prefix_and_partial_bytes() -> None:
     broken = TextStream()
     assert broken.feed(b"x\xc3") == "x"
     assert broken.flush() == "\ufffd"
+
+
+def test_matched_names_the_stop_string_that_ended_the_text() -> None:
+    stream = TextStream(("world", "lo w", "zzz"))
+    out = "".join(stream.feed(p.encode()) for p in ("hel", "lo", " wor", "ld"))
+    assert (out, stream.stopped, stream.matched) == ("hel", True, "lo w")  # the earliest wins
+    plain = TextStream(("zzz",))
+    plain.feed(b"hello")
+    assert plain.matched is None and not plain.stopped

@@ -128,7 +128,12 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
         models = dict(known) if isinstance(known, dict) else {}
         for name, entry in value.items():
             if isinstance(entry, dict) and isinstance(models.get(name), dict):
-                models[name] = {**models[name], **entry}
+                base_entry = models[name]
+                models[name] = {**base_entry, **entry}
+                sampling = entry.get("sampling")
+                if isinstance(sampling, dict) and isinstance(base_entry.get("sampling"), dict):
+                    # [models.NAME.sampling] overrides the bundled defaults key by key
+                    models[name]["sampling"] = {**base_entry["sampling"], **sampling}
             else:
                 models[name] = entry
         merged["models"] = models

@@ -89,6 +89,23 @@ Source = Annotated[
 ]
 
 
+class SamplingDefaults(_Strict):
+    """A model's default sampling ([models.NAME.sampling]): what a request that leaves a field
+    out gets. Unset here, the GGUF's ``general.sampling.*`` metadata applies, then the engine's
+    neutral defaults (temperature 1, no truncation, no penalties). Same ranges as the API."""
+
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=0)
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    repeat_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+
+    def given(self) -> dict[str, float | int]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
 class ModelSpec(_Strict):
     """One catalogue entry. Engine knobs default to what a 2-core CPU box wants."""
 
@@ -134,6 +151,7 @@ class ModelSpec(_Strict):
         default=None, ge=0.0, description="a price per 1k tokens; none = measured compute time"
     )
     tags: list[str] = Field(default_factory=list)
+    sampling: SamplingDefaults = Field(default_factory=SamplingDefaults)
 
     @field_validator("sha256")
     @classmethod

@@ -33,6 +33,7 @@ class Delta:
 class Finished:
     reason: FinishReason
     usage: Usage
+    stop_sequence: str | None = None  # the stop string that ended it (reason "stop")
 
 
 @dataclass(frozen=True)

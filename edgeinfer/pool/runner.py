@@ -126,7 +126,7 @@ class ModelRunner:
     ) -> None:
         self.name = name
         self.params = params
-        self._path = path
+        self.path = path  # the GGUF file (its metadata may hold default sampling settings)
         self._factory = factory
         self._max_queue = max_queue
         self._max_queued_tokens = max_queued_tokens
@@ -290,7 +290,7 @@ class ModelRunner:
 
     def _main(self) -> None:
         try:
-            self._engine = self._factory(self._path, self.params)
+            self._engine = self._factory(self.path, self.params)
         except EdgeInferError as exc:
             self.load_error = exc
         except Exception as exc:  # a native loader can fail in many ways; report, stay up
@@ -561,7 +561,8 @@ class ModelRunner:
         now = self._clock()
         ttft = (t_first - req.submitted) if t_first is not None else 0.0
         usage = Usage(len(req.prompt), n_gen, n_cached, ttft, now - req.submitted)
-        self._end(req, Finished(reason, usage))
+        matched = text.matched if text is not None and reason == "stop" else None
+        self._end(req, Finished(reason, usage, matched))
 
     def _fail(self, engine: Engine, slot: _Slot, error: EdgeInferError) -> None:
         self.stats.errors += 1

@@ -20,6 +20,7 @@ class TextStream:
         self._held = ""
         self.text = ""  # everything emitted so far
         self.stopped = False
+        self.matched: str | None = None  # the stop string that ended the text
 
     def feed(self, piece: bytes) -> str:
         """Add one token's bytes; return the newly emittable text."""
@@ -38,8 +39,9 @@ class TextStream:
 
     def _push(self, new: str) -> str:
         buf = self._held + new
-        cut = min((i for i in (buf.find(s) for s in self._stop) if i >= 0), default=-1)
-        if cut >= 0:
+        hits = [(i, s) for s in self._stop if (i := buf.find(s)) >= 0]
+        if hits:
+            cut, self.matched = min(hits, key=lambda hit: hit[0])
             self.stopped = True
             self._held = ""
             self.text += buf[:cut]

@@ -25,8 +25,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgeinfer import __version__
 from edgeinfer.engine.base import TokenLogprob
-from edgeinfer.errors import Busy, EdgeInferError, InvalidRequest, ModelUnavailable
+from edgeinfer.errors import Busy, EdgeInferError, InvalidRequest
+from edgeinfer.server.anthropic import add_messages_route
 from edgeinfer.server.auth import identity
+from edgeinfer.server.embeddings import add_embeddings_route
 from edgeinfer.server.feed import StatsFeeds
 from edgeinfer.server.limits import BodyLimit
 from edgeinfer.server.ollama import ollama_router
@@ -36,7 +38,7 @@ from edgeinfer.server.openai_shapes import (
     internal_error,
     sse_stream,
 )
-from edgeinfer.server.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from edgeinfer.server.schemas import ChatCompletionRequest, CompletionRequest
 from edgeinfer.service import Generation, InferenceService
 from edgeinfer.stats import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from edgeinfer.stats import Metrics
@@ -205,6 +207,8 @@ def create_app(
         usage = bool(body.stream_options and body.stream_options.include_usage)
         return await _respond(request, start, Shape(chat=True), body.stream, usage)
 
+    add_messages_route(app, service, _collect)
+
     @app.post("/v1/completions", response_model=None)
     async def completions(body: CompletionRequest, request: Request) -> Response:
         start = service.complete(body.model, body.prompt, body.options())
@@ -245,23 +249,7 @@ def create_app(
         )
         return {"object": "list", "data": data}
 
-    @app.post("/v1/embeddings")
-    async def embeddings(body: EmbeddingRequest) -> dict[str, Any]:
-        if service.cache is None:
-            raise ModelUnavailable("the embedding model is not loaded (see the daemon's log)")
-        embedder = service.cache.embedder
-        texts = body.texts()
-        vectors = await asyncio.to_thread(embedder.embed, texts)
-        tokens = sum(await asyncio.to_thread(embedder.token_counts, texts))
-        return {
-            "object": "list",
-            "model": embedder.name,
-            "data": [
-                {"object": "embedding", "index": i, "embedding": [float(x) for x in vec]}
-                for i, vec in enumerate(vectors)
-            ],
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        }
+    add_embeddings_route(app, service)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edgeinfer.engine.base import Sampling
+from edgeinfer.sampling import DEFAULTABLE
 from edgeinfer.service import GenerateOptions
 
 _MAX_TOKENS_LIMIT = 1 << 20
@@ -129,13 +130,14 @@ Stop = str | Annotated[list[str], Field(max_length=4)] | None
 class _Sampling(_Strict):
     model: str | None = None
     max_tokens: Annotated[int, Field(ge=1, le=_MAX_TOKENS_LIMIT)] | None = None
-    temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 1.0
-    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
-    top_k: Annotated[int, Field(ge=0)] = 0
-    min_p: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
-    presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] = 0.0
-    frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] = 0.0
-    repeat_penalty: Annotated[float, Field(gt=0.0, le=10.0)] = 1.0
+    # None (left out): the model's default ([models.NAME.sampling], its GGUF, then neutral)
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    top_k: Annotated[int, Field(ge=0)] | None = None
+    min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
+    frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
+    repeat_penalty: Annotated[float, Field(gt=0.0, le=10.0)] | None = None
     logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
     seed: int | None = None
     stop: Stop = None
@@ -163,6 +165,7 @@ class _Sampling(_Strict):
         if fmt is not None and fmt.json_schema is not None:
             schema = json.dumps(fmt.json_schema.schema_)
         ext = self.edgeinfer or EdgeInferOptions()
+        bias = {int(k): v for k, v in (self.logit_bias or {}).items()}
         return GenerateOptions(
             max_tokens=self.max_tokens,
             stop=stop,
@@ -178,18 +181,18 @@ class _Sampling(_Strict):
             continue_on_length=ext.continue_on_length,
             compress=ext.compress,
             context_budget=ext.context_budget,
-            sampling=Sampling(
-                temperature=self.temperature,
-                top_p=self.top_p,
-                top_k=self.top_k,
-                min_p=self.min_p,
-                seed=self.seed,
-                repeat_penalty=self.repeat_penalty,
-                presence_penalty=self.presence_penalty,
-                frequency_penalty=self.frequency_penalty,
-                logit_bias={int(k): v for k, v in (self.logit_bias or {}).items()},
-            ),
+            sampling=sampling_of(self.model_dump(include=set(DEFAULTABLE)), self.seed, bias),
+            default_sampling=frozenset(n for n in DEFAULTABLE if getattr(self, n) is None),
         )
+
+
+def sampling_of(
+    fields: dict[str, Any], seed: int | None = None, logit_bias: dict[int, float] | None = None
+) -> Sampling:
+    """A request's :class:`Sampling`: the fields it gave; those left out (None) keep Sampling's
+    neutral values until the serving model's defaults replace them."""
+    given = {k: v for k, v in fields.items() if v is not None}
+    return Sampling(**given, seed=seed, logit_bias=logit_bias or {})
 
 
 class ChatCompletionRequest(_Sampling):
@@ -215,13 +218,3 @@ class CompletionRequest(_Sampling):
     prompt: str
     echo: Literal[False] = False
     suffix: None = None
-
-
-class EmbeddingRequest(_Strict):
-    input: str | Annotated[list[str], Field(min_length=1, max_length=2048)]
-    model: str | None = None
-    encoding_format: Literal["float"] = "float"
-    user: str | None = None
-
-    def texts(self) -> list[str]:
-        return [self.input] if isinstance(self.input, str) else list(self.input)

@@ -17,6 +17,7 @@ from edgeinfer.cache.entry import CacheHit
 from edgeinfer.engine.base import Sampling, TokenLogprob
 from edgeinfer.errors import RequestTimeout
 from edgeinfer.pool.events import Delta, Event, Finished, Usage
+from edgeinfer.prompt.tools import ToolSpec
 
 log = logging.getLogger("edgeinfer.generation")
 
@@ -61,6 +62,7 @@ class GenerateOptions:
     # who asks ("uid:1000" on the socket, "tcp" for token holders): the response cache is
     # partitioned by it, so one user's answers (and questions) are never served to another
     identity: str = ""
+    tools: ToolSpec | None = None  # tools offered (or not: tool_choice none), tool_choice
 
     def edgeinfer_given(self) -> list[str]:
         """The ``edgeinfer`` options this request set to something else than their default, so
@@ -82,6 +84,7 @@ class GenerateOptions:
             "compress": self.compress,
             "context_budget": self.context_budget,
             "identity": self.identity or None,
+            "tools": self.tools.key() if self.tools is not None else None,
         }
         return {
             **fields,

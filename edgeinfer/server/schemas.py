@@ -16,7 +16,14 @@ import re
 from dataclasses import replace
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from edgeinfer.engine.base import Sampling
 from edgeinfer.errors import InvalidRequest
@@ -76,17 +83,23 @@ class ToolCallIn(_Strict):
 
 class Message(_Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
     name: str | None = None
     tool_calls: Annotated[list[ToolCallIn], Field(min_length=1)] | None = None
     tool_call_id: str | None = None
+    # after role and tool_calls, which its check reads; checked when absent too
+    content: str | list[TextPart] | None = Field(default=None, validate_default=True)
+
+    @field_validator("content")
+    @classmethod
+    def _content_given(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None and not (
+            info.data.get("role") == "assistant" and info.data.get("tool_calls")
+        ):
+            raise ValueError("required (only an assistant turn with tool_calls may omit it)")
+        return value
 
     @model_validator(mode="after")
     def _shape(self) -> Message:
-        if self.content is None and not (self.role == "assistant" and self.tool_calls):
-            raise ValueError(
-                "content is required (only an assistant turn with tool_calls may omit it)"
-            )
         if self.tool_calls is not None and self.role != "assistant":
             raise ValueError("only assistant messages carry tool_calls")
         if (self.role == "tool") != (self.tool_call_id is not None):

@@ -95,6 +95,9 @@ async def _collect(
 
     answer: asyncio.Future[list[tuple[Generation, str, list[TokenLogprob]]]]
     answer = asyncio.ensure_future(asyncio.gather(*(one(g) for g in gens)))
+    # read by the callback too, so an error no one waits for any more (the handler was
+    # cancelled at shutdown) is not logged as "never retrieved"
+    answer.add_done_callback(lambda f: f.cancelled() or f.exception())
     watcher = asyncio.ensure_future(_until_disconnect(request))
     try:
         waited: set[asyncio.Future[Any]] = {answer, watcher}

@@ -64,7 +64,7 @@ def create(client: openai.OpenAI, **kw: Any) -> Any:
     # one call per answer: the grammar then ends it, where parallel calls let tiny repeat itself
     base: dict[str, Any] = {
         "model": "tiny",
-        "max_tokens": 40,
+        "max_tokens": 64,
         "temperature": 0,
         "parallel_tool_calls": False,
     }

@@ -18,7 +18,7 @@ LONG = "Here is some context about cats. " * 12 + "Now write one short line abou
 
 @pytest.fixture
 def sdk(daemon: Daemon) -> Iterator[openai.OpenAI]:
-    http = httpx.Client(transport=httpx.HTTPTransport(uds=str(daemon.socket)), timeout=120)
+    http = httpx.Client(transport=httpx.HTTPTransport(uds=str(daemon.socket)), timeout=600)
     with http:
         yield openai.OpenAI(base_url="http://edgeinfer/v1", api_key="unused", http_client=http)
 

@@ -46,7 +46,7 @@ ASK = [{"role": "user", "content": "What's the weather in Paris, in celsius?"}]
 
 @pytest.fixture
 def client(daemon: Daemon) -> Iterator[openai.OpenAI]:
-    http = httpx.Client(transport=httpx.HTTPTransport(uds=str(daemon.socket)), timeout=120)
+    http = httpx.Client(transport=httpx.HTTPTransport(uds=str(daemon.socket)), timeout=600)
     with http:
         yield openai.OpenAI(base_url="http://edgeinfer/v1", api_key="unused", http_client=http)
 
@@ -192,7 +192,7 @@ def test_invalid_tool_requests_name_the_field(
 
 def test_langchain_bind_tools_forced(daemon: Daemon) -> None:
     langchain_openai = pytest.importorskip("langchain_openai")
-    http = httpx.Client(transport=httpx.HTTPTransport(uds=str(daemon.socket)), timeout=120)
+    http = httpx.Client(transport=httpx.HTTPTransport(uds=str(daemon.socket)), timeout=600)
     llm = langchain_openai.ChatOpenAI(
         model="tiny",
         base_url="http://edgeinfer/v1",

@@ -130,17 +130,14 @@ class InferenceService:
         return [t for t in tiers if wanted is None or t.name in wanted]
 
     def max_choices(self, model: str | None) -> tuple[int, str]:
-        """How many choices (``n``) a request to ``model`` may ask for, and whose limit it is:
-        a local model's slots (the router's: its smallest local tier's); a remote tier takes 1."""
+        """How many choices (``n``) ``model`` takes (a local model's slots), and whose limit."""
         if model in self.remotes:
             return 1, f"remote tier {model!r}"
-        if self.router.wants(model):
-            local = [self.pool.spec(t.name) for t in self.tiers() if not t.remote]
-            slots = [s.slots for s in local if s is not None]
-            return (min(slots) if slots else 1), "model 'auto' (its smallest local tier's slots)"
+        names = [t.name for t in self.tiers() if not t.remote] if self.router.wants(model) else []
         name = model or self.pool.default or ""
-        spec = self.pool.spec(name)
-        return (spec.slots if spec is not None else 1), f"model {name!r} (its slots)"
+        slots = [s.slots for s in map(self.pool.spec, names or [name]) if s is not None]
+        whose = "model 'auto' (its smallest local tier's slots)" if names else f"model {name!r}"
+        return min(slots, default=1), whose
 
     async def chat(
         self, model: str | None, messages: Sequence[Mapping[str, Any]], options: GenerateOptions
@@ -195,9 +192,7 @@ class InferenceService:
         remote = self.remotes.get(model or "")
         if remote is not None:
             if options.tools is not None and options.tools.offered:
-                raise InvalidRequest(
-                    f"tools are not forwarded to remote tier {remote.name!r}", param="tools"
-                )
+                raise InvalidRequest(f"remote tier {remote.name!r} gets no tools", param="tools")
             digest = f"remote:{remote.spec.url}:{remote.spec.model}"
             hit, cached = await self._lookup(remote.name, digest, messages, options)
             if hit is not None:

@@ -132,12 +132,11 @@ class InferenceService:
     def max_choices(self, model: str | None) -> tuple[int, str]:
         """How many choices (``n``) ``model`` takes (a local model's slots), and whose limit."""
         if model in self.remotes:
-            return 1, f"remote tier {model!r}"
+            return 1, f"{model!r} (a remote tier)"
         names = [t.name for t in self.tiers() if not t.remote] if self.router.wants(model) else []
         name = model or self.pool.default or ""
         slots = [s.slots for s in map(self.pool.spec, names or [name]) if s is not None]
-        whose = "model 'auto' (its smallest local tier's slots)" if names else f"model {name!r}"
-        return min(slots, default=1), whose
+        return min(slots, default=1), "'auto' (its local tiers)" if names else repr(name)
 
     async def chat(
         self, model: str | None, messages: Sequence[Mapping[str, Any]], options: GenerateOptions

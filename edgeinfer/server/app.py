@@ -164,7 +164,7 @@ def _choices(service: InferenceService, model: str | None, n: int) -> None:
     limit, whose = service.max_choices(model)
     if n > limit:
         raise InvalidRequest(
-            f"n is {n}; {whose} generates at most {limit} choices at once", param="n"
+            f"n is {n}; model {whose} generates at most {limit} choices at once", param="n"
         )
 
 

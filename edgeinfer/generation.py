@@ -17,6 +17,7 @@ from edgeinfer.cache.entry import CacheHit
 from edgeinfer.engine.base import Sampling, TokenLogprob
 from edgeinfer.errors import RequestTimeout
 from edgeinfer.pool.events import Delta, Event, Finished, Usage
+from edgeinfer.prompt.tools import ToolSpec
 
 log = logging.getLogger("edgeinfer.generation")
 
@@ -64,6 +65,7 @@ class GenerateOptions:
     # sampling fields the request left out: the serving model's defaults fill them in
     # (edgeinfer.sampling.with_defaults) once it is known; until then they hold Sampling's own
     default_sampling: frozenset[str] = frozenset()
+    tools: ToolSpec | None = None  # tools offered (or not: tool_choice none), tool_choice
 
     def edgeinfer_given(self) -> list[str]:
         """The ``edgeinfer`` options this request set to something else than their default, so
@@ -87,6 +89,7 @@ class GenerateOptions:
             "identity": self.identity or None,
             # left to a model not chosen yet (model "auto"): "unset" is not "set to 1.0"
             "defaulted": sorted(self.default_sampling) or None,
+            "tools": self.tools.key() if self.tools is not None else None,
         }
         return {
             **fields,

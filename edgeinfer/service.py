@@ -27,6 +27,7 @@ from edgeinfer.pool.scheduler import ModelPool, ServedModel
 from edgeinfer.prompt.history import SUMMARY_INSTRUCTION
 from edgeinfer.prompt.layer import PromptLayer, PromptWish, Summarise
 from edgeinfer.prompt.template import needs_literal_check, render_chat_parts
+from edgeinfer.prompt.tools import tool_grammar, tool_prompt
 from edgeinfer.remote import RemoteTier
 from edgeinfer.routed import Router
 from edgeinfer.routing.classifier import Classifier
@@ -129,6 +130,15 @@ class InferenceService:
         ]
         return [t for t in tiers if wanted is None or t.name in wanted]
 
+    def max_choices(self, model: str | None) -> tuple[int, str]:
+        """How many choices (``n``) ``model`` takes (a local model's slots), and whose limit."""
+        if model in self.remotes:
+            return 1, f"{model!r} (a remote tier)"
+        names = [t.name for t in self.tiers() if not t.remote] if self.router.wants(model) else []
+        name = model or self.pool.default or ""
+        slots = [s.slots for s in map(self.pool.spec, names or [name]) if s is not None]
+        return min(slots, default=1), "'auto' (its local tiers)" if names else repr(name)
+
     async def chat(
         self, model: str | None, messages: Sequence[Mapping[str, Any]], options: GenerateOptions
     ) -> Generation:
@@ -181,6 +191,8 @@ class InferenceService:
         """One named tier answers: a remote endpoint, or a local model through its runner."""
         remote = self.remotes.get(model or "")
         if remote is not None:
+            if options.tools is not None and options.tools.offered:
+                raise InvalidRequest(f"remote tier {remote.name!r} gets no tools", param="tools")
             digest = f"remote:{remote.spec.url}:{remote.spec.model}"
             hit, cached = await self._lookup(remote.name, digest, messages, options)
             if hit is not None:
@@ -212,11 +224,13 @@ class InferenceService:
 
         wish = PromptWish(options.compress, options.context_budget)
         messages, report = await self.prompt_layer.apply(messages, count, wish, self._summariser())
+        messages, tools = tool_prompt(engine.info.chat_template, messages, options.tools)
         parts = render_chat_parts(
             engine.info.chat_template,
             messages,
             bos_token=engine.info.bos_text,
             eos_token=engine.info.eos_text,
+            tools=tools,
         )
         tokens = await asyncio.to_thread(tokenize_chat, engine, parts, messages)
         store = self._storer(cached)
@@ -338,6 +352,11 @@ class InferenceService:
         if options.response_format is not None:
             grammar = await asyncio.to_thread(
                 runner.engine.grammar_for, options.response_format, options.json_schema
+            )
+            sampling = replace(sampling, grammar=grammar)
+        elif options.tools is not None and options.tools.forced:
+            grammar = await asyncio.to_thread(
+                tool_grammar, runner.engine.grammar_for, options.tools
             )
             sampling = replace(sampling, grammar=grammar)
         deadline = deadline if deadline is not None else self._deadline(options)

@@ -82,7 +82,7 @@ OK_MESSAGES = [{"role": "user", "content": "hi"}]
             "messages.0.content",
         ),
         ({"model": "tiny", "messages": "hello"}, 400, "invalid_request_error", "messages"),
-        ({"model": "tiny", "messages": OK_MESSAGES, "n": 2}, 400, "invalid_request_error", "n"),
+        ({"model": "tiny", "messages": OK_MESSAGES, "n": 0}, 400, "invalid_request_error", "n"),
         (
             {"model": "tiny", "messages": OK_MESSAGES, "frobnicate": True},
             400,

@@ -62,10 +62,14 @@ def render_chat(
     *,
     bos_token: str = "",
     eos_token: str = "",
+    tools: Sequence[Mapping[str, Any]] | None = None,
 ) -> str:
-    """The prompt text for ``messages``, ending with the assistant's turn opener."""
+    """The prompt text for ``messages``, ending with the assistant's turn opener; ``tools``
+    (OpenAI's tool objects) are passed to the template as transformers passes them."""
+    extra = {"tools": list(tools)} if tools else {}
     try:
         return _compile(template or CHATML).render(
+            **extra,
             messages=list(messages),
             add_generation_prompt=True,
             bos_token=bos_token,
@@ -83,6 +87,7 @@ def render_chat_parts(
     *,
     bos_token: str = "",
     eos_token: str = "",
+    tools: Sequence[Mapping[str, Any]] | None = None,
 ) -> list[tuple[str, bool]]:
     """The prompt of :func:`render_chat` cut into ``(text, literal)`` parts: ``literal`` marks
     text the client wrote (message contents), which must be tokenized as plain text, so a user
@@ -94,7 +99,7 @@ def render_chat_parts(
     slicing) cuts the markers off; then the plain render comes back whole, as one template part,
     and the caller must make sure no content holds special-token text
     (:func:`needs_literal_check`)."""
-    plain = render_chat(template, messages, bos_token=bos_token, eos_token=eos_token)
+    plain = render_chat(template, messages, bos_token=bos_token, eos_token=eos_token, tools=tools)
     nonce = secrets.token_hex(8)
     marked: list[Mapping[str, Any]] = []
     for i, message in enumerate(messages):
@@ -102,7 +107,7 @@ def render_chat_parts(
         if isinstance(content, str) and content:
             message = {**message, "content": f"\ue000{nonce}:{i}\ue001{content}\ue000{nonce}\ue001"}
         marked.append(message)
-    text = render_chat(template, marked, bos_token=bos_token, eos_token=eos_token)
+    text = render_chat(template, marked, bos_token=bos_token, eos_token=eos_token, tools=tools)
     pieces = re.split(f"\ue000{nonce}(?::\\d+)?\ue001", text)
     if "".join(pieces) != plain or len(pieces) % 2 == 0:
         return [(plain, False)]

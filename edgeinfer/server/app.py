@@ -13,7 +13,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -88,34 +88,96 @@ async def _until_disconnect(request: Request) -> None:
         pass
 
 
-async def _collect(request: Request, gen: Generation) -> tuple[str, list[TokenLogprob]] | None:
-    """The whole answer, or ``None`` when the client hung up first (its slot is then freed)."""
-    answer = asyncio.ensure_future(gen.collect())
+async def _collect_one(
+    request: Request, gen: Generation
+) -> tuple[str, list[TokenLogprob]] | None:
+    """One answer (``/v1/messages``), or ``None`` when the client hung up first."""
+    answers = await _collect(request, [gen])
+    return None if answers is None else (answers[0][1], answers[0][2])
+
+
+async def _collect(
+    request: Request, gens: Sequence[Generation]
+) -> list[tuple[Generation, str, list[TokenLogprob]]] | None:
+    """Every choice's whole answer, or ``None`` when the client hung up first (their slots are
+    then freed)."""
+
+    async def one(gen: Generation) -> tuple[Generation, str, list[TokenLogprob]]:
+        return (gen, *await gen.collect())
+
+    answer: asyncio.Future[list[tuple[Generation, str, list[TokenLogprob]]]]
+    answer = asyncio.ensure_future(asyncio.gather(*(one(g) for g in gens)))
+    # read by the callback too, so an error no one waits for any more (the handler was
+    # cancelled at shutdown) is not logged as "never retrieved"
+    answer.add_done_callback(lambda f: f.cancelled() or f.exception())
     watcher = asyncio.ensure_future(_until_disconnect(request))
     try:
-        await asyncio.wait({answer, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        waited: set[asyncio.Future[Any]] = {answer, watcher}
+        await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
     finally:
         watcher.cancel()
     if answer.done():
-        return answer.result()
-    gen.cancel()
+        return list(answer.result())
+    for gen in gens:
+        gen.cancel()
     answer.cancel()
     return None
 
 
+async def _prefilled(gen: Generation) -> None:
+    """Wait for ``gen``'s first token (its prompt is in the KV cache then), and hand it back."""
+    reader = gen.__aiter__()
+    try:
+        gen.unread(await anext(reader))
+    except StopAsyncIteration:
+        pass
+    finally:
+        await reader.aclose()
+
+
+async def _start_all(start: Callable[[], Awaitable[Generation]], n: int) -> list[Generation]:
+    """``n`` generations of one request. The others start once the first has prefilled, so
+    the runner copies the prompt's KV from its slot instead of computing it again."""
+    first = await start()
+    gens = [first]
+    try:
+        if n > 1:
+            await _prefilled(first)
+            for _ in range(n - 1):
+                gens.append(await start())
+    except BaseException:
+        for gen in gens:
+            gen.cancel()
+        raise
+    return gens
+
+
 async def _respond(
-    request: Request, start: Awaitable[Generation], shape: Shape, stream: bool, usage: bool
+    request: Request,
+    start: Callable[[], Awaitable[Generation]],
+    shape: Shape,
+    stream: bool,
+    usage: bool,
+    n: int = 1,
 ) -> Response:
-    gen = await start
+    gens = await _start_all(start, n)
     if stream:
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         return StreamingResponse(
-            sse_stream(gen, shape, usage), media_type="text/event-stream", headers=headers
+            sse_stream(gens, shape, usage), media_type="text/event-stream", headers=headers
         )
-    answer = await _collect(request, gen)
-    if answer is None:
+    answers = await _collect(request, gens)
+    if answers is None:
         return Response(status_code=499)
-    return JSONResponse(shape.body(gen, *answer))
+    return JSONResponse(shape.body(answers))
+
+
+def _choices(service: InferenceService, model: str | None, n: int) -> None:
+    limit, whose = service.max_choices(model)
+    if n > limit:
+        raise InvalidRequest(
+            f"n is {n}; model {whose} generates at most {limit} choices at once", param="n"
+        )
 
 
 def _relay_stop_signals(stopping: asyncio.Event) -> None:
@@ -201,19 +263,37 @@ def create_app(
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        messages = [m.as_dict() for m in body.messages]
         options = replace(body.options(), identity=identity(request.scope))
-        start = service.chat(body.model, messages, options)
+        _choices(service, body.model, body.n)
+        if body.n > 1:
+            options = replace(options, cache="off")  # only single answers are cached
+        tools = options.tools.names() if options.tools and options.tools.offered else None
         usage = bool(body.stream_options and body.stream_options.include_usage)
-        return await _respond(request, start, Shape(chat=True), body.stream, usage)
+        return await _respond(
+            request,
+            lambda: service.chat(body.model, messages, options),
+            Shape(chat=True, tools=tools),
+            body.stream,
+            usage,
+            body.n,
+        )
 
-    add_messages_route(app, service, _collect)
+    add_messages_route(app, service, _collect_one)
 
     @app.post("/v1/completions", response_model=None)
     async def completions(body: CompletionRequest, request: Request) -> Response:
-        start = service.complete(body.model, body.prompt, body.options())
+        options = body.options()
+        _choices(service, body.model, body.n)
         usage = bool(body.stream_options and body.stream_options.include_usage)
-        return await _respond(request, start, Shape(chat=False), body.stream, usage)
+        return await _respond(
+            request,
+            lambda: service.complete(body.model, body.prompt, options),
+            Shape(chat=False),
+            body.stream,
+            usage,
+            body.n,
+        )
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:

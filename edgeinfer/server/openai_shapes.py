@@ -6,28 +6,45 @@ reported in-band, the way OpenAI streams do, since its headers are gone by then.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from edgeinfer.engine.base import TokenLogprob
 from edgeinfer.errors import EdgeInferError
+from edgeinfer.pool.events import Delta
+from edgeinfer.prompt.tools import OPEN, ToolCall, may_be_call, parse_calls
 from edgeinfer.server.feed import sse
 from edgeinfer.service import Generation
 
 log = logging.getLogger("edgeinfer.server")
 
 
-def usage_of(gen: Generation) -> dict[str, Any]:
-    assert gen.result is not None
-    u = gen.result.usage
+def usage_of(*gens: Generation) -> dict[str, Any]:
+    """Usage of one answer, or summed over the choices of ``n > 1`` (each its own sequence)."""
+    prompt = completion = cached = 0
+    for gen in gens:
+        assert gen.result is not None
+        u = gen.result.usage
+        prompt += u.prompt_tokens
+        completion += u.completion_tokens
+        cached += u.cached_tokens
     return {
-        "prompt_tokens": u.prompt_tokens,
-        "completion_tokens": u.completion_tokens,
-        "total_tokens": u.prompt_tokens + u.completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
     }
+
+
+def edgeinfer_all(gens: Sequence[Generation]) -> dict[str, Any]:
+    """The ``edgeinfer`` object: the first choice's, plus each choice's own when ``n > 1``."""
+    info = edgeinfer_of(gens[0])
+    if len(gens) > 1:
+        info["choices"] = [edgeinfer_of(g) for g in gens]
+    return info
 
 
 def edgeinfer_of(gen: Generation) -> dict[str, Any]:
@@ -52,8 +69,9 @@ def edgeinfer_of(gen: Generation) -> dict[str, Any]:
 class Shape:
     """The two OpenAI object shapes (chat vs text completion) for bodies and SSE chunks."""
 
-    def __init__(self, chat: bool) -> None:
+    def __init__(self, chat: bool, tools: Sequence[str] | None = None) -> None:
         self.chat = chat
+        self.tools = list(tools) if tools else None  # offered tools' names: parse for calls
         self.object = "chat.completion" if chat else "text_completion"
         self.chunk_object = "chat.completion.chunk" if chat else "text_completion"
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
@@ -61,22 +79,36 @@ class Shape:
     def _base(self, gen: Generation, obj: str) -> dict[str, Any]:
         return {"id": self.id, "object": obj, "created": gen.created, "model": gen.model}
 
-    def body(self, gen: Generation, text: str, logprobs: list[TokenLogprob]) -> dict[str, Any]:
+    def choice(
+        self, index: int, gen: Generation, text: str, logprobs: list[TokenLogprob]
+    ) -> dict[str, Any]:
         assert gen.result is not None
         choice: dict[str, Any] = {
-            "index": 0,
+            "index": index,
             "finish_reason": gen.result.reason,
             "logprobs": logprobs_of(logprobs) if gen.wants_logprobs else None,
         }
-        if self.chat:
-            choice["message"] = {"role": "assistant", "content": text}
-        else:
+        if not self.chat:
             choice["text"] = text
+            return choice
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if self.tools is not None:
+            content, calls = parse_calls(text, self.tools)
+            if calls:
+                message["content"] = content
+                message["tool_calls"] = [c.as_openai() for c in calls]
+                if gen.result.reason == "stop":  # "length" still says the answer was cut
+                    choice["finish_reason"] = "tool_calls"
+        choice["message"] = message
+        return choice
+
+    def body(self, answers: Sequence[tuple[Generation, str, list[TokenLogprob]]]) -> dict[str, Any]:
+        gens = [gen for gen, _, _ in answers]
         return {
-            **self._base(gen, self.object),
-            "choices": [choice],
-            "usage": usage_of(gen),
-            "edgeinfer": edgeinfer_of(gen),
+            **self._base(gens[0], self.object),
+            "choices": [self.choice(i, *answer) for i, answer in enumerate(answers)],
+            "usage": usage_of(*gens),
+            "edgeinfer": edgeinfer_all(gens),
         }
 
     def chunk(
@@ -85,11 +117,16 @@ class Shape:
         text: str | None,
         finish: str | None,
         logprobs: tuple[TokenLogprob, ...] = (),
+        *,
+        index: int = 0,
+        delta: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         lp = logprobs_of(logprobs) if gen.wants_logprobs and text is not None else None
-        choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": lp}
+        choice: dict[str, Any] = {"index": index, "finish_reason": finish, "logprobs": lp}
         if self.chat:
-            choice["delta"] = {} if text is None else {"content": text}
+            choice["delta"] = (
+                delta if delta is not None else {} if text is None else {"content": text}
+            )
         else:
             choice["text"] = text or ""
         return {**self._base(gen, self.chunk_object), "choices": [choice]}
@@ -109,22 +146,57 @@ def logprobs_of(tokens: list[TokenLogprob] | tuple[TokenLogprob, ...]) -> dict[s
     }
 
 
-async def sse_stream(gen: Generation, shape: Shape, include_usage: bool) -> AsyncIterator[bytes]:
+async def sse_stream(
+    gens: Sequence[Generation], shape: Shape, include_usage: bool
+) -> AsyncIterator[bytes]:
+    """The SSE body of one or more choices (``n``); their chunks interleave, each with its
+    ``index``. With tools offered, text that may be a call is held back and sent as
+    ``delta.tool_calls`` chunks once the choice is complete."""
+    pending: asyncio.Queue[tuple[int, Delta | None | Exception]] = asyncio.Queue()
+
+    async def pump(index: int, gen: Generation) -> None:
+        try:
+            async for delta in gen:
+                await pending.put((index, delta))
+            await pending.put((index, None))
+        except Exception as exc:
+            await pending.put((index, exc))
+
+    pumps = [asyncio.ensure_future(pump(i, g)) for i, g in enumerate(gens)]
     try:
         if shape.chat:
-            first = shape.chunk(gen, None, None)
-            first["choices"][0]["delta"] = {"role": "assistant", "content": ""}
-            yield sse(first)
-        async for delta in gen:
-            yield sse(shape.chunk(gen, delta.text, None, delta.logprobs))
-        assert gen.result is not None
-        last = shape.chunk(gen, None, gen.result.reason)
-        last["edgeinfer"] = edgeinfer_of(gen)
-        if include_usage:
-            yield sse(last)
-            yield sse({**shape.chunk(gen, None, None), "choices": [], "usage": usage_of(gen)})
-        else:
-            yield sse({**last, "usage": usage_of(gen)})
+            for i, gen in enumerate(gens):
+                yield sse(shape.chunk(gen, None, None, index=i, delta=_ROLE))
+        held = [ToolStream(shape.tools) if shape.tools is not None else None for _ in gens]
+        left = len(gens)
+        while left:
+            i, item = await pending.get()
+            gen, tools = gens[i], held[i]
+            if isinstance(item, Exception):
+                raise item
+            if item is not None:
+                text = item.text if tools is None else tools.feed(item.text)
+                if text or tools is None:
+                    lp = item.logprobs if tools is None else ()
+                    yield sse(shape.chunk(gen, text, None, lp, index=i))
+                continue
+            left -= 1
+            assert gen.result is not None
+            reason: str = gen.result.reason
+            if tools is not None:
+                for chunk in tools.finish(shape, gen, i):
+                    yield sse(chunk)
+                reason = "tool_calls" if tools.calls and reason == "stop" else reason
+            last = shape.chunk(gen, None, reason, index=i)
+            if left:
+                yield sse(last)
+                continue
+            last["edgeinfer"] = edgeinfer_all(gens)
+            if include_usage:
+                yield sse(last)
+                yield sse({**shape.chunk(gen, None, None), "choices": [], "usage": usage_of(*gens)})
+            else:
+                yield sse({**last, "usage": usage_of(*gens)})
         yield sse("[DONE]")
     except EdgeInferError as exc:
         # Headers are gone already: report the error in-band, the way OpenAI streams do.
@@ -133,7 +205,63 @@ async def sse_stream(gen: Generation, shape: Shape, include_usage: bool) -> Asyn
         log.exception("streaming a response failed")
         yield sse(internal_error(exc).to_openai())
     finally:
-        gen.cancel()  # no-op when finished; frees the slot when the client hung up
+        for task in pumps:
+            task.cancel()
+        for gen in gens:
+            gen.cancel()  # no-op when finished; frees the slot when the client hung up
+
+
+_ROLE = {"role": "assistant", "content": ""}
+
+
+class ToolStream:
+    """One streamed choice with tools offered: content passes through until it may be a call
+    (prompt.tools.may_be_call); the rest is parsed when the choice completes."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = names
+        self.text = ""
+        self.sent = 0
+        self.stopped = False
+        self.calls: list[ToolCall] = []
+
+    def feed(self, delta: str) -> str:
+        """What of the text so far can be sent as content now."""
+        self.text += delta
+        if self.stopped:
+            return ""
+        text = self.text
+        tag = text.find(OPEN)
+        if tag >= 0:
+            self.stopped = True
+            out, self.sent = text[self.sent : tag], tag
+            return out
+        if may_be_call(text) and not text.strip() or text.lstrip().startswith("{"):
+            return ""  # nothing yet, or a bare JSON call in the making
+        safe = len(text) - max(
+            (k for k in range(1, len(OPEN)) if text.endswith(OPEN[:k])), default=0
+        )
+        out = text[self.sent : safe]
+        self.sent = max(self.sent, safe)
+        return out
+
+    def finish(self, shape: Shape, gen: Generation, index: int) -> list[dict[str, Any]]:
+        """The chunks that complete the choice: held content, or its calls."""
+        _, self.calls = parse_calls(self.text, self.names)
+        chunks: list[dict[str, Any]] = []
+        tag = self.text.find(OPEN)
+        rest = (
+            self.text[self.sent :] if not self.calls else self.text[self.sent : max(tag, self.sent)]
+        )
+        if rest:
+            chunks.append(shape.chunk(gen, rest, None, index=index))
+        for k, call in enumerate(self.calls):
+            head = {"index": k, "id": call.id, "type": "function"}
+            head["function"] = {"name": call.name, "arguments": ""}
+            chunks.append(shape.chunk(gen, None, None, index=index, delta={"tool_calls": [head]}))
+            args = {"index": k, "function": {"arguments": call.arguments}}
+            chunks.append(shape.chunk(gen, None, None, index=index, delta={"tool_calls": [args]}))
+        return chunks
 
 
 def internal_error(exc: Exception) -> EdgeInferError:

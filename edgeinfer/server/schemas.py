@@ -16,9 +16,18 @@ import re
 from dataclasses import replace
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from edgeinfer.engine.base import Sampling
+from edgeinfer.errors import InvalidRequest
+from edgeinfer.prompt.tools import ToolSpec
 from edgeinfer.sampling import DEFAULTABLE
 from edgeinfer.service import GenerateOptions
 
@@ -62,15 +71,79 @@ class TextPart(_Strict):
     text: str
 
 
+class FunctionCall(_Strict):
+    name: str
+    arguments: str
+
+
+class ToolCallIn(_Strict):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class Message(_Strict):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     name: str | None = None
+    tool_calls: Annotated[list[ToolCallIn], Field(min_length=1)] | None = None
+    tool_call_id: str | None = None
+    # after role and tool_calls, which its check reads; checked when absent too
+    content: str | list[TextPart] | None = Field(default=None, validate_default=True)
+
+    @field_validator("content")
+    @classmethod
+    def _content_given(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None and not (
+            info.data.get("role") == "assistant" and info.data.get("tool_calls")
+        ):
+            raise ValueError("required (only an assistant turn with tool_calls may omit it)")
+        return value
+
+    @model_validator(mode="after")
+    def _shape(self) -> Message:
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        if (self.role == "tool") != (self.tool_call_id is not None):
+            raise ValueError("tool_call_id belongs on (and is required by) role tool messages")
+        return self
 
     def text(self) -> str:
+        if self.content is None:
+            return ""
         if isinstance(self.content, str):
             return self.content
         return "".join(part.text for part in self.content)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The message as the service sees it: tool fields only when present (cache keys of
+        plain chats stay what they were)."""
+        out: dict[str, Any] = {"role": self.role, "content": self.text()}
+        if self.tool_calls:
+            out["tool_calls"] = [c.model_dump() for c in self.tool_calls]
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        return out
+
+
+class FunctionDef(_Strict):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolDef(_Strict):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(_Strict):
+    name: str
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class StreamOptions(_Strict):
@@ -143,7 +216,7 @@ class _Sampling(_Strict):
     stop: Stop = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: Annotated[int, Field(ge=1, le=1)] = 1
+    n: Annotated[int, Field(ge=1, le=64)] = 1
     user: str | None = None
     response_format: ResponseFormat | None = None
     edgeinfer: EdgeInferOptions | None = None
@@ -200,6 +273,9 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: Annotated[int, Field(ge=1, le=_MAX_TOKENS_LIMIT)] | None = None
     logprobs: bool = False
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    tools: Annotated[list[ToolDef], Field(max_length=128)] | None = None
+    tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> ChatCompletionRequest:
@@ -207,11 +283,36 @@ class ChatCompletionRequest(_Sampling):
             raise ValueError("top_logprobs needs logprobs: true")
         return self
 
+    def tool_spec(self) -> ToolSpec | None:
+        """The request's tools, checked against tool_choice (400s name the field)."""
+        if self.tool_choice is not None and not self.tools:
+            raise InvalidRequest("tool_choice needs tools", param="tool_choice")
+        if not self.tools:
+            return None
+        defs = tuple(t.function.model_dump(exclude_none=True) for t in self.tools)
+        names = [str(d["name"]) for d in defs]
+        if len(set(names)) != len(names):
+            raise InvalidRequest("tools: function names must be unique", param="tools")
+        given = self.tool_choice or "auto"
+        choice: str = given if isinstance(given, str) else given.function.name
+        if isinstance(given, NamedToolChoice) and choice not in names:
+            raise InvalidRequest(
+                f"tool_choice names function {choice!r}, which is not in tools",
+                param="tool_choice",
+            )
+        spec = ToolSpec(defs, choice, self.parallel_tool_calls is not False)
+        if spec.forced and self.response_format is not None and self.response_format.type != "text":
+            raise InvalidRequest(
+                "a forced tool_choice and response_format cannot be combined (both are grammars)",
+                param="tool_choice",
+            )
+        return spec
+
     def options(self) -> GenerateOptions:
         opts = super().options()
         max_tokens = self.max_tokens if self.max_tokens is not None else self.max_completion_tokens
         logprobs = (self.top_logprobs or 0) if self.logprobs else None
-        return replace(opts, max_tokens=max_tokens, logprobs=logprobs)
+        return replace(opts, max_tokens=max_tokens, logprobs=logprobs, tools=self.tool_spec())
 
 
 class CompletionRequest(_Sampling):

@@ -326,6 +326,7 @@ def test_a_kept_draft_streams_on_after_its_judged_head(tiers: Daemon) -> None:
     body = {
         "messages": [{"role": "user", "content": content}],
         "temperature": 0,
+        "repeat_penalty": 1.0,  # plain greedy: tiny's default penalty cuts a count short
         "max_tokens": 80,
         "edgeinfer": {"cache": "off"},
     }

@@ -88,9 +88,7 @@ async def _until_disconnect(request: Request) -> None:
         pass
 
 
-async def _collect_one(
-    request: Request, gen: Generation
-) -> tuple[str, list[TokenLogprob]] | None:
+async def _collect_one(request: Request, gen: Generation) -> tuple[str, list[TokenLogprob]] | None:
     """One answer (``/v1/messages``), or ``None`` when the client hung up first."""
     answers = await _collect(request, [gen])
     return None if answers is None else (answers[0][1], answers[0][2])

@@ -131,51 +131,52 @@ def bad_requests(t: Target) -> list[int]:
 
 def hang_ups(t: Target) -> list[int]:
     """40 clients start streams and hang up after the first chunk."""
-    codes: list[int] = []
-    lock = threading.Lock()
 
-    def one() -> None:
+    def one() -> int:
         with t.client() as c:
             body = chat("Count to one hundred.", stream=True, max_tokens=200)
             body["edgeinfer"] = {"cache": "off"}
             with c.stream("POST", CHAT, json=body) as r:
                 for _ in r.iter_raw():
                     break
-                with lock:
-                    codes.append(r.status_code)
+                return r.status_code
 
-    threads = [threading.Thread(target=one) for _ in range(40)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(120)
-    return codes
+    return fan_out(40, one, 120)
 
 
 def stats_subscribers(t: Target) -> list[int]:
     """40 live-stats subscribers at once: the cap answers the rest with 503."""
-    codes: list[int] = []
-    lock = threading.Lock()
     go = threading.Barrier(40)
 
-    def one() -> None:
+    def one() -> int:
         with t.client(timeout=10) as c:
             go.wait()
             try:
                 with c.stream("GET", "/stats/stream?interval=0.5") as r:
-                    with lock:
-                        codes.append(r.status_code)
                     if r.status_code == 200:
-                        time.sleep(1.0)
+                        time.sleep(1.0)  # hold the subscription while the others arrive
+                    return r.status_code
             except httpx.TransportError:
-                with lock:
-                    codes.append(0)
+                return 0
 
-    threads = [threading.Thread(target=one) for _ in range(40)]
+    return fan_out(40, one, 60)
+
+
+def fan_out(n: int, one: Callable[[], int], timeout: float) -> list[int]:
+    """Run ``one`` on ``n`` threads at once; the status codes of those that finished."""
+    codes: list[int] = []
+    lock = threading.Lock()
+
+    def run() -> None:
+        code = one()
+        with lock:
+            codes.append(code)
+
+    threads = [threading.Thread(target=run) for _ in range(n)]
     for th in threads:
         th.start()
     for th in threads:
-        th.join(60)
+        th.join(timeout)
     return codes
 
 

@@ -21,13 +21,13 @@ from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from edgeinfer.engine.base import TokenLogprob
 from edgeinfer.errors import EdgeInferError, InvalidRequest
 from edgeinfer.server.auth import identity
 from edgeinfer.server.openai_shapes import edgeinfer_of, internal_error
-from edgeinfer.server.schemas import EdgeInferOptions, _unicode_text, sampling_of
+from edgeinfer.server.schemas import EdgeInferOptions, StrictModel, sampling_of
 from edgeinfer.service import GenerateOptions, Generation, InferenceService
 
 log = logging.getLogger("edgeinfer.server")
@@ -60,16 +60,7 @@ def error_body(exc: EdgeInferError) -> dict[str, Any]:
     return {"type": "error", "error": {"type": kind, "message": exc.message}}
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    @field_validator("*")
-    @classmethod
-    def _no_surrogates(cls, value: Any) -> Any:
-        return _unicode_text(value)
-
-
-class TextBlock(_Strict):
+class TextBlock(StrictModel):
     type: Literal["text"]
     text: str
     cache_control: dict[str, Any] | None = None  # Anthropic's prompt caching hint: ignored
@@ -88,7 +79,7 @@ def _check_blocks(value: Any) -> Any:
     return value
 
 
-class Message(_Strict):
+class Message(StrictModel):
     role: Literal["user", "assistant"]
     content: str | list[TextBlock]
 
@@ -100,11 +91,11 @@ class Message(_Strict):
         return "".join(block.text for block in self.content)
 
 
-class Metadata(_Strict):
+class Metadata(StrictModel):
     user_id: str | None = None
 
 
-class MessagesRequest(_Strict):
+class MessagesRequest(StrictModel):
     model: str
     max_tokens: Annotated[int, Field(ge=1, le=1 << 20)]
     messages: Annotated[list[Message], Field(min_length=1)]

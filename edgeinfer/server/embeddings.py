@@ -22,7 +22,7 @@ from fastapi import FastAPI
 from pydantic import Field
 
 from edgeinfer.errors import InvalidRequest, ModelUnavailable
-from edgeinfer.server.schemas import _Strict
+from edgeinfer.server.schemas import StrictModel
 from edgeinfer.service import InferenceService
 
 _MAX_INPUTS = 2048
@@ -34,7 +34,7 @@ TOKENS_REFUSED = (
 )
 
 
-class EmbeddingRequest(_Strict):
+class EmbeddingRequest(StrictModel):
     input: (
         str
         | Annotated[list[str], Field(min_length=1, max_length=_MAX_INPUTS)]

@@ -26,7 +26,7 @@ from pydantic import Field, field_validator
 from edgeinfer.engine.base import Sampling
 from edgeinfer.errors import Busy, EdgeInferError, InvalidRequest
 from edgeinfer.generation import GenerateOptions
-from edgeinfer.server.schemas import _Strict
+from edgeinfer.server.schemas import StrictModel
 
 log = logging.getLogger("edgeinfer.server")
 
@@ -98,7 +98,7 @@ def model_name(name: str) -> str:
 KeepAlive = str | int | float | None
 
 
-class Options(_Strict):
+class Options(StrictModel):
     """Ollama's ``options``: sampling applied per request, load-time settings accepted."""
 
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 0.8
@@ -137,7 +137,7 @@ class Options(_Strict):
 Format = Literal["", "json"] | dict[str, Any] | None
 
 
-class _Generating(_Strict):
+class _Generating(StrictModel):
     model: str
     format: Format = None
     options: Options | None = None
@@ -174,7 +174,7 @@ class _Generating(_Strict):
         )
 
 
-class ChatMessage(_Strict):
+class ChatMessage(StrictModel):
     role: Literal["system", "user", "assistant"]
     content: str = ""
 
@@ -196,7 +196,7 @@ class GenerateRequest(_Generating):
         return [*system, {"role": "user", "content": self.prompt}]
 
 
-class EmbedRequest(_Strict):
+class EmbedRequest(StrictModel):
     model: str
     input: str | Annotated[list[str], Field(min_length=1, max_length=2048)]
     truncate: Literal[True] | None = None
@@ -208,14 +208,14 @@ class EmbedRequest(_Strict):
         return [self.input] if isinstance(self.input, str) else list(self.input)
 
 
-class EmbeddingsRequest(_Strict):
+class EmbeddingsRequest(StrictModel):
     model: str
     prompt: str
     options: Options | None = None
     keep_alive: KeepAlive = None
 
 
-class ModelRequest(_Strict):
+class ModelRequest(StrictModel):
     """``model``, or ``name`` as older Ollama clients send it."""
 
     model: str = ""

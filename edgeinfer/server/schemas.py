@@ -57,7 +57,10 @@ def _unicode_text(value: Any) -> Any:
     return value
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """Request bodies: unknown fields refused, no coercion, no lone surrogates anywhere (the
+    OpenAI, Anthropic and Ollama routes share it)."""
+
     model_config = ConfigDict(extra="forbid", strict=True)
 
     @field_validator("*")
@@ -66,23 +69,23 @@ class _Strict(BaseModel):
         return _unicode_text(value)
 
 
-class TextPart(_Strict):
+class TextPart(StrictModel):
     type: Literal["text"]
     text: str
 
 
-class FunctionCall(_Strict):
+class FunctionCall(StrictModel):
     name: str
     arguments: str
 
 
-class ToolCallIn(_Strict):
+class ToolCallIn(StrictModel):
     id: str
     type: Literal["function"] = "function"
     function: FunctionCall
 
 
-class Message(_Strict):
+class Message(StrictModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     name: str | None = None
     tool_calls: Annotated[list[ToolCallIn], Field(min_length=1)] | None = None
@@ -125,32 +128,32 @@ class Message(_Strict):
         return out
 
 
-class FunctionDef(_Strict):
+class FunctionDef(StrictModel):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
 
 
-class ToolDef(_Strict):
+class ToolDef(StrictModel):
     type: Literal["function"]
     function: FunctionDef
 
 
-class NamedFunction(_Strict):
+class NamedFunction(StrictModel):
     name: str
 
 
-class NamedToolChoice(_Strict):
+class NamedToolChoice(StrictModel):
     type: Literal["function"]
     function: NamedFunction
 
 
-class StreamOptions(_Strict):
+class StreamOptions(StrictModel):
     include_usage: bool = False
 
 
-class EdgeInferOptions(_Strict):
+class EdgeInferOptions(StrictModel):
     """edgeinfer's own per-request options (the openai SDK sends them through ``extra_body``)."""
 
     timeout: Annotated[float, Field(gt=0, le=86_400)] | None = None
@@ -177,7 +180,7 @@ class EdgeInferOptions(_Strict):
     context_budget: Annotated[int, Field(ge=64, le=1 << 20)] | None = None
 
 
-class JsonSchemaFormat(_Strict):
+class JsonSchemaFormat(StrictModel):
     name: str = "response"
     description: str | None = None
     schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
@@ -186,7 +189,7 @@ class JsonSchemaFormat(_Strict):
     model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
 
 
-class ResponseFormat(_Strict):
+class ResponseFormat(StrictModel):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
 
@@ -200,7 +203,7 @@ class ResponseFormat(_Strict):
 Stop = str | Annotated[list[str], Field(max_length=4)] | None
 
 
-class _Sampling(_Strict):
+class _Sampling(StrictModel):
     model: str | None = None
     max_tokens: Annotated[int, Field(ge=1, le=_MAX_TOKENS_LIMIT)] | None = None
     # None (left out): the model's default ([models.NAME.sampling], its GGUF, then neutral)

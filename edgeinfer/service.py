@@ -8,6 +8,7 @@ DESIGN.md gives, each reporting what it saved.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -120,12 +121,19 @@ class InferenceService:
         """The models the router may pick now: ready local models and configured remotes."""
         wanted = self.router.settings.tiers
         tiers = [
-            Tier(m.name, m.spec.quality, _cost(m), frozenset(m.spec.tags))
+            Tier(m.name, m.spec.quality, _cost(m), frozenset(m.spec.tags), digest=m.digest or "")
             for m in self.pool.models()
             if m.status() == "ready"
         ]
         tiers += [
-            Tier(r.name, r.spec.quality, r.spec.cost_per_1k, frozenset(r.spec.tags), remote=True)
+            Tier(
+                r.name,
+                r.spec.quality,
+                r.spec.cost_per_1k,
+                frozenset(r.spec.tags),
+                remote=True,
+                digest=_remote_digest(r),
+            )
             for r in self.remotes.values()
         ]
         return [t for t in tiers if wanted is None or t.name in wanted]
@@ -150,8 +158,7 @@ class InferenceService:
         self, messages: Sequence[Mapping[str, Any]], options: GenerateOptions
     ) -> Generation:
         """Model ``auto``: the cache first (keyed on the router's tiers), then the router."""
-        digest = "router:" + ",".join(self.router.tier_names())
-        hit, cached = await self._lookup("auto", digest, messages, options)
+        hit, cached = await self._lookup("auto", routed_digest(self.tiers()), messages, options)
         if hit is not None:
             hit.route = {"route": "cache", "tiers": []}
             return hit
@@ -193,8 +200,7 @@ class InferenceService:
         if remote is not None:
             if options.tools is not None and options.tools.offered:
                 raise InvalidRequest(f"remote tier {remote.name!r} gets no tools", param="tools")
-            digest = f"remote:{remote.spec.url}:{remote.spec.model}"
-            hit, cached = await self._lookup(remote.name, digest, messages, options)
+            hit, cached = await self._lookup(remote.name, _remote_digest(remote), messages, options)
             if hit is not None:
                 return hit
             deadline = self._deadline(options)
@@ -386,6 +392,18 @@ class InferenceService:
         """When the request's timeout (its own, else the daemon's) runs out, monotonic."""
         timeout = options.timeout or self._timeout
         return time.monotonic() + timeout if timeout else None
+
+
+def routed_digest(tiers: Sequence[Tier]) -> str:
+    """What routed (``auto``) answers are cached under in place of one model's digest: each
+    tier the router may pick, by name and by model (:attr:`Tier.digest`). A routed answer may
+    come from any of them, so replacing any one's model file makes a new key, as for a named
+    model."""
+    return "router:" + json.dumps([[t.name, t.digest] for t in tiers], separators=(",", ":"))
+
+
+def _remote_digest(remote: RemoteTier) -> str:
+    return f"remote:{remote.spec.url}:{remote.spec.model}"
 
 
 def _cost(model: ServedModel) -> float:

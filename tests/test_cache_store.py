@@ -200,7 +200,7 @@ def test_migrations_are_recorded_and_reopening_keeps_entries(
     assert answer_of(_ask(again, chat("why is the sea salty"))) == "minerals"
     conn = connect(path)
     names = [r[0] for r in conn.execute("SELECT name FROM schema_migrations ORDER BY version")]
-    assert names == ["0001_entries", "0002_vectors"]
+    assert names == ["0001_entries", "0002_vectors", "0003_tally"]
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()
 

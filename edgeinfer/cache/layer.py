@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +28,6 @@ from edgeinfer.cache.store import CacheStore
 from edgeinfer.embed.base import Embedder
 
 log = logging.getLogger("edgeinfer.cache")
-_RECENT = 256
 
 
 @dataclass
@@ -63,9 +61,6 @@ class ResponseCache:
         self.threshold = threshold
         self.estimator = estimator
         self.savings = Savings()
-        # Entries handed to the writer thread but perhaps not committed yet: a client repeating
-        # a request at once still gets the exact hit (read-your-writes). Bounded, oldest first.
-        self._recent: OrderedDict[str, CacheHit] = OrderedDict()
 
     def request(
         self,
@@ -92,12 +87,14 @@ class ResponseCache:
         )
 
     async def lookup(self, req: CacheRequest) -> CacheHit | None:
-        """The exact layer, then the semantic one (when the request allows it)."""
+        """The exact layer, then the semantic one (when the request allows it).
+
+        The exact layer also sees answers the store's writer has not committed yet, so a
+        client repeating a request at once still hits (read-your-writes, store.py).
+        """
         if req.mode == "off":
             return None
-        hit = self._recent.get(req.exact) or await asyncio.to_thread(
-            self.store.lookup_exact, req.exact
-        )
+        hit = await asyncio.to_thread(self.store.lookup_exact, req.exact)
         if hit is not None:
             await self._record(req, hit)
             return hit
@@ -129,9 +126,6 @@ class ResponseCache:
         if req.mode == "off":
             return
         semantic = req.mode == "semantic" and req.vector is not None
-        self._recent[req.exact] = CacheHit("exact", answer, 1.0, *usage, seconds, -1, req.question)
-        while len(self._recent) > _RECENT:
-            self._recent.popitem(last=False)
         self.store.put(
             CacheEntry(
                 exact_key=req.exact,

@@ -61,9 +61,44 @@ def create_vectors(conn: sqlite3.Connection, dim: int) -> None:
     set_meta(conn, "dim", str(dim))
 
 
+_TALLY_ADD = """
+    INSERT INTO tally (model, entries, semantic, bytes)
+        VALUES (new.model, 1, new.question IS NOT NULL, new.bytes)
+        ON CONFLICT (model) DO UPDATE SET entries = entries + 1,
+            semantic = semantic + excluded.semantic, bytes = bytes + excluded.bytes;"""
+_TALLY_REMOVE = """
+    UPDATE tally SET entries = entries - 1, semantic = semantic - (old.question IS NOT NULL),
+        bytes = bytes - old.bytes WHERE model = old.model;
+    DELETE FROM tally WHERE model = old.model AND entries <= 0;"""
+
+
+def _tally(conn: sqlite3.Connection, dim: int) -> None:
+    """The entries' figures per model, kept by triggers in every writer's own transaction.
+
+    ``/stats`` reads them instead of scanning the table, and they stay exact whoever writes:
+    the daemon's writer, or ``edgeinfer cache import|clear`` from another process.
+    """
+    for statement in (
+        """CREATE TABLE tally (
+            model TEXT PRIMARY KEY,
+            entries INTEGER NOT NULL,
+            semantic INTEGER NOT NULL,
+            bytes INTEGER NOT NULL
+        )""",
+        """INSERT INTO tally (model, entries, semantic, bytes)
+            SELECT model, count(*), count(question), total(bytes) FROM entries GROUP BY model""",
+        f"""CREATE TRIGGER tally_insert AFTER INSERT ON entries BEGIN {_TALLY_ADD} END""",
+        f"""CREATE TRIGGER tally_delete AFTER DELETE ON entries BEGIN {_TALLY_REMOVE} END""",
+        f"""CREATE TRIGGER tally_update AFTER UPDATE OF model, question, bytes ON entries
+            BEGIN {_TALLY_REMOVE} {_TALLY_ADD} END""",
+    ):
+        conn.execute(statement)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     ("0001_entries", _entries),
     ("0002_vectors", _vectors),
+    ("0003_tally", _tally),
 )
 
 

@@ -36,7 +36,15 @@ from numpy.typing import NDArray
 from edgeinfer.cache import migrations, transfer
 from edgeinfer.cache.entry import CacheEntry, CacheHit, GuardRejection
 from edgeinfer.cache.guard import guard, reason_kind
-from edgeinfer.cache.writer import Writer, delete_entries, namespace_id
+from edgeinfer.cache.tally import read_tally
+from edgeinfer.cache.writer import (
+    CLEARED,
+    QueuedPut,
+    Writer,
+    clear_entries,
+    delete_entries,
+    namespace_id,
+)
 from edgeinfer.errors import CacheError
 from edgeinfer.paths import Paths, ensure_private_sqlite
 
@@ -193,7 +201,18 @@ class CacheStore:
     # -- reads (any thread but the event loop) ---------------------------------------------
 
     def lookup_exact(self, key: str) -> CacheHit | None:
-        """The entry stored under ``key`` if it is still fresh."""
+        """The entry stored under ``key`` if it is still fresh.
+
+        A put the writer has not committed yet counts too (read-your-writes), unless a clear
+        committed since it was queued; once committed, only the database answers.
+        """
+        queued = self._writer.queued(key)
+        if queued is not None and self._servable(queued):
+            entry = queued.entry
+            return CacheHit(
+                "exact", entry.response, 1.0, entry.prompt_tokens, entry.completion_tokens,
+                entry.generation_s, -1, entry.question,
+            )  # fmt: skip
         row = (
             self._reader()
             .execute(
@@ -268,6 +287,12 @@ class CacheStore:
     def _fresh(self, created: float) -> bool:
         return self.ttl_s is None or created >= self._clock() - self.ttl_s
 
+    def _servable(self, queued: QueuedPut) -> bool:
+        """A queued put may be served while it is fresh and no clear committed since."""
+        if not self._fresh(queued.at):
+            return False
+        return queued.cleared == migrations.get_meta(self._reader(), CLEARED)
+
     def _reader(self) -> sqlite3.Connection:
         """This thread's read connection (SQLite connections must not be shared)."""
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -301,15 +326,9 @@ class CacheStore:
         self._writer.barrier(timeout)
 
     def clear(self, timeout: float = 60.0) -> int:
-        """Delete every entry; how many there were."""
-
-        def run(conn: sqlite3.Connection) -> int:
-            count = int(conn.execute("SELECT count(*) FROM entries").fetchone()[0])
-            conn.execute("DELETE FROM entries")
-            conn.execute("DELETE FROM entry_vectors")
-            return count
-
-        return self._writer.call(run, timeout)
+        """Delete every entry; how many there were. Puts queued before it, in this process or
+        in a daemon beside it, are neither served nor committed after it."""
+        return self._writer.call(clear_entries, timeout)
 
     def purge_model(self, model: str, keep_digest: str, timeout: float = 60.0) -> int:
         """Delete ``model``'s entries made by any other file than ``keep_digest``.
@@ -320,20 +339,17 @@ class CacheStore:
 
         def run(conn: sqlite3.Connection) -> int:
             sql = "SELECT id FROM entries WHERE model = ? AND model_digest != ?"
-            ids = [r[0] for r in conn.execute(sql, (model, keep_digest))]
-            delete_entries(conn, ids)
-            return len(ids)
+            return delete_entries(conn, [r[0] for r in conn.execute(sql, (model, keep_digest))])
 
         return self._writer.call(run, timeout)
 
     # -- stats, export, import -------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        """Counts and sizes for ``/stats`` and ``edgeinfer cache stats``: the writer's tally, so
-        the live feed's ticks cost no table scan (see writer.py for how it stays exact)."""
-        if not self._started:
-            raise CacheError("the cache store is not started")
-        tally = self._writer.tally()
+        """Counts and sizes for ``/stats`` and ``edgeinfer cache stats``: the figures the
+        database's triggers keep (tally.py), so the live feed's ticks cost no table scan and
+        they are exact after any process's commit."""
+        tally = read_tally(self._reader())
         with self._lock:
             rejections = dict(self._rejections)
         return {

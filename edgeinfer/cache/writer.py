@@ -9,13 +9,15 @@ hand their result back through a future; barriers let tests and shutdown wait fo
 before them to be committed.
 
 Eviction runs on this thread after each batch: expired entries (TTL) every ``purge_every_s``,
-then least-recently-hit entries until the byte total is under the cap.
+then least-recently-hit entries until the byte total (tally.py: kept by triggers, so exact
+whoever wrote) is under the cap. An idle writer wakes at least every :data:`IDLE_S` seconds for
+both, as another process (``edgeinfer cache import``) may have grown the table.
 
-The thread also keeps the table's figures (entries, bytes, entries per model: a :class:`Tally`)
-as it inserts and deletes, so ``/stats`` and its live feed read them without scanning the table.
-It counts afresh only on opening, after a call or a failed batch, and when another connection
-(``edgeinfer cache clear`` beside the daemon) committed, which it checks at least every
-:data:`RESYNC_S` seconds with SQLite's ``data_version`` (it needs no table read).
+Read-your-writes: until the thread commits a put, :meth:`Writer.queued` hands it to exact lookups,
+so a client repeating a request at once still hits. Once committed, only the database answers,
+so a clear or the TTL is never bypassed. A clear from any connection (:func:`clear_entries`)
+bumps a counter in ``meta``; a put queued before the thread saw that counter change is neither
+served nor committed (it counts as dropped), as its answer predates the clear.
 """
 
 from __future__ import annotations
@@ -35,21 +37,35 @@ from typing import Any, TypeVar
 import numpy as np
 
 from edgeinfer.cache.entry import CacheEntry
-from edgeinfer.cache.tally import Tally, count_entries
+from edgeinfer.cache.migrations import get_meta, set_meta
+from edgeinfer.cache.tally import stored_bytes
 from edgeinfer.errors import CacheError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 ENTRY_OVERHEAD = 96
 """Bytes counted per entry on top of its text and vector (row and index overhead, roughly)."""
-RESYNC_S = 5.0
-"""Longest an idle writer waits before it looks for commits by another connection."""
+IDLE_S = 5.0
+"""Longest an idle writer waits before it checks the TTL and the byte cap."""
+CLEARED = "cleared"
+"""The ``meta`` key :func:`clear_entries` bumps: how many clears the database has seen."""
 
 
 @dataclass(frozen=True)
-class _Put:
+class QueuedPut:
+    """A put waiting for the writer thread: what read-your-writes serves until it commits.
+
+    Attributes:
+        response: the body serialised by the caller, so a bad one fails there, not on the thread.
+        cleared: the clear counter (:data:`CLEARED`) as the thread last saw it when this was
+            queued; the put is dropped if a clear committed since.
+        at: the store's clock when it was queued (its age against the TTL).
+    """
+
     entry: CacheEntry
-    response: str  # serialised by the caller, so a bad body fails there, not on this thread
+    response: str
+    cleared: str | None
+    at: float
 
 
 @dataclass(frozen=True)
@@ -73,7 +89,7 @@ class _Stop:
     pass
 
 
-_Op = _Put | _Touch | _Call | _Barrier | _Stop
+_Op = QueuedPut | _Touch | _Call | _Barrier | _Stop
 
 
 def namespace_id(namespace: str) -> int:
@@ -124,17 +140,19 @@ class Writer:
         self._purge_every_s = purge_every_s
         self._queue: queue.Queue[_Op] = queue.Queue(maxsize=queue_size)
         self._thread: threading.Thread | None = None
-        self._tally = Tally()  # written on the writer thread, read by stats (under the lock)
-        self._data_version = 0
         self._last_purge = float("-inf")
         self._lock = threading.Lock()  # counters are bumped from callers' threads too
+        # queued, not yet committed puts by exact key (at most the queue's size), and the clear
+        # counter as the thread last read it; both under the lock
+        self._queued: dict[str, QueuedPut] = {}
+        self._cleared: str | None = None
         self.counters = {"written": 0, "dropped": 0, "evicted": 0, "expired": 0, "failed": 0}
 
     # -- called from any thread ------------------------------------------------------------
 
     def start(self) -> None:
         conn = self._connect()
-        self._recount(conn)
+        self._see_clears(conn)
         self._thread = threading.Thread(
             target=self._run, args=(conn,), name="edgeinfer-cache-writer", daemon=True
         )
@@ -149,19 +167,30 @@ class Writer:
             log.warning("cache writer queue still full at shutdown; pending writes are lost")
         self._thread.join(timeout)
         self._thread = None
+        with self._lock:
+            self._queued.clear()  # never committed now
 
     def put(self, entry: CacheEntry) -> bool:
         """Queue a write; False (and counted) when the queue is full or the writer stopped."""
         response = serialise(entry)
-        try:
+        key = entry.exact_key
+        with self._lock:  # the thread settles a put under the lock: it cannot settle it first
+            op = QueuedPut(entry, response, self._cleared, self._clock())
             if self._thread is not None:
-                self._queue.put_nowait(_Put(entry, response))
-                return True
-        except queue.Full:
-            pass
-        with self._lock:
+                try:
+                    self._queue.put_nowait(op)
+                except queue.Full:
+                    pass
+                else:
+                    self._queued[key] = op
+                    return True
             self.counters["dropped"] += 1
         return False
+
+    def queued(self, key: str) -> QueuedPut | None:
+        """The put under exact ``key`` that the thread has not committed (nor dropped) yet."""
+        with self._lock:
+            return self._queued.get(key)
 
     def touch(self, entry_id: int, when: float) -> None:
         if self._thread is not None:
@@ -191,11 +220,6 @@ class Writer:
     def pending(self) -> int:
         return self._queue.qsize()
 
-    def tally(self) -> Tally:
-        """The table's figures as of the last commit (no table scan)."""
-        with self._lock:
-            return self._tally.copy()
-
     def _enqueue(self, op: _Op, timeout: float) -> None:
         if self._thread is None:
             raise CacheError("the cache store is not started")
@@ -207,17 +231,15 @@ class Writer:
     # -- the writer thread -----------------------------------------------------------------
 
     def _run(self, conn: sqlite3.Connection) -> None:
-        # idle wake-ups: the TTL purge, and noticing another connection's commits
-        idle = RESYNC_S if self._ttl_s is None else max(min(self._purge_every_s, RESYNC_S), 0.5)
+        # idle wake-ups: the TTL purge, and the cap after another process's import
+        idle = IDLE_S if self._ttl_s is None else max(min(self._purge_every_s, IDLE_S), 0.5)
         try:
             while True:
                 try:
                     batch = [self._queue.get(timeout=idle)]
                 except queue.Empty:
-                    self._resync(conn)
                     self._transaction(conn, [])
                     continue
-                self._resync(conn)
                 while len(batch) < 512:
                     try:
                         batch.append(self._queue.get_nowait())
@@ -230,9 +252,9 @@ class Writer:
 
     def _process(self, conn: sqlite3.Connection, batch: list[_Op]) -> bool:
         """Apply a batch in order; True when it held a stop request."""
-        writes: list[_Put | _Touch] = []
+        writes: list[QueuedPut | _Touch] = []
         for op in batch:
-            if isinstance(op, _Put | _Touch):
+            if isinstance(op, QueuedPut | _Touch):
                 writes.append(op)
                 continue
             self._transaction(conn, writes)
@@ -246,57 +268,62 @@ class Writer:
         self._transaction(conn, writes)
         return False
 
-    def _transaction(self, conn: sqlite3.Connection, writes: list[_Put | _Touch]) -> None:
+    def _transaction(self, conn: sqlite3.Connection, writes: list[QueuedPut | _Touch]) -> None:
         now = self._clock()
         purge_due = self._ttl_s is not None and now - self._last_purge >= self._purge_every_s
-        if not writes and not purge_due and self._tally.bytes <= self._max_bytes:
-            return
+        puts = [op for op in writes if isinstance(op, QueuedPut)]
         try:
+            if not writes and not purge_due and stored_bytes(conn) <= self._max_bytes:
+                return
             conn.execute("BEGIN IMMEDIATE")
+            cleared = self._see_clears(conn) if puts else None  # no other writer until COMMIT
             for op in writes:
-                if isinstance(op, _Put):
-                    self._insert(conn, op.entry, op.response, now)
-                else:
+                if isinstance(op, _Touch):
                     conn.execute(
                         "UPDATE entries SET last_hit = max(last_hit, ?), hits = hits + 1 "
                         "WHERE id = ?",
                         (op.when, op.entry_id),
                     )
+                elif op.cleared != cleared:  # the answer predates a clear: keep it out
+                    with self._lock:
+                        self.counters["dropped"] += 1
+                else:
+                    self._insert(conn, op.entry, op.response, now)
             self._evict(conn, now)
             conn.execute("COMMIT")
         except Exception as exc:  # the writer must outlive any one bad batch
             log.error("cache write of %d operations failed: %s", len(writes), exc)
             self.counters["failed"] += len(writes)
             self._rollback(conn)
-            self._recount(conn)
+        finally:
+            self._settle(puts)
+
+    def _settle(self, puts: list[QueuedPut]) -> None:
+        """Committed, dropped or failed: from now on only the database answers for these."""
+        with self._lock:
+            for op in puts:
+                if self._queued.get(op.entry.exact_key) is op:
+                    del self._queued[op.entry.exact_key]
+
+    def _see_clears(self, conn: sqlite3.Connection) -> str | None:
+        """Read the clear counter; later puts are checked against it."""
+        cleared = get_meta(conn, CLEARED)
+        with self._lock:
+            self._cleared = cleared
+        return cleared
 
     def _run_call(self, conn: sqlite3.Connection, op: _Call) -> None:
         try:
             conn.execute("BEGIN IMMEDIATE")
             result = op.fn(conn)
-            self._recount(conn)
             self._evict(conn, self._clock())
+            self._see_clears(conn)
             conn.execute("COMMIT")
         except BaseException as exc:  # handed to the caller, who re-raises it
             self._rollback(conn)
-            self._recount(conn)
             op.future.set_exception(exc)
         else:
             op.future.set_result(result)
-
-    def _recount(self, conn: sqlite3.Connection) -> None:
-        tally = count_entries(conn)
-        with self._lock:
-            self._tally = tally
-        self._data_version = int(conn.execute("PRAGMA data_version").fetchone()[0])
-
-    def _resync(self, conn: sqlite3.Connection) -> None:
-        """Count afresh if another connection committed since we last looked."""
-        try:
-            if int(conn.execute("PRAGMA data_version").fetchone()[0]) != self._data_version:
-                self._recount(conn)
-        except self._errors as exc:  # figures a little stale beat a dead writer
-            log.warning("cache figures not recounted: %s", exc)
 
     def _rollback(self, conn: sqlite3.Connection) -> None:
         try:
@@ -324,9 +351,6 @@ class Writer:
         )  # fmt: skip
         if cur.rowcount != 1:
             return False  # already cached: the first answer stays, with its hit history
-        semantic = int(entry.question is not None)
-        with self._lock:
-            self._tally.add(Tally(1, semantic, size, {entry.model: 1}))
         self.counters["written"] += 1
         if entry.embedding is not None and entry.question is not None:
             vector = np.ascontiguousarray(entry.embedding, dtype=np.float32)
@@ -343,37 +367,38 @@ class Writer:
             self._last_purge = now
             ids = [r[0] for r in conn.execute(
                 "SELECT id FROM entries WHERE created < ?", (now - self._ttl_s,))]  # fmt: skip
-            self.counters["expired"] += self._delete(conn, ids)
-        while self._tally.bytes > self._max_bytes:
+            self.counters["expired"] += delete_entries(conn, ids)
+        excess = stored_bytes(conn) - self._max_bytes
+        while excess > 0:
             rows = conn.execute(
                 "SELECT id, bytes FROM entries ORDER BY last_hit, id LIMIT 256"
             ).fetchall()
-            if not rows:
-                self._recount(conn)  # the byte total was off: trust the table
-                break
-            excess, victims = self._tally.bytes - self._max_bytes, []
+            victims = []
             for entry_id, size in rows:
                 victims.append(entry_id)
                 excess -= size
                 if excess <= 0:
                     break
-            self.counters["evicted"] += self._delete(conn, victims)
-
-    def _delete(self, conn: sqlite3.Connection, ids: list[int]) -> int:
-        removed = delete_entries(conn, ids)
-        with self._lock:
-            self._tally.add(removed, -1)
-        return len(ids)
+            if not victims:
+                break  # nothing left to evict
+            self.counters["evicted"] += delete_entries(conn, victims)
 
 
-def delete_entries(conn: sqlite3.Connection, ids: list[int]) -> Tally:
-    """Delete entries and their vectors (inside the caller's transaction); what they held."""
-    removed = Tally()
+def delete_entries(conn: sqlite3.Connection, ids: list[int]) -> int:
+    """Delete entries and their vectors (inside the caller's transaction); how many."""
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
-        marks = ",".join("?" * len(chunk))
-        removed.add(count_entries(conn, f"WHERE id IN ({marks})", chunk))
-        conn.execute(f"DELETE FROM entries WHERE id IN ({marks})", chunk)
+        conn.execute(f"DELETE FROM entries WHERE id IN ({','.join('?' * len(chunk))})", chunk)
     # vec0 deletes by its primary key one row at a time (an IN list would scan the table)
     conn.executemany("DELETE FROM entry_vectors WHERE entry_id = ?", [(i,) for i in ids])
-    return removed
+    return len(ids)
+
+
+def clear_entries(conn: sqlite3.Connection) -> int:
+    """Delete every entry (inside the caller's transaction) and bump the clear counter, so no
+    writer commits, nor serves, a put queued before it (see the module docstring); how many."""
+    count = int(conn.execute("SELECT count(*) FROM entries").fetchone()[0])
+    conn.execute("DELETE FROM entries")
+    conn.execute("DELETE FROM entry_vectors")
+    set_meta(conn, CLEARED, str(int(get_meta(conn, CLEARED) or 0) + 1))
+    return count

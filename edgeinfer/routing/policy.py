@@ -23,7 +23,9 @@ class Tier:
     """A model as the router sees it.
 
     ``cost_per_1k`` is in seconds of this machine's compute per 1,000 generated tokens (measured),
-    or the user's configured price in the same relative units.
+    or the user's configured price in the same relative units. ``digest`` says which model
+    answers under the name (a local file's sha256, a remote's endpoint and model): routed
+    answers are cached under every tier's, so they are not served once a tier's model changed.
     """
 
     name: str
@@ -31,6 +33,7 @@ class Tier:
     cost_per_1k: float
     tags: frozenset[str] = frozenset()
     remote: bool = False
+    digest: str = ""
 
 
 @dataclass(frozen=True)

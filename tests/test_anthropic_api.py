@@ -143,21 +143,13 @@ def test_default_model_auto_goes_through_the_router(client: anthropic.Anthropic)
         ({"model": "nope"}, anthropic.NotFoundError, "nope"),
         ({"extra_body": {"temperature": 1.5}}, anthropic.BadRequestError, "temperature"),
         (
-            {"tools": [{"name": "f", "input_schema": {"type": "object"}}]},
-            anthropic.BadRequestError,
-            "tools on /v1/messages are not supported yet",
-        ),
-        (
             {
                 "messages": [
-                    {
-                        "role": "user",
-                        "content": [{"type": "tool_result", "tool_use_id": "x", "content": "1"}],
-                    }
+                    {"role": "user", "content": [{"type": "image", "source": {"type": "url"}}]}
                 ]
             },
             anthropic.BadRequestError,
-            "tools on /v1/messages are not supported yet",
+            "messages.0.content: block 0: content blocks of type 'image' are not supported",
         ),
         (
             {"messages": [{"role": "assistant", "content": "Hi"}]},

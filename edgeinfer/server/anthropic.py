@@ -7,8 +7,12 @@ its message object, its named SSE events, and its error JSON
 failure (validation included) so the ``anthropic`` SDK raises its own typed errors.
 
 ``x-api-key`` and ``anthropic-version`` are accepted and ignored (the socket's access is the
-peer's uid; on TCP, pass the bearer token as the SDK's ``auth_token``). Tool use is refused
-with a 400 for now, as are image and document blocks and a final assistant turn (prefill).
+peer's uid; on TCP, pass the bearer token as the SDK's ``auth_token``). Tool use maps onto
+OpenAI chat's tool calling (server/anthropic_schemas.py for the request): a call in the answer
+is a ``tool_use`` block (id ``toolu_...``, ``input`` an object) with ``stop_reason:
+"tool_use"``; a stream sends text until a call may begin (openai_shapes.ToolStream holds the
+rest back), then each call as its own block whose input comes in one ``input_json_delta``.
+Image and document blocks and a final assistant turn (prefill) are refused with a 400.
 """
 
 from __future__ import annotations
@@ -16,23 +20,22 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Annotated, Any, Literal
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import Field, ValidationError, field_validator
 
 from edgeinfer.engine.base import TokenLogprob
-from edgeinfer.errors import EdgeInferError, InvalidRequest
+from edgeinfer.errors import EdgeInferError
+from edgeinfer.prompt.tools import ToolCall, ToolSpec, parse_calls
+from edgeinfer.server.anthropic_schemas import parse_request
 from edgeinfer.server.auth import identity
-from edgeinfer.server.openai_shapes import edgeinfer_of, internal_error
-from edgeinfer.server.schemas import EdgeInferOptions, StrictModel, sampling_of
-from edgeinfer.service import GenerateOptions, Generation, InferenceService
+from edgeinfer.server.openai_shapes import ToolStream, edgeinfer_of, internal_error
+from edgeinfer.service import Generation, InferenceService
 
 log = logging.getLogger("edgeinfer.server")
 
-TOOLS_REFUSED = "tools on /v1/messages are not supported yet"
 _ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -60,106 +63,6 @@ def error_body(exc: EdgeInferError) -> dict[str, Any]:
     return {"type": "error", "error": {"type": kind, "message": exc.message}}
 
 
-class TextBlock(StrictModel):
-    type: Literal["text"]
-    text: str
-    cache_control: dict[str, Any] | None = None  # Anthropic's prompt caching hint: ignored
-    citations: list[dict[str, Any]] | None = None
-
-
-def _check_blocks(value: Any) -> Any:
-    """A clear 400 for block types edgeinfer does not take (before pydantic's union noise)."""
-    if isinstance(value, list):
-        for block in value:
-            kind = block.get("type") if isinstance(block, dict) else None
-            if kind in ("tool_use", "tool_result", "server_tool_use"):
-                raise ValueError(TOOLS_REFUSED)
-            if kind != "text":
-                raise ValueError(f"content blocks of type {kind!r} are not supported (only text)")
-    return value
-
-
-class Message(StrictModel):
-    role: Literal["user", "assistant"]
-    content: str | list[TextBlock]
-
-    _blocks = field_validator("content", mode="before")(_check_blocks)
-
-    def text(self) -> str:
-        if isinstance(self.content, str):
-            return self.content
-        return "".join(block.text for block in self.content)
-
-
-class Metadata(StrictModel):
-    user_id: str | None = None
-
-
-class MessagesRequest(StrictModel):
-    model: str
-    max_tokens: Annotated[int, Field(ge=1, le=1 << 20)]
-    messages: Annotated[list[Message], Field(min_length=1)]
-    system: str | list[TextBlock] | None = None
-    temperature: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
-    top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
-    top_k: Annotated[int, Field(ge=0)] | None = None
-    stop_sequences: Annotated[list[str], Field(max_length=4)] | None = None
-    stream: bool = False
-    metadata: Metadata | None = None
-    tools: list[Any] | None = None
-    tool_choice: Any = None
-    edgeinfer: EdgeInferOptions | None = None  # edgeinfer's own options, as on OpenAI chat
-
-    _system_blocks = field_validator("system", mode="before")(_check_blocks)
-
-    def conversation(self) -> list[dict[str, str]]:
-        if self.tools or self.tool_choice is not None:
-            raise InvalidRequest(TOOLS_REFUSED, param="tools")
-        if self.messages[-1].role == "assistant":
-            raise InvalidRequest(
-                "a final assistant turn (prefill) is not supported yet", param="messages"
-            )
-        convo = [{"role": m.role, "content": m.text()} for m in self.messages]
-        system = self.system
-        if isinstance(system, list):
-            system = "".join(block.text for block in system)
-        return [{"role": "system", "content": system}, *convo] if system else convo
-
-    def options(self, who: str) -> GenerateOptions:
-        given = {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
-        left_out = {"min_p", "repeat_penalty", "presence_penalty", "frequency_penalty"}
-        ext = self.edgeinfer or EdgeInferOptions()
-        return GenerateOptions(
-            max_tokens=self.max_tokens,
-            stop=tuple(self.stop_sequences or ()),
-            sampling=sampling_of(given),
-            default_sampling=frozenset({n for n, v in given.items() if v is None} | left_out),
-            identity=who,
-            timeout=ext.timeout,
-            cache=ext.cache,
-            cache_threshold=ext.cache_threshold,
-            route=ext.route,
-            min_quality=ext.min_quality,
-            max_cost=ext.max_cost,
-            request_type=ext.request_type,
-            continue_on_length=ext.continue_on_length,
-            compress=ext.compress,
-            context_budget=ext.context_budget,
-        )
-
-
-def _validation_error(exc: ValidationError) -> InvalidRequest:
-    err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err.get("loc", ()) if not str(p).startswith(("list[", "str")))
-    msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
-    if err.get("type") == "extra_forbidden":
-        msg = "unknown or unsupported field"
-    elif err.get("type") == "missing":
-        msg = "required field is missing"
-    text = f"{loc}: {msg}" if loc else msg
-    return InvalidRequest(text.encode("utf-8", "backslashreplace").decode(), param=loc or None)
-
-
 def _usage(gen: Generation) -> dict[str, int]:
     assert gen.result is not None
     u = gen.result.usage
@@ -170,24 +73,53 @@ def _usage(gen: Generation) -> dict[str, int]:
     }
 
 
-def _stop(gen: Generation) -> tuple[str, str | None]:
+def _stop(gen: Generation, called: bool) -> tuple[str, str | None]:
     assert gen.result is not None
+    if called and gen.result.reason != "length":  # max_tokens still says the answer was cut
+        return "tool_use", None
     if gen.result.stop_sequence is not None:
         return "stop_sequence", gen.result.stop_sequence
     return _STOP_REASONS.get(gen.result.reason, "end_turn"), None
 
 
-def _message(mid: str, gen: Generation, text: str | None) -> dict[str, Any]:
-    """The message object; ``text`` None: the stream's opening one (no content yet)."""
-    done = text is not None
-    reason, sequence = _stop(gen) if done else (None, None)
+def _taken(spec: ToolSpec | None, calls: list[ToolCall]) -> list[ToolCall]:
+    """The calls the answer holds: one at most with ``disable_parallel_tool_use``."""
+    return calls if spec is None or spec.parallel else calls[:1]
+
+
+def tool_use(call: ToolCall, *, opening: bool = False) -> dict[str, Any]:
+    """``call`` as a ``tool_use`` block; ``opening``: a stream's, whose input comes as deltas."""
+    return {
+        "type": "tool_use",
+        "id": "toolu_" + call.id.removeprefix("call_"),
+        "name": call.name,
+        "input": {} if opening else json.loads(call.arguments),
+    }
+
+
+def content_of(text: str, spec: ToolSpec | None) -> list[dict[str, Any]]:
+    """A whole answer's content blocks: its text, or the text before its calls and the calls."""
+    calls: list[ToolCall] = []
+    if spec is not None and spec.offered:
+        content, calls = parse_calls(text, spec.names())
+    if not calls:
+        return [{"type": "text", "text": text}]
+    head = [{"type": "text", "text": content}] if content else []
+    return head + [tool_use(c) for c in _taken(spec, calls)]
+
+
+def _message(mid: str, gen: Generation, content: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """The message object; ``content`` None: the stream's opening one (no content yet)."""
+    done = content is not None
+    called = any(block["type"] == "tool_use" for block in content or ())
+    reason, sequence = _stop(gen, called) if done else (None, None)
     usage = _usage(gen) if done else {"input_tokens": gen.prompt_tokens, "output_tokens": 0}
     return {
         "id": mid,
         "type": "message",
         "role": "assistant",
         "model": gen.model,
-        "content": [{"type": "text", "text": text}] if done else [],
+        "content": content or [],
         "stop_reason": reason,
         "stop_sequence": sequence,
         "usage": usage,
@@ -199,19 +131,72 @@ def _event(name: str, data: dict[str, Any]) -> bytes:
     return f"event: {name}\ndata: {json.dumps({'type': name, **data})}\n\n".encode()
 
 
-async def _events(gen: Generation, mid: str) -> AsyncIterator[bytes]:
-    """Anthropic's stream: message_start, one text block's deltas, message_delta, message_stop."""
+class _Blocks:
+    """A streamed answer's content blocks as events: text in a block opened on demand, each
+    call in a block of its own; a ping after the first block's start, where Anthropic sends it."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.text_open = False
+        self.called = False
+
+    def _start(self, block: dict[str, Any]) -> list[bytes]:
+        events = [_event("content_block_start", {"index": self.count, "content_block": block})]
+        if self.count == 0:
+            events.append(_event("ping", {}))
+        self.count += 1
+        return events
+
+    def _delta(self, delta: dict[str, Any]) -> bytes:
+        return _event("content_block_delta", {"index": self.count - 1, "delta": delta})
+
+    def text(self, piece: str) -> list[bytes]:
+        events = [] if self.text_open else self._start({"type": "text", "text": ""})
+        self.text_open = True
+        if piece:
+            events.append(self._delta({"type": "text_delta", "text": piece}))
+        return events
+
+    def close(self) -> list[bytes]:
+        """Ends the text block, if one is open."""
+        if not self.text_open:
+            return []
+        self.text_open = False
+        return [_event("content_block_stop", {"index": self.count - 1})]
+
+    def call(self, call: ToolCall) -> list[bytes]:
+        events = [*self.close(), *self._start(tool_use(call, opening=True))]
+        events.append(self._delta({"type": "input_json_delta", "partial_json": call.arguments}))
+        events.append(_event("content_block_stop", {"index": self.count - 1}))
+        self.called = True
+        return events
+
+    def finish(self, rest: str, calls: Sequence[ToolCall]) -> list[bytes]:
+        """The held-back text and the calls, once the answer is complete; every message has
+        a block (an empty text one at least)."""
+        events = self.text(rest) if rest or not (calls or self.count) else []
+        for call in calls:
+            events += self.call(call)
+        return events + self.close()
+
+
+async def _events(gen: Generation, mid: str, spec: ToolSpec | None) -> AsyncIterator[bytes]:
+    """Anthropic's stream: message_start, the content blocks' events, message_delta,
+    message_stop. With tools offered, text that may be a call is held back (ToolStream)."""
+    held = ToolStream(spec.names()) if spec is not None and spec.offered else None
+    blocks = _Blocks()
     try:
         yield _event("message_start", {"message": _message(mid, gen, None)})
-        block = {"type": "text", "text": ""}
-        yield _event("content_block_start", {"index": 0, "content_block": block})
-        yield _event("ping", {})
+        for event in blocks.text("") if held is None else ():
+            yield event  # no tools: the text block opens at once
         async for delta in gen:
-            if delta.text:
-                text_delta = {"type": "text_delta", "text": delta.text}
-                yield _event("content_block_delta", {"index": 0, "delta": text_delta})
-        yield _event("content_block_stop", {"index": 0})
-        reason, sequence = _stop(gen)
+            piece = delta.text if held is None else held.feed(delta.text)
+            for event in blocks.text(piece) if piece else ():
+                yield event
+        rest, calls = held.settle() if held is not None else ("", [])
+        for event in blocks.finish(rest, _taken(spec, calls)):
+            yield event
+        reason, sequence = _stop(gen, blocks.called)
         yield _event(
             "message_delta",
             {
@@ -240,23 +225,19 @@ def add_messages_route(app: FastAPI, service: InferenceService, collect: Collect
     @app.post("/v1/messages", response_model=None, tags=["anthropic"])
     async def messages(request: Request) -> Response:
         try:
-            try:
-                body = MessagesRequest.model_validate_json(await request.body())
-            except ValidationError as exc:
-                if exc.errors()[0].get("type") == "json_invalid":
-                    raise InvalidRequest("the request body is not valid JSON") from None
-                raise _validation_error(exc) from None
+            body = parse_request(await request.body())
             convo = body.conversation()
-            gen = await service.chat(body.model, convo, body.options(identity(request.scope)))
+            options = body.options(identity(request.scope))
+            gen = await service.chat(body.model, convo, options)
             mid = "msg_" + uuid.uuid4().hex
             if body.stream:
                 headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-                stream = _events(gen, mid)
+                stream = _events(gen, mid, options.tools)
                 return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
             answer = await collect(request, gen)
             if answer is None:
                 return Response(status_code=499)
-            return JSONResponse(_message(mid, gen, answer[0]))
+            return JSONResponse(_message(mid, gen, content_of(answer[0], options.tools)))
         except EdgeInferError as exc:
             return anthropic_error(exc)
         except Exception as exc:

@@ -245,14 +245,19 @@ class ToolStream:
         self.sent = max(self.sent, safe)
         return out
 
+    def settle(self) -> tuple[str, list[ToolCall]]:
+        """Once the choice is complete: the content still held back, and the calls (the
+        Anthropic route shapes these its own way)."""
+        _, self.calls = parse_calls(self.text, self.names)
+        tag = self.text.find(OPEN)
+        if not self.calls:
+            return self.text[self.sent :], []
+        return self.text[self.sent : max(tag, self.sent)], self.calls
+
     def finish(self, shape: Shape, gen: Generation, index: int) -> list[dict[str, Any]]:
         """The chunks that complete the choice: held content, or its calls."""
-        _, self.calls = parse_calls(self.text, self.names)
+        rest, _ = self.settle()
         chunks: list[dict[str, Any]] = []
-        tag = self.text.find(OPEN)
-        rest = (
-            self.text[self.sent :] if not self.calls else self.text[self.sent : max(tag, self.sent)]
-        )
         if rest:
             chunks.append(shape.chunk(gen, rest, None, index=index))
         for k, call in enumerate(self.calls):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edgeinfer.cache.key import DEFAULT_THRESHOLD
 from edgeinfer.cache.layer import ResponseCache
 from edgeinfer.cache.savings import (
     ENCODING_ASSETS,
@@ -20,6 +21,7 @@ from edgeinfer.cache.savings import (
     load_encoding,
 )
 from edgeinfer.cache.store import CacheStore, default_path
+from edgeinfer.cache.verifier import PairModel, Verifier
 from edgeinfer.config.load import bundled_catalogue_path, load_catalogue
 from edgeinfer.config.schema import (
     CacheSettings,
@@ -30,7 +32,7 @@ from edgeinfer.config.schema import (
 )
 from edgeinfer.config.watch import ConfigWatcher
 from edgeinfer.distill import DistillLog
-from edgeinfer.embed.base import MINILM_DIM, MINILM_NAME
+from edgeinfer.embed.base import MINILM_DIM, MINILM_NAME, Embedder
 from edgeinfer.engine.base import EngineFactory
 from edgeinfer.errors import ConfigError, EdgeInferError
 from edgeinfer.models.assets import ensure_asset
@@ -302,10 +304,29 @@ def build_cache(paths: Paths, catalogue: Catalogue, pool: ModelPool) -> Response
     except EdgeInferError as exc:
         log.error("response cache disabled: %s", exc.message)
         return None
+    verifier = build_verifier(settings, embedder)
+    store.verify = verifier.check
     for served in pool.models():
         if served.digest:  # entries of a model file that changed can never be served again
             store.purge_model(served.name, served.digest)
-    return ResponseCache(store, embedder, threshold=settings.threshold, estimator=estimator)
+    threshold = settings.threshold
+    if threshold is None:
+        threshold = verifier.model.cosine if verifier.model else DEFAULT_THRESHOLD
+    return ResponseCache(store, embedder, threshold=threshold, estimator=estimator)
+
+
+def build_verifier(settings: CacheSettings, embedder: Embedder) -> Verifier:
+    """The semantic layer's verifier; a missing or stale model file falls back to the rules."""
+    if settings.verifier == "rules":
+        return Verifier()
+    try:
+        model = PairModel.load()
+    except (OSError, ValueError, KeyError) as exc:
+        log.error(
+            "cache verifier model unreadable (%s); semantic hits use the rule guard alone", exc
+        )
+        return Verifier()
+    return Verifier(embedder.words, model, cutoff=settings.verifier_cutoff)
 
 
 def cost_estimator(paths: Paths, catalogue: Catalogue) -> CostEstimator | None:

@@ -1,12 +1,15 @@
 """Benchmark the semantic cache: hit quality on a labelled set, and lookup latency at scale.
 
-1. Precision and recall of semantic hits on labelled pairs (default: the dev set in
-   tests/data/semantic_pairs.jsonl) at thresholds 0.80-0.98, with and without the guard. The first
-   question of a pair is the stored one, the second the incoming one. Precision = served pairs that
-   were paraphrases / all served pairs; recall = served paraphrases / all paraphrases.
+1. Precision and recall of semantic hits on labelled pairs (default: the TEST split,
+   tests/data/cache_pairs/test.jsonl, which nothing was tuned on) at cosine thresholds 0.50-0.95:
+   the cosine alone, with the rule guard, and with the shipped verifier (verifier.py) at its
+   calibrated cutoff; then the shipped defaults, and the verifier's curve over cutoffs. The first
+   question of a pair is the stored one, the second the incoming one. Precision = served pairs
+   that were paraphrases / all served pairs; recall = served paraphrases / all paraphrases.
 2. Lookup latency, real embedding of the incoming question included, at 1k / 10k / 100k entries:
-   CacheStore (sqlite-vec Hamming KNN over sign bits + exact cosine rerank + guard) against a
-   brute-force numpy scan (exact cosine over all vectors + the same guard), in one run on the same
+   CacheStore (sqlite-vec Hamming KNN over sign bits + exact cosine rerank + the shipped
+   verifier) against a brute-force numpy scan (exact cosine over all vectors + the same
+   verifier), in one run on the same
    data. Entries are random unit vectors plus the real embeddings of the labelled set's stored
    questions, all in ONE namespace (the worst case: the KNN cannot skip anything); queries are the
    labelled set's incoming questions. "agree" is the share of queries where both methods serve the
@@ -14,6 +17,9 @@
 
     .venv/bin/python scripts/bench_cache.py --quick
     .venv/bin/python scripts/bench_cache.py --pairs heldout.jsonl --sizes 1000 --queries 100
+
+The latency runs use a fresh verifier (empty word LRU), so each planted question's words are
+computed on its first meeting, as in a daemon that just started.
 """
 
 from __future__ import annotations
@@ -34,56 +40,84 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from edgeinfer.cache.entry import CacheEntry  # noqa: E402
 from edgeinfer.cache.guard import guard  # noqa: E402
 from edgeinfer.cache.store import GUARDED, CacheStore  # noqa: E402
+from edgeinfer.cache.verifier import PairModel, Verifier  # noqa: E402
 from edgeinfer.embed.onnx import OnnxEmbedder, open_minilm  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-THRESHOLDS = [round(0.80 + 0.02 * i, 2) for i in range(10)]
+THRESHOLDS = [round(0.50 + 0.05 * i, 2) for i in range(10)]
+CUTOFFS = [0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95]
 NAMESPACE = "bench"
 
 
-def quality(pairs: list[dict[str, str]], sims: np.ndarray) -> list[dict[str, Any]]:
-    """Precision/recall per threshold, with and without the guard."""
+def quality(pairs: list[dict[str, str]], sims: np.ndarray, verifier: Verifier) -> dict[str, Any]:
+    """Precision/recall per threshold: cosine alone, + rule guard, + the shipped verifier."""
+    model = verifier.model
+    assert model is not None
     same = np.array([p["label"] == "same" for p in pairs])
     passed = np.array([guard(p["a"], p["b"]) is None for p in pairs])
+    probs = np.array(
+        [verifier.probability(p["a"], p["b"], float(s)) for p, s in zip(pairs, sims, strict=True)]
+    )
+    allowed = passed if verifier.rules else np.ones_like(passed)
+
+    def measure(served: np.ndarray) -> dict[str, Any]:
+        right = int((served & same).sum())
+        return {
+            "served": int(served.sum()),
+            "precision": right / served.sum() if served.any() else 1.0,
+            "recall": right / same.sum(),
+            "wrong": int((served & ~same).sum()),
+        }
+
     rows = []
     for threshold in THRESHOLDS:
-        row: dict[str, Any] = {"threshold": threshold}
-        for name, allowed in (("plain", np.ones_like(passed)), ("guard", passed)):
-            served = (sims >= threshold) & allowed
-            right = int((served & same).sum())
-            row[name] = {
-                "served": int(served.sum()),
-                "precision": right / served.sum() if served.any() else 1.0,
-                "recall": right / same.sum(),
-            }
-        rows.append(row)
-    return rows
+        above = sims >= threshold
+        rows.append({
+            "threshold": threshold,
+            "plain": measure(above),
+            "guard": measure(above & passed),
+            "verifier": measure(above & allowed & (probs >= verifier.cutoff)),
+        })  # fmt: skip
+    shipped = measure((sims >= model.cosine) & allowed & (probs >= verifier.cutoff))
+    curve = [
+        {"cutoff": c, **measure((sims >= model.cosine) & allowed & (probs >= c))} for c in CUTOFFS
+    ]
+    return {"rows": rows, "shipped": shipped, "curve": curve, "cutoff": verifier.cutoff,
+            "threshold": model.cosine, "rules": verifier.rules}  # fmt: skip
 
 
-def print_quality(rows: list[dict[str, Any]], pairs: list[dict[str, str]]) -> None:
+def print_quality(q: dict[str, Any], pairs: list[dict[str, str]], source: Path) -> None:
     same = sum(p["label"] == "same" for p in pairs)
-    print(f"\n## Semantic hits on {len(pairs)} pairs ({same} paraphrases)\n")
-    print("| threshold | served | precision | recall "
-          "| served+guard | precision+guard | recall+guard |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        p, g = r["plain"], r["guard"]
+    print(f"\n## Semantic hits on {len(pairs)} pairs ({same} paraphrases) from {source.name}\n")
+    shipped, rules = q["shipped"], "on" if q["rules"] else "off"
+    print(f"Shipped defaults (cosine ≥ {q['threshold']}, rule guard {rules}, verifier p ≥ "
+          f"{q['cutoff']:.2f}): precision {shipped['precision']:.3f}, recall "
+          f"{shipped['recall']:.3f}, {shipped['wrong']} wrong hits\n")  # fmt: skip
+    print("| threshold | cosine: precision / recall | + rule guard | + verifier (wrong) |")
+    print("|---|---|---|---|")
+    for r in q["rows"]:
+        p, g, v = r["plain"], r["guard"], r["verifier"]
         print(
-            f"| {r['threshold']:.2f} | {p['served']} | {p['precision']:.3f} | {p['recall']:.3f} "
-            f"| {g['served']} | {g['precision']:.3f} | {g['recall']:.3f} |"
+            f"| {r['threshold']:.2f} | {p['precision']:.3f} / {p['recall']:.3f} "
+            f"| {g['precision']:.3f} / {g['recall']:.3f} "
+            f"| {v['precision']:.3f} / {v['recall']:.3f} ({v['wrong']}) |"
         )
+    print(f"\nThe verifier's curve at cosine ≥ {q['threshold']}:\n")
+    print("| cutoff | served | precision | recall | wrong hits |\n|---|---|---|---|---|")
+    for c in q["curve"]:
+        print(f"| {c['cutoff']:.2f} | {c['served']} | {c['precision']:.3f} | {c['recall']:.3f} "
+              f"| {c['wrong']} |")  # fmt: skip
 
 
-def build(path: Path, size: int, planted: list[str], vectors: np.ndarray, dim: int) -> tuple[
-    CacheStore, np.ndarray, list[str]
-]:  # fmt: skip
+def build(path: Path, size: int, planted: list[str], vectors: np.ndarray, dim: int,
+          verifier: Verifier) -> tuple[CacheStore, np.ndarray, list[str]]:  # fmt: skip
     """A store and the same data as a numpy matrix: random unit rows plus the planted questions."""
     rng = np.random.default_rng(size)
     randoms = rng.standard_normal((size - len(planted), dim)).astype(np.float32)
     randoms /= np.linalg.norm(randoms, axis=1, keepdims=True)
     matrix = np.vstack([randoms, vectors]).astype(np.float32)
     questions = [f"stored filler question number {i}" for i in range(len(randoms))] + planted
-    store = CacheStore(path, dim=dim, max_bytes=1 << 40, ttl_s=None)
+    store = CacheStore(path, dim=dim, max_bytes=1 << 40, ttl_s=None, verify=verifier.check)
     store.start()
     for start in range(0, size, 5000):
         store.put_many([
@@ -95,18 +129,20 @@ def build(path: Path, size: int, planted: list[str], vectors: np.ndarray, dim: i
 
 
 def brute_force(matrix: np.ndarray, questions: list[str], vector: np.ndarray, question: str,
-                threshold: float) -> str | None:  # fmt: skip
+                threshold: float, verifier: Verifier) -> str | None:  # fmt: skip
     """The same decision as CacheStore.lookup_semantic, by exact cosine over every row."""
     sims = matrix @ vector
     top = np.argpartition(-sims, GUARDED)[:GUARDED] if len(sims) > GUARDED else np.arange(len(sims))
     for i in top[np.argsort(-sims[top])]:
-        if sims[i] >= threshold and guard(questions[i], question) is None:
+        if sims[i] >= threshold and verifier.check(questions[i], question, sims[i]) is None:
             return str(questions[i])
     return None
 
 
-def latency(embedder: OnnxEmbedder, pairs: list[dict[str, str]], sizes: list[int],
-            queries: int, threshold: float) -> list[dict[str, Any]]:  # fmt: skip
+def latency(
+    embedder: OnnxEmbedder, pairs: list[dict[str, str]], sizes: list[int], queries: int,
+    threshold: float, verifier: Verifier,
+) -> list[dict[str, Any]]:  # fmt: skip
     planted = sorted({p["a"] for p in pairs})
     vectors = embedder.embed(planted)
     asks = [p["b"] for p in pairs][:queries]
@@ -116,7 +152,7 @@ def latency(embedder: OnnxEmbedder, pairs: list[dict[str, str]], sizes: list[int
         with tempfile.TemporaryDirectory(prefix="bench-cache-") as tmp:
             t0 = time.perf_counter()
             store, matrix, questions = build(
-                Path(tmp) / "c.sqlite3", size, planted, vectors, embedder.dim
+                Path(tmp) / "c.sqlite3", size, planted, vectors, embedder.dim, verifier
             )
             built = time.perf_counter() - t0
             store.lookup_semantic(NAMESPACE, vectors[0], planted[0], threshold)  # open the reader
@@ -129,7 +165,7 @@ def latency(embedder: OnnxEmbedder, pairs: list[dict[str, str]], sizes: list[int
                 t2 = time.perf_counter()
                 v2 = embedder.embed([question])[0]
                 t3 = time.perf_counter()
-                mine = brute_force(matrix, questions, v2, question, threshold)
+                mine = brute_force(matrix, questions, v2, question, threshold, verifier)
                 t4 = time.perf_counter()
                 vec_ms.append((t2 - t0) * 1e3)
                 search_vec.append((t2 - t1) * 1e3)
@@ -152,7 +188,8 @@ def _pcts(values: list[float]) -> dict[str, float]:
 
 
 def print_latency(rows: list[dict[str, Any]], threshold: float) -> None:
-    print(f"\n## Lookup latency, embedding included (threshold {threshold}, one namespace)\n")
+    print(f"\n## Lookup latency, embedding and verifier included (threshold {threshold}, one "
+          "namespace)\n")  # fmt: skip
     print("| entries | sqlite-vec p50 | p99 | numpy p50 | p99 "
           "| search only: sqlite-vec p50 / numpy p50 | agree | build s | db MB |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|")
@@ -222,7 +259,6 @@ def _timed_ask(client: Any, model: str, text: str, expect: str) -> float:
         "messages": [{"role": "user", "content": text}],
         "max_tokens": 128,
         "temperature": 0,
-        "edgeinfer": {"cache_threshold": 0.8},
     }
     t0 = time.perf_counter()
     reply = client.post("/v1/chat/completions", json=body).json()
@@ -247,11 +283,11 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--pairs", type=Path, default=REPO / "tests" / "data" / "semantic_pairs.jsonl"
+        "--pairs", type=Path, default=REPO / "tests" / "data" / "cache_pairs" / "test.jsonl"
     )
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 100_000])
     parser.add_argument("--queries", type=int, default=300, help="lookups per size")
-    parser.add_argument("--threshold", type=float, default=0.80, help="for the latency runs")
+    parser.add_argument("--threshold", type=float, help="for the latency runs (default: shipped)")
     parser.add_argument("--quick", action="store_true", help="100 lookups per size")
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads")
     parser.add_argument("--json", type=Path, help="also write the figures here")
@@ -266,12 +302,16 @@ def main(argv: list[str] | None = None) -> int:
     pairs = [
         json.loads(line) for line in args.pairs.read_text(encoding="utf-8").splitlines() if line
     ]
+    verifier = Verifier(embedder.words, PairModel.load())
+    threshold = args.threshold if args.threshold is not None else PairModel.load().cosine
     a = embedder.embed([p["a"] for p in pairs])
     b = embedder.embed([p["b"] for p in pairs])
-    rows = quality(pairs, (a * b).sum(axis=1))
-    print_quality(rows, pairs)
-    lat = latency(embedder, pairs, args.sizes, queries, args.threshold)
-    print_latency(lat, args.threshold)
+    rows = quality(pairs, (a * b).sum(axis=1), verifier)
+    print_quality(rows, pairs, args.pairs)
+    lat = latency(
+        embedder, pairs, args.sizes, queries, threshold, Verifier(embedder.words, PairModel.load())
+    )
+    print_latency(lat, threshold)
     e2e = {} if args.skip_e2e else end_to_end(args.models_dir, args.model, 2 if args.quick else 4)
     if e2e:
         print_end_to_end(e2e)

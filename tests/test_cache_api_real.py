@@ -77,6 +77,34 @@ def test_paraphrase_is_a_semantic_hit_and_a_near_miss_is_not(daemon: Daemon) -> 
     assert near["edgeinfer"]["cache"]["layer"] is None
 
 
+def test_the_shipped_defaults_serve_a_rewording_and_refuse_a_reversal(daemon: Daemon) -> None:
+    """No cache_threshold: the calibrated threshold and the learned verifier decide."""
+    first = ask(daemon, user("Explain what a hash table is."))
+    para = ask(daemon, user("Can you explain what a hash table is?"))
+    assert para["edgeinfer"]["cache"]["layer"] == "semantic"
+    assert para["choices"][0]["message"] == first["choices"][0]["message"]
+    ask(daemon, user("Does a list use more memory than a tuple in Python?"))
+    reverse = ask(daemon, user("Does a tuple use more memory than a list in Python?"))
+    assert reverse["edgeinfer"]["cache"]["layer"] is None
+
+
+def test_a_long_shared_preamble_does_not_make_two_questions_one(daemon: Daemon) -> None:
+    """The embedder reads 256 tokens: past that the two would embed identically. A question
+    that long is cached exactly or not at all (issue 15's case: reset vs delete)."""
+    preamble = " ".join(
+        ["You are our support assistant; follow the style guide and keep replies short."] * 30
+    )
+    assert len(preamble.split()) >= 360
+    ask(daemon, user(f"{preamble}\n\nHow do I reset my password?"))
+    other = ask(daemon, user(f"{preamble}\n\nHow do I delete my account?"))
+    assert other["edgeinfer"]["cache"]["layer"] is None
+    again = ask(daemon, user(f"{preamble}\n\nHow do I reset my password?"))
+    assert again["edgeinfer"]["cache"]["layer"] == "exact"  # the exact layer still serves it
+    with daemon.client() as c:
+        semantic = c.get("/stats").json()["cache"]["layers"]["semantic"]
+    assert semantic["skipped_too_long"] >= 2
+
+
 def test_follow_up_is_never_answered_from_another_conversation(daemon: Daemon) -> None:
     def conversation(person: str) -> list[dict[str, str]]:
         return [

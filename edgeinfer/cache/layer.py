@@ -101,6 +101,12 @@ class ResponseCache:
         self.savings.miss("exact")
         if req.mode != "semantic" or req.question is None:
             return None
+        if not (await asyncio.to_thread(self.embedder.fits, [req.question]))[0]:
+            # the embedder would see only the start: two questions sharing a long preamble
+            # would look identical, so a question this long is cached exactly or not at all
+            req.question = None
+            self.savings.too_long()
+            return None
         req.vector = (await asyncio.to_thread(self.embedder.embed, [req.question]))[0]
         hit = await asyncio.to_thread(
             self.store.lookup_semantic, req.namespace, req.vector, req.question, req.threshold

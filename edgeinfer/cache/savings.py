@@ -104,6 +104,7 @@ class LayerSavings:
     hits: int = 0
     misses: int = 0
     guard_rejections: int = 0
+    too_long: int = 0  # questions longer than the embedder reads: exact layer only
     prompt_tokens: int = 0
     completion_tokens: int = 0
     time_saved_s: float = 0.0
@@ -118,6 +119,7 @@ class LayerSavings:
             "misses": self.misses,
             "hit_rate": self.hits / lookups if lookups else 0.0,
             "guard_rejections": self.guard_rejections,
+            "skipped_too_long": self.too_long,
             "measured": {
                 "prompt_tokens_saved": self.prompt_tokens,
                 "completion_tokens_saved": self.completion_tokens,
@@ -157,6 +159,11 @@ class Savings:
         with self._lock:
             self.layers[layer].misses += 1
             self.layers[layer].guard_rejections += guard_rejections
+
+    def too_long(self) -> None:
+        """A question the semantic layer did not look up: longer than the embedder's window."""
+        with self._lock:
+            self.layers["semantic"].too_long += 1
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:

@@ -13,7 +13,7 @@ the platformdirs cache dir (:func:`default_path`).
 
 A semantic lookup runs a Hamming KNN over the sign bits of the stored vectors inside the request's
 namespace, ranks the candidates by exact cosine, and serves the best one above the threshold that
-the guard (guard.py) lets through.
+the verifier (verifier.py: the rule guard, then a learned pair model) lets through.
 """
 
 from __future__ import annotations
@@ -49,6 +49,8 @@ from edgeinfer.errors import CacheError
 from edgeinfer.paths import Paths, ensure_private_sqlite
 
 log = logging.getLogger(__name__)
+Verify = Callable[[str, str, float], str | None]
+"""(stored question, incoming question, cosine) -> why not to serve, or None (verifier.py)."""
 CANDIDATES = 16
 """Vectors the Hamming KNN hands to the exact-cosine ranking."""
 READER_MMAP_BYTES = 1 << 30
@@ -113,8 +115,10 @@ class CacheStore:
         embedder: str = "",
         queue_size: int = 1024,
         purge_every_s: float = 60.0,
+        verify: Verify | None = None,
     ) -> None:
         self.path = Path(path)
+        self.verify: Verify = verify or _rules_only
         self.dim = dim
         self.max_bytes = max_bytes
         self.ttl_s = ttl_s
@@ -272,7 +276,7 @@ class CacheStore:
         )
         if row is None or row[0] != namespace or row[1] is None or not self._fresh(row[6]):
             return None
-        reason = guard(row[1], question)
+        reason = self.verify(row[1], question, similarity)
         if reason is not None:
             rejected.append(GuardRejection(row[1], similarity, reason))
             with self._lock:
@@ -397,6 +401,10 @@ class CacheStore:
         for entry in entries:
             self._check_shape(entry)
         return self._writer.call(lambda conn: self._writer.insert_many(conn, entries), timeout)
+
+
+def _rules_only(stored: str, incoming: str, similarity: float) -> str | None:
+    return guard(stored, incoming)
 
 
 def _damaged(exc: BaseException) -> bool:

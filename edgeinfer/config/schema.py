@@ -236,7 +236,15 @@ class CacheSettings(_Strict):
     """The response cache ([cache] in models.toml)."""
 
     enabled: bool = True
-    threshold: float = Field(default=0.95, gt=0.0, le=1.0, description="semantic cosine")
+    threshold: float | None = Field(
+        default=None, gt=0.0, le=1.0, description="semantic cosine; none = the calibrated one"
+    )
+    verifier: Literal["learned", "rules"] = Field(
+        default="learned", description="rules: the rule guard alone, no learned model"
+    )
+    verifier_cutoff: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="p(same) a hit needs; none = calibrated"
+    )
     ttl_hours: float | None = Field(default=168.0, gt=0.0, description="none = keep")
     max_mb: int = Field(default=512, ge=1)
     estimate_with: str | None = Field(default=None, description="a [prices] entry")

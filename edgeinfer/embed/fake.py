@@ -11,7 +11,7 @@ import re
 
 import numpy as np
 
-from edgeinfer.embed.base import Vectors, normalise
+from edgeinfer.embed.base import Vectors, Words, normalise
 
 _WORD = re.compile(r"[\w']+")
 
@@ -21,10 +21,11 @@ class FakeEmbedder:
 
     name = "fake-bow"
 
-    def __init__(self, dim: int = 64) -> None:
+    def __init__(self, dim: int = 64, window: int = 256) -> None:
         if dim <= 0 or dim % 8:
             raise ValueError("dim must be a positive multiple of 8 (the cache stores sign bits)")
         self.dim = dim
+        self.window = window
         self.calls: list[list[str]] = []
 
     def embed(self, texts: list[str]) -> Vectors:
@@ -37,6 +38,18 @@ class FakeEmbedder:
 
     def token_counts(self, texts: list[str]) -> list[int]:
         return [len(_WORD.findall(t.lower())) for t in texts]
+
+    def fits(self, texts: list[str]) -> list[bool]:
+        return [n <= self.window for n in self.token_counts(texts)]
+
+    def words(self, texts: list[str]) -> list[Words]:
+        out = []
+        for text in texts:
+            names = tuple(_WORD.findall(text))
+            rows = [self._direction(w.lower()) for w in names]
+            vectors = normalise(np.array(rows)) if rows else np.zeros((0, self.dim), np.float32)
+            out.append(Words(names, vectors))
+        return out
 
     def _direction(self, word: str) -> Vectors:
         seed = int.from_bytes(hashlib.sha256(word.encode()).digest()[:8], "little")

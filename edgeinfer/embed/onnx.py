@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from tokenizers import Tokenizer
+from numpy.typing import NDArray
+from tokenizers import Encoding, Tokenizer
 
-from edgeinfer.embed.base import MINILM_NAME, Vectors, normalise
+from edgeinfer.embed.base import MINILM_NAME, Vectors, Words, normalise
 from edgeinfer.errors import ModelUnavailable
 from edgeinfer.models.assets import ensure_asset
 
@@ -77,7 +78,38 @@ class OnnxEmbedder:
     def token_counts(self, texts: list[str]) -> list[int]:
         return [len(e.ids) for e in self._tokenizer.encode_batch(texts)]
 
-    def _embed_chunk(self, texts: list[str]) -> Vectors:
+    def fits(self, texts: list[str]) -> list[bool]:
+        return [not e.overflowing for e in self._tokenizer.encode_batch(texts)]
+
+    def words(self, texts: list[str]) -> list[Words]:
+        """Each text's words with their contextual vectors (the verifier aligns them).
+
+        A word's vector is the mean of its word pieces' token states, L2-normalised; the special
+        tokens are left out. Computed by the same forward pass as :meth:`embed`, so a text costs
+        the same as embedding it; truncated at the same window.
+        """
+        out: list[Words] = []
+        for i in range(0, len(texts), self._batch):
+            chunk = texts[i : i + self._batch]
+            encodings, states, _ = self._forward(chunk)
+            for text, enc, rows in zip(chunk, encodings, states, strict=True):
+                spans: dict[int, list[int]] = {}
+                for pos, word in enumerate(enc.word_ids):
+                    if word is not None:
+                        spans.setdefault(word, []).append(pos)
+                if not spans:
+                    out.append(Words((), np.zeros((0, self.dim), dtype=np.float32)))
+                    continue
+                names = tuple(
+                    text[enc.offsets[p[0]][0] : enc.offsets[p[-1]][1]] for p in spans.values()
+                )
+                vectors = np.stack([rows[p].mean(axis=0) for p in spans.values()])
+                out.append(Words(names, normalise(vectors)))
+        return out
+
+    def _forward(
+        self, texts: list[str]
+    ) -> tuple[list[Encoding], NDArray[np.float32], NDArray[np.int64]]:
         encodings = self._tokenizer.encode_batch(texts)
         width = max(len(e.ids) for e in encodings)
         ids = np.zeros((len(texts), width), dtype=np.int64)
@@ -87,6 +119,10 @@ class OnnxEmbedder:
             mask[row, : len(enc.ids)] = 1
         feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
         states = self._session.run(None, {k: v for k, v in feeds.items() if k in self._inputs})[0]
+        return encodings, states, mask
+
+    def _embed_chunk(self, texts: list[str]) -> Vectors:
+        _, states, mask = self._forward(texts)
         weights = mask[:, :, None].astype(np.float32)
         pooled = (states * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1.0)
         return normalise(pooled)

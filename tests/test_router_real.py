@@ -371,7 +371,9 @@ def test_router_prompt_and_remotes_reload_without_a_restart(model_store: ModelSt
         best = _ask(d, max_tokens=4, edgeinfer={"cache": "off"})
         assert best.status_code == 502, best.text
         assert best.json()["error"]["code"] == "upstream_error" and "up" in best.text
-        cheap = _ask(d, max_tokens=4, edgeinfer={"cache": "off", "max_cost": 500}).json()
+        cheap_reply = _ask(d, max_tokens=4, edgeinfer={"cache": "off", "max_cost": 500})
+        assert cheap_reply.status_code == 200, cheap_reply.text
+        cheap = cheap_reply.json()
         assert cheap["model"] == "tiny" and cheap["edgeinfer"]["route"]["route"] == "best"
         assert "prompt" not in cheap["edgeinfer"]  # compress is off now
     finally:

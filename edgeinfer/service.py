@@ -1,8 +1,8 @@
 """The inference pipeline, free of HTTP and Textual: resolve the model, build the prompt,
 tokenize off the event loop, hand the request to the model's runner, and stream events back.
 
-Later layers (exact and semantic cache, prompt layer, router) slot in here, in the order
-DESIGN.md gives, each reporting what it saved.
+The cache, prompt layer and router act here in the order docs/architecture.md ("Request flow")
+gives, each reporting what it saved.
 """
 
 from __future__ import annotations

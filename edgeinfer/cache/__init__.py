@@ -1,4 +1,5 @@
-"""The response cache: exact and semantic layers in one SQLite file (see DESIGN.md, step 1-2).
+"""The response cache: exact and semantic layers in one SQLite file (steps 1-2 of the request
+flow in docs/architecture.md).
 
 ``key`` turns a request into keys and decides cacheability (pure); ``guard`` decides whether a
 semantic neighbour may answer (pure); ``store.CacheStore`` keeps entries and vectors on disk with

@@ -46,7 +46,7 @@ class CacheRequest:
 
 
 class ResponseCache:
-    """Exact and semantic layers in front of generation (DESIGN.md steps 1, 2 and 6)."""
+    """Exact and semantic layers in front of generation (docs/architecture.md, steps 1, 2, 6)."""
 
     def __init__(
         self,

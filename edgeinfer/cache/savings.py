@@ -8,7 +8,7 @@ million tokens. The service records every lookup here; ``/stats`` and ``edgeinfe
 show :meth:`Savings.snapshot`.
 
 tiktoken downloads its vocabulary files on first use, which fails offline; :func:`load_encoding`
-builds them from the pinned ``quicktok-v1`` vocabularies instead (MODELS.md, "tiktoken offline").
+builds them from the pinned ``quicktok-v1`` vocabularies instead (docs/architecture.md, "Models").
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ class Savings:
 
 
 def load_encoding(name: str, vocab: Path, cache_dir: Path) -> tiktoken.Encoding:
-    """A tiktoken encoding built offline from a quicktok vocabulary (MODELS.md recipe).
+    """A tiktoken encoding built offline from a quicktok vocabulary (docs/architecture.md, Models).
 
     quicktok's binary file (u32 count, then per token u16 length, bytes, u32 rank) is rewritten
     as tiktoken's text format (base64 token, space, rank per line) into ``cache_dir`` under the

@@ -1,9 +1,10 @@
 """The real embedder: all-MiniLM-L6-v2 (int8 ONNX) through onnxruntime and tokenizers.
 
 The only module that imports onnxruntime and tokenizers (an import-linter contract holds that).
-The recipe follows MODELS.md: the tokenizer's built-in padding is turned off (it pads every text
-to 128 tokens, about 5x the work), texts are truncated at 256 tokens, ``token_type_ids`` are
-zeros, token states are mean-pooled over the attention mask and the result L2-normalised.
+The recipe (docs/architecture.md, "Models"): the tokenizer's built-in padding is turned off (it
+pads every text to 128 tokens, about 5x the work), texts are truncated at 256 tokens,
+``token_type_ids`` are zeros, token states are mean-pooled over the attention mask and the
+result L2-normalised.
 A batch is padded here only to its longest text; the mask keeps padding out of the mean, so a
 text embeds the same alone or in any batch.
 

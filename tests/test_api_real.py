@@ -51,24 +51,21 @@ def test_chat_non_streamed(daemon: Daemon) -> None:
 
 
 def test_chat_streamed_matches_non_streamed(daemon: Daemon) -> None:
-    whole = chat(daemon, messages=QUESTION, max_tokens=24, temperature=0).json()
+    """Both answers are generated, not replayed: ``stream`` is no part of the cache key, so with
+    the cache on the streamed one would replay the stored non-streamed answer in one piece."""
+    body = {"messages": QUESTION, "max_tokens": 24, "temperature": 0, "edgeinfer": NO_CACHE}
+    whole = chat(daemon, **body).json()
     with daemon.client() as c:
-        r = c.post(
-            "/v1/chat/completions",
-            json={
-                "model": "tiny",
-                "messages": QUESTION,
-                "max_tokens": 24,
-                "temperature": 0,
-                "stream": True,
-            },
-        )
+        r = c.post("/v1/chat/completions", json={"model": "tiny", **body, "stream": True})
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/event-stream")
     events = sse_events(r.text)
+    assert whole["edgeinfer"]["cache"]["layer"] is None
+    assert events[-1]["edgeinfer"]["cache"]["layer"] is None
     assert events[0]["choices"][0]["delta"]["role"] == "assistant"
-    text = "".join(e["choices"][0]["delta"].get("content", "") for e in events if e["choices"])
-    assert text == whole["choices"][0]["message"]["content"]
+    pieces = [e["choices"][0]["delta"].get("content", "") for e in events if e["choices"]]
+    assert len([p for p in pieces if p]) > 1  # token by token, as a generation streams
+    assert "".join(pieces) == whole["choices"][0]["message"]["content"]
     assert events[-1]["choices"][0]["finish_reason"] == whole["choices"][0]["finish_reason"]
     assert events[-1]["edgeinfer"]["model"] == "tiny"
     assert events[-1]["usage"]["completion_tokens"] == whole["usage"]["completion_tokens"]

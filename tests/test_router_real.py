@@ -71,13 +71,24 @@ def _ask(d: Daemon, content: str = QUESTION, **extra: Any) -> httpx.Response:
         return c.post("/v1/chat/completions", json=body)
 
 
+# A token tiny does not expect after QUESTION (" neoliberal": logprob about -23 there). Forced
+# with logit_bias, which steers sampling but not the logprobs the cascade reads, it makes a
+# draft tiny itself is unsure of: that one logprob is already below 32 * ln 0.5 (-22.2), the
+# most a 32-token head can lose and still score 0.5, so the draft must escalate.
+UNEXPECTED_TOKEN = "40000"
+
+
 def test_cascade_keeps_a_confident_draft_and_escalates_an_unsure_one(tiers: Daemon) -> None:
+    with tiers.client() as c:
+        before = c.get("/stats").json()["router"]
     kept = _ask(tiers, edgeinfer={"cache": "off"}).json()
     route = kept["edgeinfer"]["route"]
     assert route["route"] == "cascade" and route["request_type"] == "question_answer"
     draft = route["tiers"][0]
     assert draft["model"] == "tiny" and draft["confidence"]["tokens"] > 0
     assert draft["kept"] is (draft["confidence"]["score"] >= 0.5)
+    assert route["escalated"] is not draft["kept"]
+    assert kept["model"] == ("tiny" if draft["kept"] else "tiny-q8")
     assert "paris" in kept["choices"][0]["message"]["content"].lower()
 
     # A request the cascade cannot keep (min_quality above tiny's) runs on tiny-q8 only.
@@ -85,25 +96,27 @@ def test_cascade_keeps_a_confident_draft_and_escalates_an_unsure_one(tiers: Daem
     assert best["model"] == "tiny-q8"
     assert [t["model"] for t in best["edgeinfer"]["route"]["tiers"]] == ["tiny-q8"]
 
-    # A nonsense prompt tiny is unsure about climbs to tiny-q8 with the reason given.
+    # A draft tiny is unsure of must climb to tiny-q8, with the reason given.
     unsure = _ask(
         tiers,
-        "zqx vlorp wem? 7 kreb tasso: ",
         max_tokens=16,
+        logit_bias={UNEXPECTED_TOKEN: 100},
         edgeinfer={"cache": "off", "route": "cascade"},
     ).json()
     route = unsure["edgeinfer"]["route"]
-    if route["escalated"]:
-        assert unsure["model"] == "tiny-q8"
-        assert (
-            "confidence" in route["escalation_reason"] or "max_tokens" in route["escalation_reason"]
-        )
-        assert [t["model"] for t in route["tiers"]] == ["tiny", "tiny-q8"]
-    else:  # tiny happened to be sure of its gibberish: then it must have cleared the bar
-        assert route["tiers"][0]["confidence"]["score"] >= 0.5
+    draft = route["tiers"][0]
+    assert draft["model"] == "tiny" and draft["kept"] is False, route
+    assert draft["confidence"]["score"] < 0.5 and draft["confidence"]["tokens"] > 0
+    assert route["escalated"] is True and "confidence" in route["escalation_reason"]
+    assert "threshold 0.50" in route["escalation_reason"]
+    assert [t["model"] for t in route["tiers"]] == ["tiny", "tiny-q8"]
+    assert unsure["model"] == "tiny-q8"
     with tiers.client() as c:
         stats = c.get("/stats").json()["router"]
-    assert stats["requests"] >= 3 and stats["by_tier"].get("tiny-q8", 0) >= 1
+    assert stats["requests"] - before["requests"] == 3
+    climbed = 1 + kept["edgeinfer"]["route"]["escalated"]  # the unsure draft, and maybe the first
+    assert stats["escalations"] - before["escalations"] == climbed
+    assert stats["by_tier"].get("tiny-q8", 0) - before["by_tier"].get("tiny-q8", 0) == 1 + climbed
     assert stats["tiers"] == ["tiny", "tiny-q8"]
 
 
@@ -118,10 +131,15 @@ def test_no_suitable_model_is_a_422_naming_each_tier(tiers: Daemon) -> None:
 
 
 def test_an_answer_cut_at_max_tokens_continues_from_its_kv_state(tiers: Daemon) -> None:
+    """Two continuations of 12 tokens each make the very answer one 36-token greedy generation
+    gives: each round resumes exactly where the last one stopped, and from its KV state."""
     body = {
         "model": "tiny",
         "messages": [{"role": "user", "content": "Write a long story about a dragon."}],
         "temperature": 0,
+        # plain greedy: a penalty's history restarts with each round, so it would steer the
+        # continued answer away from the one-shot one
+        "repeat_penalty": 1.0,
         "max_tokens": 12,
         "edgeinfer": {"cache": "off", "continue_on_length": True},
     }
@@ -132,17 +150,17 @@ def test_an_answer_cut_at_max_tokens_continues_from_its_kv_state(tiers: Daemon) 
         ).json()
     rounds = reply["edgeinfer"]["continued"]
     assert len(rounds) == 2  # max_continuations = 2 by default
-    assert reply["usage"]["completion_tokens"] == 36
+    assert [r["completion_tokens"] for r in rounds] == [12, 12]
+    assert reply["usage"]["completion_tokens"] == plain["usage"]["completion_tokens"] == 36
+    assert reply["choices"][0]["finish_reason"] == plain["choices"][0]["finish_reason"] == "length"
     prompt = reply["usage"]["prompt_tokens"]
     # each round reuses the prompt and the answer so far instead of recomputing them
     assert rounds[0]["cached_tokens"] >= prompt + 12 - 2
     assert rounds[1]["cached_tokens"] >= prompt + 24 - 2
-    # and greedy continuation reads like one generation of the whole budget
-    text, whole = (
-        reply["choices"][0]["message"]["content"],
-        plain["choices"][0]["message"]["content"],
-    )
-    assert text[:40] == whole[:40]
+    # and the continued answer is the one-shot greedy answer of the whole budget, all of it
+    # (the rounds' seams lie past the first 12 tokens, so a prefix would not see them)
+    text = reply["choices"][0]["message"]["content"]
+    assert text == plain["choices"][0]["message"]["content"]
 
 
 def test_distillation_captures_larger_tier_answers(tiers: Daemon) -> None:

@@ -10,7 +10,9 @@ assistant calls are written back as those tags, and tool results become user tur
 
 ``tool_choice: required`` and a named function are enforced with a GBNF grammar built from the
 tools' parameter schemas (:func:`call_schema`, then :func:`wrap_grammar`); ``auto`` generates
-freely and :func:`parse_calls` reads the calls out afterwards; ``none`` does not offer the tools.
+freely and :func:`parse_calls` reads the calls out afterwards, also from the shapes models write
+instead of the tag (a ```json fence, another wrapper tag, a bare object: :data:`_OPENING`);
+``none`` does not offer the tools.
 Pure functions: the service calls them, the server shapes what they return.
 """
 
@@ -187,43 +189,58 @@ def wrap_grammar(call_grammar: str, spec: ToolSpec) -> str:
     )
 
 
-_OPEN_RE = re.compile(re.escape(OPEN) + r"\s*")
+_TAGS = ("tool_call", "function_call", "tool", "tools", "response", "json", "xml", "JSON")
+_TAG = "<(?:" + "|".join(_TAGS) + ")>"
+_FENCE = r"```(?:json|xml)?[ \t]*\n\s*"
+_OPENING = re.compile(
+    rf"(?:{_FENCE})?(?:{re.escape(OPEN)}\s*|{_TAG}\s*(?=\{{))"
+    rf"|{_FENCE}(?=\{{)"
+    r"|\A\s*(?=\{)"
+    r'|(?=\{\s*"name"\s*:)'
+)
+"""Where a call's JSON may begin (right after the match): our tag, optionally inside a Markdown
+fence (``<tool_call>`` counts at once, before its object); another wrapper tag or a fence before
+an object; an object at the answer's start; or one whose first key is ``"name"``. These are the
+openings llama.cpp's Hermes 2 Pro parser (its format for Qwen2.5) accepts, its ``<function=...>``
+forms aside: Qwen2.5-Coder, asked by its own template for the tags, answered scripts/eval_tools.py
+with a ```json fence or a bare object instead (tests/test_tool_parse.py has its answers)."""
+
+_FENCE_PART = re.compile(r"`{1,2}|```(?:j(?:s(?:on?)?)?|x(?:ml?)?|json|xml)?[ \t]*")
+_TAG_PART = re.compile(_TAG + r"\s*")
+_NAME_PART = re.compile(r'\{\s*(?:"(?:n(?:a(?:m(?:e(?:"\s*)?)?)?)?)?)?')
+
+
+def find_calls(text: str, names: Sequence[str]) -> tuple[int, list[ToolCall]]:
+    """Where the text's first call begins (its length when it has none), and the calls:
+    objects at the openings of :data:`_OPENING` that call an offered tool (unknown names and
+    invalid JSON are not calls; an exact repeat of a call is dropped)."""
+    decoder = json.JSONDecoder()
+    calls: list[ToolCall] = []
+    seen: set[tuple[str, str]] = set()
+    first, pos = len(text), 0
+    while (match := _OPENING.search(text, pos)) is not None:
+        try:
+            obj, pos = decoder.raw_decode(text, match.end())
+        except ValueError:
+            pos = match.start() + 1
+            continue
+        call = _as_call(obj, names)
+        if call is None:
+            continue  # an object that calls nothing: what it holds is no call either
+        first = min(first, match.start())
+        if (call.name, call.arguments) not in seen:  # repeats say nothing
+            seen.add((call.name, call.arguments))
+            calls.append(call)
+    return first, calls
 
 
 def parse_calls(text: str, names: Sequence[str]) -> tuple[str | None, list[ToolCall]]:
-    """The text's content before its first call, and the calls (unknown names and invalid
-    JSON are not calls; an exact repeat of a call is dropped). A whole answer that is a bare
-    call object counts too."""
-    decoder = json.JSONDecoder()
-    calls: list[ToolCall] = []
-    first = text.find(OPEN)
-    candidates: list[Any] = []
-    if first >= 0:
-        for match in _OPEN_RE.finditer(text):
-            try:
-                obj, _ = decoder.raw_decode(text, match.end())
-            except ValueError:
-                continue
-            candidates.append(obj)
-    else:
-        stripped = text.strip()
-        if stripped.startswith("{"):
-            try:
-                obj, end = decoder.raw_decode(stripped)
-                if not stripped[end:].strip():
-                    candidates.append(obj)
-            except ValueError:
-                pass
-    seen: set[tuple[str, str]] = set()
-    for obj in candidates:
-        call = _as_call(obj, names)
-        if call is not None and (call.name, call.arguments) not in seen:  # repeats say nothing
-            seen.add((call.name, call.arguments))
-            calls.append(call)
+    """The text's content before its first call, and the calls (:func:`find_calls`); the
+    whole text as content when it holds none."""
+    first, calls = find_calls(text, names)
     if not calls:
         return text, []
-    content = text[:first].strip() if first >= 0 else ""
-    return (content or None), calls
+    return (text[:first].strip() or None), calls
 
 
 def _as_call(obj: Any, names: Sequence[str]) -> ToolCall | None:
@@ -244,13 +261,29 @@ def _as_call(obj: Any, names: Sequence[str]) -> ToolCall | None:
     )
 
 
-def may_be_call(text: str) -> bool:
-    """Whether streamed text so far may turn into a call: it holds the tag, may be its start,
-    or is (so far) a bare JSON object."""
-    stripped = text.lstrip()
-    if OPEN in text or not stripped or stripped.startswith("{"):
+def call_start(text: str, since: int = 0) -> tuple[int, bool]:
+    """For streamed text so far: where a call may begin (at ``since`` or later; the text's
+    length where none can), and whether one surely does. The text before it is content; the
+    stream (server.openai_shapes.ToolStream) holds back the rest until it can no longer open a
+    call or the answer is complete. ``since`` is how far the text was sent already."""
+    match = _OPENING.search(text, since)
+    if match is not None:
+        return match.start(), True
+    for at in range(since, len(text)):
+        if (at == 0 or text[at] in "`<{") and _may_open(text[at:], at == 0):
+            return at, False
+    return len(text), False
+
+
+def _may_open(tail: str, at_start: bool) -> bool:
+    """Whether text that ends the stream so far may still grow into an opening."""
+    if at_start and not tail.strip():
+        return True  # an answer's start: it may turn into an object
+    fence = re.match(_FENCE, tail)
+    rest = tail[fence.end() :] if fence else tail
+    if not rest or _TAG_PART.fullmatch(rest) or any(f"<{t}>".startswith(rest) for t in _TAGS):
         return True
-    return any(text.endswith(OPEN[:k]) for k in range(1, len(OPEN)))
+    return not fence and bool(_FENCE_PART.fullmatch(rest) or _NAME_PART.fullmatch(rest))
 
 
 def tool_prompt(
@@ -286,8 +319,9 @@ __all__ = [
     "ToolCall",
     "ToolSpec",
     "call_schema",
+    "call_start",
+    "find_calls",
     "generic_messages",
-    "may_be_call",
     "native_messages",
     "parse_calls",
     "template_supports_tools",

@@ -15,7 +15,7 @@ from typing import Any
 from edgeinfer.engine.base import TokenLogprob
 from edgeinfer.errors import EdgeInferError
 from edgeinfer.pool.events import Delta
-from edgeinfer.prompt.tools import OPEN, ToolCall, may_be_call, parse_calls
+from edgeinfer.prompt.tools import ToolCall, call_start, find_calls, parse_calls
 from edgeinfer.server.feed import sse
 from edgeinfer.service import Generation
 
@@ -216,7 +216,7 @@ _ROLE = {"role": "assistant", "content": ""}
 
 class ToolStream:
     """One streamed choice with tools offered: content passes through until it may be a call
-    (prompt.tools.may_be_call); the rest is parsed when the choice completes."""
+    (prompt.tools.call_start); the rest is parsed when the choice completes."""
 
     def __init__(self, names: Sequence[str]) -> None:
         self.names = names
@@ -230,29 +230,18 @@ class ToolStream:
         self.text += delta
         if self.stopped:
             return ""
-        text = self.text
-        tag = text.find(OPEN)
-        if tag >= 0:
-            self.stopped = True
-            out, self.sent = text[self.sent : tag], tag
-            return out
-        if may_be_call(text) and not text.strip() or text.lstrip().startswith("{"):
-            return ""  # nothing yet, or a bare JSON call in the making
-        safe = len(text) - max(
-            (k for k in range(1, len(OPEN)) if text.endswith(OPEN[:k])), default=0
-        )
-        out = text[self.sent : safe]
-        self.sent = max(self.sent, safe)
+        start, self.stopped = call_start(self.text, self.sent)
+        out = self.text[self.sent : start]
+        self.sent = max(self.sent, start)
         return out
 
     def settle(self) -> tuple[str, list[ToolCall]]:
         """Once the choice is complete: the content still held back, and the calls (the
         Anthropic route shapes these its own way)."""
-        _, self.calls = parse_calls(self.text, self.names)
-        tag = self.text.find(OPEN)
+        first, self.calls = find_calls(self.text, self.names)
         if not self.calls:
             return self.text[self.sent :], []
-        return self.text[self.sent : max(tag, self.sent)], self.calls
+        return self.text[self.sent : max(first, self.sent)], self.calls
 
     def finish(self, shape: Shape, gen: Generation, index: int) -> list[dict[str, Any]]:
         """The chunks that complete the choice: held content, or its calls."""

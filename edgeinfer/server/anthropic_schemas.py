@@ -230,16 +230,7 @@ class MessagesRequest(StrictModel):
             sampling=sampling_of(given),
             default_sampling=frozenset({n for n, v in given.items() if v is None} | left_out),
             identity=who,
-            timeout=ext.timeout,
-            cache=ext.cache,
-            cache_threshold=ext.cache_threshold,
-            route=ext.route,
-            min_quality=ext.min_quality,
-            max_cost=ext.max_cost,
-            request_type=ext.request_type,
-            continue_on_length=ext.continue_on_length,
-            compress=ext.compress,
-            context_budget=ext.context_budget,
+            **ext.options(),
             tools=self.tool_spec(),
         )
 

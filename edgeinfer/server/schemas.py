@@ -179,6 +179,10 @@ class EdgeInferOptions(StrictModel):
     compress: bool | None = None
     context_budget: Annotated[int, Field(ge=64, le=1 << 20)] | None = None
 
+    def options(self) -> dict[str, Any]:
+        """These options as :class:`GenerateOptions` keyword arguments (the same names)."""
+        return self.model_dump()
+
 
 class JsonSchemaFormat(StrictModel):
     name: str = "response"
@@ -247,16 +251,7 @@ class _Sampling(StrictModel):
             stop=stop,
             response_format=kind,
             json_schema=schema,
-            timeout=ext.timeout,
-            cache=ext.cache,
-            cache_threshold=ext.cache_threshold,
-            route=ext.route,
-            min_quality=ext.min_quality,
-            max_cost=ext.max_cost,
-            request_type=ext.request_type,
-            continue_on_length=ext.continue_on_length,
-            compress=ext.compress,
-            context_budget=ext.context_budget,
+            **ext.options(),
             sampling=sampling_of(self.model_dump(include=set(DEFAULTABLE)), self.seed, bias),
             default_sampling=frozenset(n for n in DEFAULTABLE if getattr(self, n) is None),
         )

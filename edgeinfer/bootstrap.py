@@ -198,12 +198,14 @@ def build_app(
         observer=metrics,
     )
     files.progress = None
+    embedder = build_embedder(settings.paths)
     cache = None
-    if settings.cache and catalogue.cache.enabled:
-        cache = build_cache(settings.paths, catalogue, pool)
+    if embedder is not None and settings.cache and catalogue.cache.enabled:
+        cache = build_cache(settings.paths, catalogue, pool, embedder)
     service = InferenceService(
         pool,
         cache=cache,
+        embedder=embedder,
         request_timeout=settings.request_timeout,
         remotes={name: RemoteTier(spec) for name, spec in catalogue.remotes.items()},
         router=catalogue.router,
@@ -291,14 +293,30 @@ def load_classifier(paths: Paths, settings: RouterSettings) -> Classifier | None
     return None
 
 
-def build_cache(paths: Paths, catalogue: Catalogue, pool: ModelPool) -> ResponseCache | None:
-    """The exact + semantic response cache. Without its embedding model (say, offline on first
-    use) the daemon still serves, uncached, and says why in the log."""
+def build_embedder(paths: Paths) -> Embedder | None:
+    """The daemon's one embedder (MiniLM), shared by the cache, the router's classifier, the
+    prompt layer and the embeddings routes, with or without the cache. Without its files (say,
+    offline on first use) the daemon still serves and the log says what is off."""
     from edgeinfer.embed.onnx import open_minilm  # onnxruntime loads only for the daemon
 
+    try:
+        return open_minilm(paths.models_dir)
+    except EdgeInferError as exc:
+        log.error(
+            "embedding model unavailable (%s): the semantic cache, the router's classifier,"
+            " context_budget and the embeddings routes are off",
+            exc.message,
+        )
+        return None
+
+
+def build_cache(
+    paths: Paths, catalogue: Catalogue, pool: ModelPool, embedder: Embedder
+) -> ResponseCache | None:
+    """The exact + semantic response cache over ``embedder``. Without its database the daemon
+    still serves, uncached, and says why in the log."""
     settings = catalogue.cache
     try:
-        embedder = open_minilm(paths.models_dir)
         estimator = cost_estimator(paths, catalogue)
         store = open_cache_store(paths, settings)
     except EdgeInferError as exc:

@@ -19,6 +19,7 @@ from edgeinfer.cache.layer import CacheRequest, ResponseCache
 from edgeinfer.config.schema import PromptSettings, RemoteSpec, RouterSettings
 from edgeinfer.continuation import continuing
 from edgeinfer.distill import DistillLog
+from edgeinfer.embed.base import Embedder
 from edgeinfer.engine.base import Engine, Sampling
 from edgeinfer.errors import InvalidRequest
 from edgeinfer.generation import GenerateOptions, Generation
@@ -68,6 +69,7 @@ class InferenceService:
         pool: ModelPool,
         *,
         cache: ResponseCache | None = None,
+        embedder: Embedder | None = None,
         request_timeout: float | None = 600.0,
         remotes: Mapping[str, RemoteTier] | None = None,
         router: RouterSettings | None = None,
@@ -78,9 +80,12 @@ class InferenceService:
     ) -> None:
         self.pool = pool
         self.cache = cache
+        # one embedder for the cache, the router's classifier, the prompt layer's context
+        # selection and the embeddings routes: a daemon without the cache still has it
+        self.embedder = embedder or (cache.embedder if cache is not None else None)
         self.remotes = dict(remotes or {})
         self._timeout = request_timeout
-        embed = cache.embedder.embed if cache is not None else None
+        embed = self.embedder.embed if self.embedder is not None else None
         self.prompt_layer = PromptLayer(prompt or PromptSettings(), embed=embed)
         self.router = Router(
             router or RouterSettings(),

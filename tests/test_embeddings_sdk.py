@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import Daemon
+from tests.conftest import Daemon, start_daemon
 
 pytestmark = pytest.mark.real
 
@@ -80,3 +80,28 @@ def test_langchain_openai_embeddings(daemon: Daemon, client: openai.OpenAI) -> N
     direct = client.embeddings.create(model="m", input=TEXTS)
     assert docs == [d.embedding for d in direct.data]
     assert query == docs[0]
+
+
+def test_the_embedder_serves_without_the_cache(tiny_path: object) -> None:
+    """--no-cache turns the cache off, not the embedder: /v1/embeddings, Ollama's /api/embed
+    and the router's classifier (its P(correct) per tier) keep working."""
+    d = start_daemon("--models", "tiny", "--no-cache")
+    try:
+        with d.client() as c:
+            r = c.post("/v1/embeddings", json={"model": "all-minilm", "input": ["hello"]})
+            assert r.status_code == 200, r.text
+            assert len(r.json()["data"][0]["embedding"]) == 384
+            r = c.post("/api/embed", json={"model": "all-minilm", "input": "hello"})
+            assert r.status_code == 200 and len(r.json()["embeddings"][0]) == 384, r.text
+            body = {
+                "model": "auto",
+                "messages": [{"role": "user", "content": "What is 2 + 2?"}],
+                "max_tokens": 4,
+                "temperature": 0,
+            }
+            r = c.post("/v1/chat/completions", json=body)
+            assert r.status_code == 200, r.text
+            assert r.json()["edgeinfer"]["route"]["predicted"], r.json()["edgeinfer"]
+            assert c.get("/stats").json().get("cache") in (None, {}, {"enabled": False})
+    finally:
+        d.stop()

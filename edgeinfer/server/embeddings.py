@@ -64,9 +64,9 @@ def encode(vector: np.ndarray[Any, Any], encoding: str) -> list[float] | str:
 def add_embeddings_route(app: FastAPI, service: InferenceService) -> None:
     @app.post("/v1/embeddings")
     async def embeddings(body: EmbeddingRequest) -> dict[str, Any]:
-        if service.cache is None:
+        embedder = service.embedder
+        if embedder is None:
             raise ModelUnavailable("the embedding model is not loaded (see the daemon's log)")
-        embedder = service.cache.embedder
         if body.dimensions is not None and body.dimensions != embedder.dim:
             raise InvalidRequest(
                 f"dimensions: {embedder.name} makes {embedder.dim}-dimensional vectors and"

@@ -197,9 +197,9 @@ def ollama_router(service: InferenceService, store: StoreFactory | None = None) 
 
     def embedder(model: str) -> Embedder:
         """The daemon's one embedder, asked for by its name or Ollama's (``all-minilm``)."""
-        if service.cache is None:
+        found = service.embedder
+        if found is None:
             raise ModelUnavailable("the embedding model is not loaded (see the daemon's log)")
-        found = service.cache.embedder
         name = model_name(model).lower()
         if name.startswith("all-minilm") or name == found.name.lower():
             return found

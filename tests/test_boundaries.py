@@ -1,4 +1,5 @@
-"""The architecture's import boundaries (DESIGN.md), checked two ways."""
+"""The architecture's import boundaries (docs/architecture.md, "Import layers"), checked two
+ways."""
 
 from __future__ import annotations
 

@@ -72,7 +72,8 @@ def test_parse_prices() -> None:
 
 @pytest.mark.real
 def test_tiktoken_works_offline_from_the_quicktok_vocabulary(tmp_path: Path) -> None:
-    """MODELS.md: the converted file is tiktoken's own, and gives the reference token ids."""
+    """The converted file is tiktoken's own, and gives the reference token ids
+    (docs/architecture.md, "Models")."""
     vocab = ensure_asset(MODELS_DIR, "cl100k-vocab")
     cache = tmp_path / "tiktoken"
     encoding = load_encoding("cl100k_base", vocab, cache)

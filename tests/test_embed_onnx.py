@@ -28,7 +28,7 @@ def test_dimensions_and_unit_rows(minilm: OnnxEmbedder) -> None:
 
 
 def test_similarities_match_the_reference_figures(minilm: OnnxEmbedder) -> None:
-    """MODELS.md: cos(reset, forgot) = 0.89; either against France about 0.05-0.07."""
+    """The reference figures: cos(reset, forgot) = 0.89; either against France about 0.05-0.07."""
     reset, forgot, france = minilm.embed([
         "How do I reset my password?",
         "I forgot my password, how can I change it?",

@@ -26,7 +26,7 @@ def test_pull_quantizes_tiny_to_q8_and_it_serves(tiny_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     gguf = MODELS_DIR / "tiny-q8" / "model.gguf"
     assert gguf.read_bytes()[:4] == b"GGUF"
-    # Q8_0 of SmolLM2-135M, as MODELS.md measured it
+    # Q8_0 of SmolLM2-135M, as measured when the catalogue entry was made
     assert gguf.stat().st_size == 144_811_072
     d = start_daemon("--models", "tiny-q8")
     try:

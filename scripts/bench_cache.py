@@ -302,15 +302,14 @@ def main(argv: list[str] | None = None) -> int:
     pairs = [
         json.loads(line) for line in args.pairs.read_text(encoding="utf-8").splitlines() if line
     ]
-    verifier = Verifier(embedder.words, PairModel.load())
-    threshold = args.threshold if args.threshold is not None else PairModel.load().cosine
+    model = PairModel.load()
+    verifier = Verifier(embedder.words, model)
+    threshold = args.threshold if args.threshold is not None else model.cosine
     a = embedder.embed([p["a"] for p in pairs])
     b = embedder.embed([p["b"] for p in pairs])
     rows = quality(pairs, (a * b).sum(axis=1), verifier)
     print_quality(rows, pairs, args.pairs)
-    lat = latency(
-        embedder, pairs, args.sizes, queries, threshold, Verifier(embedder.words, PairModel.load())
-    )
+    lat = latency(embedder, pairs, args.sizes, queries, threshold, Verifier(embedder.words, model))
     print_latency(lat, threshold)
     e2e = {} if args.skip_e2e else end_to_end(args.models_dir, args.model, 2 if args.quick else 4)
     if e2e:

@@ -32,8 +32,9 @@ pytestmark = pytest.mark.real
 GREEDY: dict[str, Any] = {"extra_body": {"temperature": 0}}
 
 
-@pytest.fixture
-def client(daemon: Daemon) -> Iterator[anthropic.Anthropic]:
+@pytest.fixture(name="client")
+def client_fixture(daemon: Daemon) -> Iterator[anthropic.Anthropic]:
+    """The anthropic SDK over the daemon's Unix socket (test_anthropic_tools.py uses it too)."""
     transport = sdk_httpx.HTTPTransport(uds=str(daemon.socket))
     http = sdk_httpx.Client(transport=transport, timeout=120)
     with anthropic.Anthropic(

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import anthropic
@@ -18,6 +17,7 @@ from edgeinfer.prompt.tools import ToolSpec
 from edgeinfer.server.anthropic import _events, content_of
 from edgeinfer.server.anthropic_schemas import parse_request
 from tests.conftest import Daemon
+from tests.test_anthropic_api import client_fixture  # noqa: F401
 
 try:  # anthropic >= 2 is built on httpx2 and refuses httpx objects; older SDKs on httpx
     import httpx2 as sdk_httpx
@@ -48,16 +48,6 @@ ADD: dict[str, Any] = {
 ASK = [{"role": "user", "content": "What's the weather in Paris, in celsius?"}]
 NAMED = {"type": "tool", "name": "get_weather", "disable_parallel_tool_use": True}
 LIVE = {"temperature": 0, "edgeinfer": {"cache": "off"}}
-
-
-@pytest.fixture
-def client(daemon: Daemon) -> Iterator[anthropic.Anthropic]:
-    transport = sdk_httpx.HTTPTransport(uds=str(daemon.socket))
-    http = sdk_httpx.Client(transport=transport, timeout=120)
-    with anthropic.Anthropic(
-        base_url="http://edgeinfer", api_key="unused", http_client=http, max_retries=0
-    ) as c:
-        yield c
 
 
 def create(client: anthropic.Anthropic, **kw: Any) -> Any:

@@ -14,8 +14,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edgeinfer.cache import lexicon as lx
+from edgeinfer.cache.features import features
 from edgeinfer.cache.guard import RULE_KINDS, guard_kinds
-from edgeinfer.cache.tokens import stem, tokenize
+from edgeinfer.cache.tokens import stem
 from edgeinfer.embed.base import Words
 
 NAMES: tuple[str, ...] = (
@@ -134,8 +135,8 @@ def _changed_function_words(a: str, b: str) -> list[float]:
     modal; the learned model weighs which changes matter. The last count is every other
     function word (articles, pronouns, auxiliaries), capped.
     """
-    la = {t.low for t in tokenize(a) if t.low in lx.STOPWORDS or t.low in _ALL}
-    lb = {t.low for t in tokenize(b) if t.low in lx.STOPWORDS or t.low in _ALL}
+    la = {t.low for t in features(a).tokens if t.low in lx.STOPWORDS or t.low in _ALL}
+    lb = {t.low for t in features(b).tokens if t.low in lx.STOPWORDS or t.low in _ALL}
     changed = la ^ lb
     counts = [float(len(changed & group)) for group in _FUNCTION_GROUPS]
     other = changed - _ALL

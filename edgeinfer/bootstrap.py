@@ -7,7 +7,7 @@ injected ones (tests pass a fake engine factory). Everything below receives what
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,7 +40,8 @@ from edgeinfer.models.store import ModelStore, Quantizer
 from edgeinfer.paths import Paths
 from edgeinfer.pool.drain import Drainer
 from edgeinfer.pool.memory import total_ram
-from edgeinfer.pool.runner import LatencyObserver
+from edgeinfer.pool.process import RunnerProcess
+from edgeinfer.pool.runner import LatencyObserver, ModelRunner, Runner
 from edgeinfer.pool.scheduler import Budget, ModelPool
 from edgeinfer.remote import RemoteTier
 from edgeinfer.routing.classifier import BUNDLED as BUNDLED_WEIGHTS
@@ -155,6 +156,7 @@ def build_pool(
     *,
     state_dir: Path | None = None,
     observer: LatencyObserver | None = None,
+    runner: Callable[..., Runner] = ModelRunner,
 ) -> ModelPool:
     """Pull (first use) and verify each model, then load those that fit the memory budget in
     order; the rest load on demand. A model that fails is recorded with its reason and the
@@ -163,6 +165,7 @@ def build_pool(
         factory,
         state_dir=state_dir,
         observer=observer,
+        runner=runner,
         resolve=files,
         budget=budget_of(catalogue.memory),
         drainer=Drainer(timeout=catalogue.memory.drain_timeout_s),
@@ -189,6 +192,8 @@ def build_app(
     names = served_names(catalogue, settings.models)
     files = ModelFiles(settings.paths.models_dir, catalogue, progress)
     metrics = Metrics()
+    # The real engine runs each model in a runner process (a native fault costs one request);
+    # an injected engine (tests' fakes) runs on a thread of this process.
     pool = build_pool(
         catalogue,
         files,
@@ -196,6 +201,7 @@ def build_app(
         factory or real_engine_factory(settings.paths),
         state_dir=settings.paths.cache_dir / "kv",
         observer=metrics,
+        runner=ModelRunner if factory is not None else RunnerProcess,
     )
     files.progress = None
     embedder = build_embedder(settings.paths)

@@ -89,9 +89,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     table = Table("model", "status", "slots", "queue", "requests", "gen tok/s", "TTFT ms", "reused")
     for name, m in stats["models"].items():
         ttft = m.get("ttft_avg_s")
+        status = m["status"] if not m.get("reason") else f"{m['status']}: {m['reason']}"
+        if m.get("restarts"):  # its runner process crashed and came back
+            status += f" (restarts: {m['restarts']})"
         table.add_row(
             name,
-            m["status"] if not m.get("reason") else f"{m['status']}: {m['reason']}",
+            status,
             f"{m.get('slots_busy', 0)}/{m.get('slots', 0)}",
             str(m.get("queue_depth", 0)),
             str(m.get("requests", 0)),

@@ -17,6 +17,7 @@ Library code raises these; the server maps them to OpenAI error JSON in one plac
     │   └── RateLimited                  429 rate_limit_exceeded (too many failed TCP tokens)
     ├── RequestTimeout                   504 timeout
     ├── UpstreamError                    502 upstream_error      (a remote tier failed)
+    ├── ModelCrashed                     502 model_crashed       (its runner process died)
     ├── Unauthorized                     401 invalid_api_key     (TCP without the bearer token)
     ├── PermissionDenied                 403 permission_denied   (peer uid not in allow_uids)
     ├── ShuttingDown                     503 shutting_down       (draining, or cut at its deadline)
@@ -159,6 +160,15 @@ class UpstreamError(EdgeInferError):
     """A remote tier (an OpenAI-compatible endpoint) failed after its retries."""
 
     code = "upstream_error"
+    status = 502
+    type = "server_error"
+
+
+class ModelCrashed(EdgeInferError):
+    """A model's runner process died (a native fault, a kill) while it held the request; the
+    message names the signal or exit status and the last lines the runner wrote."""
+
+    code = "model_crashed"
     status = 502
     type = "server_error"
 

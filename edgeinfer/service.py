@@ -20,11 +20,11 @@ from edgeinfer.config.schema import PromptSettings, RemoteSpec, RouterSettings
 from edgeinfer.continuation import continuing
 from edgeinfer.distill import DistillLog
 from edgeinfer.embed.base import Embedder
-from edgeinfer.engine.base import Engine, Sampling
+from edgeinfer.engine.base import Sampling, Vocab
 from edgeinfer.errors import InvalidRequest
 from edgeinfer.generation import GenerateOptions, Generation
 from edgeinfer.pool.events import Event, Finished, GenRequest
-from edgeinfer.pool.runner import ModelRunner
+from edgeinfer.pool.runner import Runner
 from edgeinfer.pool.scheduler import ModelPool, ServedModel
 from edgeinfer.prompt.history import SUMMARY_INSTRUCTION
 from edgeinfer.prompt.layer import PromptLayer, PromptWish, Summarise
@@ -38,7 +38,7 @@ from edgeinfer.sampling import model_defaults, with_defaults
 
 
 def tokenize_chat(
-    engine: Engine, parts: Sequence[tuple[str, bool]], messages: Sequence[Mapping[str, Any]]
+    engine: Vocab, parts: Sequence[tuple[str, bool]], messages: Sequence[Mapping[str, Any]]
 ) -> list[int]:
     """Tokens of a rendered chat: the template's parts with their special tokens (it holds any
     BOS it wants), the client's contents as plain text, so typed role tokens stay text. Where
@@ -218,7 +218,7 @@ class InferenceService:
     async def _local(
         self,
         served: ServedModel,
-        runner: ModelRunner,
+        runner: Runner,
         messages: Sequence[Mapping[str, Any]],
         options: GenerateOptions,
     ) -> Generation:
@@ -321,7 +321,7 @@ class InferenceService:
     async def _start(
         self,
         served: ServedModel,
-        runner: ModelRunner,
+        runner: Runner,
         tokens: list[int],
         options: GenerateOptions,
         on_finish: Callable[[str, Finished], None] | None = None,

@@ -30,6 +30,7 @@ _MODEL_SERIES = [
     ("cancelled", "requests_cancelled", "Requests cancelled (client hung up)", "counter"),
     ("busy_rejections", "busy_rejections", "Requests refused with busy (queue full)", "counter"),
     ("context_shifts", "context_shifts", "Context shifts", "counter"),
+    ("restarts", "runner_restarts", "Runner process restarts after a crash", "counter"),
     ("slots", "slots", "Parallel sequences of the model's context", "gauge"),
     ("slots_busy", "slots_busy", "Slots running a request", "gauge"),
     ("queue_depth", "queue_depth", "Requests waiting for a slot", "gauge"),

@@ -241,6 +241,28 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (Linux /proc; elsewhere ``pid`` alone): edgeinfer's daemon
+    runs each model in a runner process of its own, whose CPU and memory are the daemon's."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            try:
+                todo += [int(child) for child in task.read_text().split()]
+            except OSError:
+                continue
+    return found
+
+
+def tree_rss_mib(pid: int) -> float | None:
+    """Resident memory of ``pid`` and its descendants, in MiB."""
+    sizes = [rss_mib(p) for p in process_tree(pid)]
+    known = [s for s in sizes if s is not None]
+    return sum(known) if known else None
+
+
 def rss_mib(pid: int) -> float | None:
     """Resident set size of ``pid`` in MiB (Linux /proc, else psutil when installed)."""
     try:
@@ -260,7 +282,8 @@ class CpuWatch:
     """CPU seconds other processes used since it was made (Linux): a busy machine skews figures.
 
     Whole-machine busy time from /proc/stat, less this process's, its waited-for children's and
-    the live server's (``server()`` gives its pid, which may change across a restart).
+    the live server's and its children's (``server()`` gives its pid, which may change across a
+    restart).
     """
 
     def __init__(self, server: Callable[[], int | None] = lambda: None) -> None:
@@ -270,7 +293,8 @@ class CpuWatch:
     def _our_cpu_s(self) -> float:
         t = os.times()
         pid = self._server()
-        return t.user + t.system + t.children_user + t.children_system + _proc_cpu_s(pid)
+        server = sum(proc_cpu_s(p) for p in process_tree(pid)) if pid is not None else 0.0
+        return t.user + t.system + t.children_user + t.children_system + server
 
     def others_s(self) -> float | None:
         busy = _machine_busy_s()
@@ -293,7 +317,7 @@ def _machine_busy_s() -> float | None:
     return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
-def _proc_cpu_s(pid: int | None) -> float:
+def proc_cpu_s(pid: int | None) -> float:
     if pid is None:
         return 0.0
     try:

@@ -29,7 +29,10 @@ c) interleaved: 4 conversations with >= 600 tokens of history, round-robin, seve
    Target: edgeinfer evaluates <= 20% of the baseline's prompt tokens.
 d) restart (edgeinfer only): a ~1,200-token request, SIGTERM, start again on the same
    EDGEINFER_HOME, same request: cached tokens and TTFT after the restart.
-Memory: daemon RSS after the throughput section.
+e) crash (edgeinfer only): ``slots + 2`` streams, SIGSEGV to the model's runner process, one
+   more request at once: time from the kill to its answer, and the requests lost (target: only
+   those that had streamed text).
+Memory: RSS of the daemon and its runner processes after the throughput section.
 
 Run (the model is pulled on first use; EDGEINFER_MODELS_DIR is honoured)::
 
@@ -39,7 +42,8 @@ Run (the model is pulled on first use; EDGEINFER_MODELS_DIR is honoured)::
     .venv/bin/python scripts/bench_engine.py --model small --clients 1,8 --json out.json
     .venv/bin/python scripts/bench_engine.py --llama-server ~/llama.cpp/build/bin/llama-server
 
-``--skip`` takes section names or letters (throughput/a, prefix/b, interleaved/c, restart/d) and
+``--skip`` takes section names or letters (throughput/a, prefix/b, interleaved/c, restart/d,
+crash/e) and
 sides (baseline, edgeinfer). Progress goes to stderr, the report to stdout.
 """
 
@@ -51,6 +55,7 @@ import gc
 import json
 import os
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -84,6 +89,7 @@ from _benchutil import (
     text_of_tokens,
     toml_table,
     topics,
+    tree_rss_mib,
     unix_accepts,
     verdict,
 )
@@ -95,7 +101,7 @@ from edgeinfer.engine.base import EngineParams
 from edgeinfer.models.store import ModelStore
 from edgeinfer.paths import Paths, resolve
 
-SECTIONS = {"a": "throughput", "b": "prefix", "c": "interleaved", "d": "restart"}
+SECTIONS = {"a": "throughput", "b": "prefix", "c": "interleaved", "d": "restart", "e": "crash"}
 SIDES = ("baseline", "edgeinfer", "llama-server")
 TARGET_THROUGHPUT = 1.6  # edgeinfer / baseline tok/s at 8 clients, at least
 TARGET_PREFIX = 0.05  # warm / cold TTFT, at most
@@ -239,7 +245,7 @@ class HttpSide:
         return int(resp.json()["models"][self._model]["prompt_tokens_evaluated"])
 
     def rss_mib(self) -> float | None:
-        return rss_mib(self._pid())
+        return tree_rss_mib(self._pid())  # the daemon with its runner processes
 
     def server_pid(self) -> int | None:
         return self._pid()
@@ -423,12 +429,76 @@ async def restart_section(
     }
 
 
+async def crash_section(side: HttpSide, cfg: Config) -> dict[str, Any]:
+    """``slots + 2`` streams (the slots' worth generating, two queued), SIGSEGV to the model's
+    runner process once some have streamed text, and at once one more request: how long from
+    the kill to that answer, and which requests were lost. Only those that had streamed text
+    may fail; the rest must be answered by the restarted runner."""
+    note("edgeinfer: crash (SIGSEGV to the runner during slots + 2 streams)")
+    stats = (await side.client.get("/stats")).json()["models"][cfg.model]
+    pid = stats["runner"]["pid"]
+    streamed = [asyncio.Event() for _ in range(cfg.slots + 2)]
+
+    async def one(i: int) -> dict[str, Any]:
+        payload = {
+            "model": cfg.model,
+            "prompt": chatml(
+                [("user", f"Crash test {i}: tell a long story about the number {i}.")]
+            ),
+            "max_tokens": 200,
+            "temperature": 0.0,
+            "stream": True,
+            "edgeinfer": {"cache": "off"},
+        }
+        error = None
+        async with side.client.stream("POST", "/v1/completions", json=payload) as resp:
+            async for line in resp.aiter_lines():
+                data = line.removeprefix("data:").strip() if line.startswith("data:") else ""
+                if not data or data == "[DONE]":
+                    continue
+                event = json.loads(data)
+                if "error" in event:
+                    error = event["error"]["code"]
+                elif event.get("choices") and event["choices"][0].get("text"):
+                    streamed[i].set()
+        return {"streamed": streamed[i].is_set(), "error": error}
+
+    tasks = [asyncio.create_task(one(i)) for i in range(len(streamed))]
+    await asyncio.wait_for(
+        asyncio.wait(
+            [asyncio.create_task(e.wait()) for e in streamed], return_when=asyncio.FIRST_COMPLETED
+        ),
+        120,
+    )
+    await asyncio.sleep(0.3)  # the slots' streams under way, the queued ones still waiting
+    before = [e.is_set() for e in streamed]
+    t_kill = time.perf_counter()
+    os.kill(pid, signal.SIGSEGV)
+    probe = await side.complete(chatml([("user", "Crash probe: name a colour.")]), 8)
+    recovered_s = time.perf_counter() - t_kill
+    outcomes = await asyncio.gather(*tasks)
+    lost = [o for o in outcomes if o["error"]]
+    return {
+        "requests": len(outcomes),
+        "streamed_at_kill": sum(before),
+        "lost": len(lost),
+        "lost_unstreamed": sum(1 for o in lost if not o["streamed"]),
+        "lost_codes": sorted({o["error"] for o in lost}),
+        "recovered_s": recovered_s,
+        "probe_tokens": probe.completion_tokens,
+    }
+
+
 SectionRun = Callable[[], Awaitable[dict[str, Any]]]
 SideRun = Callable[[Config, Target, Workload], dict[str, Any]]  # one side, every section
 
 
 async def measure(
-    side: Side, cfg: Config, wl: Workload, restart: SectionRun | None
+    side: Side,
+    cfg: Config,
+    wl: Workload,
+    restart: SectionRun | None,
+    crash: SectionRun | None = None,
 ) -> dict[str, Any]:
     """Every wanted section on one side, in an order that keeps the prefix test's cold request
     the first long prompt this side sees (after a short warm-up sharing no prefix with it).
@@ -440,6 +510,8 @@ async def measure(
     ]
     if restart is not None:
         sections.append(("restart", restart))
+    if crash is not None:
+        sections.append(("crash", crash))
     out: dict[str, Any] = {}
     busy: dict[str, float | None] = {}
     await side.complete("Hello", 4)
@@ -571,7 +643,13 @@ async def _measure_daemon(
 
     side = HttpSide("edgeinfer", cfg.model, make_client, lambda: proc.pid, stats=True)
     try:
-        return await measure(side, cfg, wl, lambda: restart_section(proc, side, cfg, wl))
+        return await measure(
+            side,
+            cfg,
+            wl,
+            lambda: restart_section(proc, side, cfg, wl),
+            lambda: crash_section(side, cfg),
+        )
     finally:
         await side.aclose()
 
@@ -878,16 +956,40 @@ def report_restart(results: dict[str, Any]) -> list[str]:
     return [line]
 
 
+def report_crash(results: dict[str, Any]) -> list[str]:
+    r = _get(results, "edgeinfer", "crash")
+    if not r or "error" in r:
+        return []
+    rows = [
+        [
+            r["requests"],
+            r["streamed_at_kill"],
+            r["lost"],
+            r["lost_unstreamed"],
+            ", ".join(r["lost_codes"]) or "-",
+            _ms(r["recovered_s"]),
+        ]
+    ]
+    headers = ["streams", "streaming at kill", "lost", "lost unstreamed", "codes", "kill→answer ms"]
+    print_table("e) Crash: SIGSEGV to the runner process under load", headers, rows)
+    line = (
+        f"crash: next request answered {r['recovered_s']:.2f} s after the kill; lost"
+        f" {r['lost']} of {r['requests']} ({r['lost_unstreamed']} that had not streamed; target 0)"
+    )
+    print("  " + line)
+    return [line]
+
+
 def report_memory(cfg: Config, results: dict[str, Any]) -> list[str]:
     labels = {
-        "edgeinfer": f"edgeinfer daemon RSS ({cfg.slots} slots)",
+        "edgeinfer": f"edgeinfer daemon + runner RSS ({cfg.slots} slots)",
         "baseline": "baseline Llama (growth of this process)",
         "llama-server": f"llama-server RSS (-np {cfg.slots})",
     }
     rows = [[labels[s], _get(results, s, "rss_mib")] for s in SIDES if s in results]
     print_table("Memory after the throughput section", ["process", "MiB"], rows)
     ei = _get(results, "edgeinfer", "rss_mib")
-    return [f"edgeinfer daemon RSS: {fmt(ei)} MiB with {cfg.slots} slots"]
+    return [f"edgeinfer daemon + runner RSS: {fmt(ei)} MiB with {cfg.slots} slots"]
 
 
 def report(cfg: Config, target: Target, results: dict[str, Any]) -> list[str]:
@@ -904,6 +1006,7 @@ def report(cfg: Config, target: Target, results: dict[str, Any]) -> list[str]:
     if cfg.wants("interleaved"):
         summary += report_interleaved(results)
     summary += report_restart(results)
+    summary += report_crash(results)
     summary += report_memory(cfg, results)
     summary += report_machine(results)
     summary += report_errors(results)
@@ -914,7 +1017,7 @@ def report(cfg: Config, target: Target, results: dict[str, Any]) -> list[str]:
 
 
 def report_machine(results: dict[str, Any]) -> list[str]:
-    names = ["prefix", "throughput", "interleaved", "restart"]
+    names = ["prefix", "throughput", "interleaved", "restart", "crash"]
     shares = {side: _get(results, side, "other_cpu_share") or {} for side in SIDES}
     rows = [
         [side, *(_pct(shares[side].get(n)) for n in names)] for side in results if side in SIDES

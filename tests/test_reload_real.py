@@ -11,14 +11,13 @@ import json
 import shutil
 import signal
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import Daemon, short_socket_dir, start_daemon
+from tests.conftest import Daemon, short_socket_dir, start_daemon, wait_for
 
 pytestmark = pytest.mark.real
 
@@ -49,16 +48,6 @@ def served(tiny_path: Path, model_store: Any) -> Iterator[Daemon]:
     yield d
     d.stop()
     shutil.rmtree(d.socket.parent, ignore_errors=True)
-
-
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def health(d: Daemon) -> dict[str, Any]:

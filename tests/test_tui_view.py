@@ -117,6 +117,14 @@ def test_model_rows_and_layers_from_a_snapshot() -> None:
     assert layers["kv prefix"].rate == pytest.approx(70 / 120)
 
 
+def test_a_model_whose_runner_crashed_says_how_often_it_restarted() -> None:
+    snap = {"models": {"a": {"status": "ready", "restarts": 1}, "b": {"status": "ready"}}}
+    rows = {row.name: row.status for row in StatsModel().update(snap).models}
+    assert rows == {"a": "ready (1 restart)", "b": "ready"}
+    again = {"models": {"a": {"status": "error", "restarts": 2}}}
+    assert StatsModel().update(again).models[0].status == "error (2 restarts)"
+
+
 def test_estimated_memory_is_marked() -> None:
     snap = {"models": {"m": {"memory_estimated_bytes": 3 << 20}}}
     assert StatsModel().update(snap).models[0].memory == "~3.0MiB"

@@ -7,6 +7,15 @@ from edgeinfer.engine.base import (
     EngineInfo,
     EngineParams,
     Sampling,
+    Vocab,
 )
 
-__all__ = ["BatchItem", "Engine", "EngineFactory", "EngineInfo", "EngineParams", "Sampling"]
+__all__ = [
+    "BatchItem",
+    "Engine",
+    "EngineFactory",
+    "EngineInfo",
+    "EngineParams",
+    "Sampling",
+    "Vocab",
+]

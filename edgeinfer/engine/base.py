@@ -91,9 +91,12 @@ class SamplerHandle(Protocol):
     """Opaque per-request sampler state owned by the engine."""
 
 
-class Engine(Protocol):
+class Vocab(Protocol):
+    """The model-facing calls the daemon's request path makes (prompt rendering, token counts,
+    grammars). A runner process owns the :class:`Engine`; the daemon answers these from a
+    vocab-only load of the same file, so tokenizing never waits on a decode."""
+
     info: EngineInfo
-    params: EngineParams
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool = True) -> list[int]:
         """Text to tokens; ``add_special`` adds BOS where the model wants it, ``parse_special``
@@ -106,17 +109,21 @@ class Engine(Protocol):
 
     def is_eog(self, token: int) -> bool: ...
 
+    def grammar_for(self, kind: str, schema: str | None) -> str:
+        """GBNF for ``response_format`` ``json_object`` or ``json_schema`` (raises
+        InvalidRequest for a schema that cannot be converted). Pure: any thread may call it."""
+        ...
+
+
+class Engine(Vocab, Protocol):
+    params: EngineParams
+
     def decode(self, batch: Sequence[BatchItem]) -> None:
         """Evaluate one batch (at most ``params.n_batch`` items). Raises EngineError."""
         ...
 
     def new_sampler(self, sampling: Sampling) -> SamplerHandle:
         """A sampler chain for one request; raises EngineError for a grammar llama.cpp refuses."""
-        ...
-
-    def grammar_for(self, kind: str, schema: str | None) -> str:
-        """GBNF for ``response_format`` ``json_object`` or ``json_schema`` (raises
-        InvalidRequest for a schema that cannot be converted). Pure: any thread may call it."""
         ...
 
     def logprobs(self, batch_index: int, token: int, top_n: int) -> TokenLogprob:

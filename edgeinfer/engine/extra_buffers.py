@@ -283,6 +283,13 @@ class ExtraBuffers:
                 )
             return False
 
+    def record_off(self, path: Path, reason: str) -> None:
+        """A model running with extra buffers died of them (SIGILL in its runner): off from
+        now on for its quant type, on this CPU and build."""
+        quant = quant_type(path)
+        with self._lock:
+            self.store.put(self._verdict(False, reason, quant))
+
     def _verdict(self, on: bool, reason: str, quant: str) -> Verdict:
         return Verdict(
             on=on,

@@ -138,3 +138,27 @@ class FakeEngineFactory:
         engine = FakeEngine(params=params, **self.kwargs)  # type: ignore[arg-type]
         self.made.append(engine)
         return engine
+
+
+def slow_engine(path: Path, params: EngineParams) -> FakeEngine:
+    """A runner process's engine for the fast tests of ``pool/process.py``: 20 ms a step, so a
+    test can cut a generation in the middle."""
+    return FakeEngine(params=params, decode_delay=0.02)
+
+
+@dataclass
+class FakeProcessFactory:
+    """The ProcessFactory of ``pool/process.py`` over :func:`slow_engine`: nothing to decide,
+    the vocabulary is a FakeEngine's, and the extra-buffer verdicts it was told are kept."""
+
+    child_factory: str = "edgeinfer.engine.fake:slow_engine"
+    crashes: list[str] = field(default_factory=list)
+
+    def resolve(self, path: Path, params: EngineParams) -> EngineParams:
+        return params
+
+    def vocab(self, path: Path) -> FakeEngine:
+        return FakeEngine()
+
+    def crashed(self, path: Path, reason: str) -> None:
+        self.crashes.append(reason)

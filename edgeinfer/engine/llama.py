@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import faulthandler
 import json
 import logging
@@ -105,7 +106,92 @@ class _Sampler:
         self.chain = chain
 
 
-class LlamaEngine:
+class _VocabCalls:
+    """Tokenizer calls over a loaded model's vocabulary (``_vocab``), shared by the full
+    engine and the daemon's vocab-only load."""
+
+    _vocab: Any
+    _pieces: dict[int, bytes]
+
+    def _text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        raw = C.llama_vocab_get_text(self._vocab, token)
+        return raw.decode("utf-8", "replace") if raw else ""
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        buf = (C.llama_token * cap)()
+        n = C.llama_tokenize(self._vocab, data, len(data), buf, cap, add_special, parse_special)
+        if n < 0:
+            cap = -n
+            buf = (C.llama_token * cap)()
+            n = C.llama_tokenize(self._vocab, data, len(data), buf, cap, add_special, parse_special)
+        if n < 0:
+            raise EngineError(f"tokenizer failed with code {n}")
+        return list(buf[:n])
+
+    def token_to_piece(self, token: int) -> bytes:
+        piece = self._pieces.get(token)
+        if piece is None:
+            buf = ctypes.create_string_buffer(256)
+            n = C.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+            piece = buf.raw[: max(n, 0)]
+            self._pieces[token] = piece
+        return piece
+
+    def is_eog(self, token: int) -> bool:
+        return bool(C.llama_vocab_is_eog(self._vocab, token))
+
+    def grammar_for(self, kind: str, schema: str | None) -> str:
+        if kind == "json_object":
+            return str(llama_grammar.JSON_GBNF)
+        try:
+            check_schema(json.loads(schema or "{}"))
+            grammar = str(llama_grammar.json_schema_to_gbnf(schema or "{}"))
+        except InvalidRequest:
+            raise
+        except Exception as exc:  # the converter raises bare exceptions of several kinds
+            raise InvalidRequest(
+                f"response_format.json_schema cannot be turned into a grammar: {exc}",
+                param="response_format",
+            ) from exc
+        check_grammar(grammar)  # what reaches llama.cpp's recursive parser stays shallow
+        return grammar
+
+
+class LlamaVocab(_VocabCalls):
+    """A vocab-only load (no weights, no context: 0.06 s and ~10 MB for tiny, 0.2 s and ~45 MB
+    for a 152k-token vocabulary): the daemon tokenizes and renders prompts with it while the
+    model itself runs in its runner process. ``info`` is replaced by the runner's once it has
+    loaded."""
+
+    def __init__(self, path: Path) -> None:
+        _init_backend()
+        mparams = C.llama_model_default_params()
+        mparams.vocab_only = True
+        self._model = C.llama_model_load_from_file(os.fsencode(path), mparams)
+        if not self._model:
+            raise ModelUnavailable(f"llama.cpp could not load {path} (not a valid GGUF model?)")
+        self._vocab = C.llama_model_get_vocab(self._model)
+        self._pieces = {}
+        self.info = EngineInfo(
+            n_ctx_train=C.llama_model_n_ctx_train(self._model),
+            n_vocab=C.llama_vocab_n_tokens(self._vocab),
+            chat_template=_meta(self._model, "tokenizer.chat_template"),
+            bos_text=self._text(C.llama_vocab_bos(self._vocab)),
+            eos_text=self._text(C.llama_vocab_eos(self._vocab)),
+            size_bytes=path.stat().st_size,
+        )
+
+    def close(self) -> None:
+        if self._model:
+            C.llama_model_free(self._model)
+            self._model = None
+
+
+class LlamaEngine(_VocabCalls):
     """One GGUF model and one multi-sequence context. See :class:`edgeinfer.engine.Engine`."""
 
     def __init__(self, path: Path, params: EngineParams, *, extra_buffers: bool = False) -> None:
@@ -157,37 +243,6 @@ class LlamaEngine:
             can_shift=bool(C.llama_memory_can_shift(self._mem)),
             extra_buffers=extra_buffers,
         )
-
-    def _text(self, token: int) -> str:
-        if token < 0:
-            return ""
-        raw = C.llama_vocab_get_text(self._vocab, token)
-        return raw.decode("utf-8", "replace") if raw else ""
-
-    def tokenize(self, text: str, *, add_special: bool, parse_special: bool = True) -> list[int]:
-        data = text.encode("utf-8")
-        cap = len(data) + 8
-        buf = (C.llama_token * cap)()
-        n = C.llama_tokenize(self._vocab, data, len(data), buf, cap, add_special, parse_special)
-        if n < 0:
-            cap = -n
-            buf = (C.llama_token * cap)()
-            n = C.llama_tokenize(self._vocab, data, len(data), buf, cap, add_special, parse_special)
-        if n < 0:
-            raise EngineError(f"tokenizer failed with code {n}")
-        return list(buf[:n])
-
-    def token_to_piece(self, token: int) -> bytes:
-        piece = self._pieces.get(token)
-        if piece is None:
-            buf = ctypes.create_string_buffer(256)
-            n = C.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
-            piece = buf.raw[: max(n, 0)]
-            self._pieces[token] = piece
-        return piece
-
-    def is_eog(self, token: int) -> bool:
-        return bool(C.llama_vocab_is_eog(self._vocab, token))
 
     def decode(self, batch: Sequence[BatchItem]) -> None:
         if len(batch) > self.params.n_batch:
@@ -262,22 +317,6 @@ class LlamaEngine:
     def sample(self, sampler: Any, batch_index: int) -> int:
         token = int(C.llama_sampler_sample(sampler.chain, self._ctx, batch_index))
         return token
-
-    def grammar_for(self, kind: str, schema: str | None) -> str:
-        if kind == "json_object":
-            return str(llama_grammar.JSON_GBNF)
-        try:
-            check_schema(json.loads(schema or "{}"))
-            grammar = str(llama_grammar.json_schema_to_gbnf(schema or "{}"))
-        except InvalidRequest:
-            raise
-        except Exception as exc:  # the converter raises bare exceptions of several kinds
-            raise InvalidRequest(
-                f"response_format.json_schema cannot be turned into a grammar: {exc}",
-                param="response_format",
-            ) from exc
-        check_grammar(grammar)  # what reaches llama.cpp's recursive parser stays shallow
-        return grammar
 
     def logprobs(self, batch_index: int, token: int, top_n: int) -> TokenLogprob:
         ptr = C.llama_get_logits_ith(self._ctx, batch_index)
@@ -383,6 +422,29 @@ class Loader:
     def __call__(self, path: Path, params: EngineParams) -> LlamaEngine:
         return LlamaEngine(path, params, extra_buffers=self.extra_buffers(path, params))
 
+    # -- runner processes: the daemon decides, the child loads ------------------------------
+
+    child_factory = "edgeinfer.engine.llama:open_resolved"
+    """What a runner process imports to load the model (``module:function``)."""
+
+    def resolve(self, path: Path, params: EngineParams) -> EngineParams:
+        """``params`` with ``extra_buffers`` decided ("on" or "off"), for a runner process."""
+        on = self.extra_buffers(path, params)
+        return dataclasses.replace(params, extra_buffers="on" if on else "off")
+
+    def vocab(self, path: Path) -> LlamaVocab:
+        return LlamaVocab(path)
+
+    def crashed(self, path: Path, reason: str) -> None:
+        """A runner using extra buffers died of SIGILL: remember them as off for this model's
+        quant type on this CPU and build (the next start pays nothing)."""
+        self.decider().record_off(path, reason)
+
+
+def open_resolved(path: Path, params: EngineParams) -> LlamaEngine:
+    """A runner process's engine factory: ``params.extra_buffers`` is already decided."""
+    return LlamaEngine(path, params, extra_buffers=params.extra_buffers == "on")
+
 
 @contextlib.contextmanager
 def llama_defaults(*, extra_buffers: bool) -> Iterator[None]:
@@ -457,10 +519,12 @@ def quantize(src: Path, dst: Path, ftype: str) -> None:
 
 __all__ = [
     "LlamaEngine",
+    "LlamaVocab",
     "Loader",
     "library_files",
     "llama_defaults",
     "load",
+    "open_resolved",
     "quantize",
     "system_info",
 ]

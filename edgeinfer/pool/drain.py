@@ -16,14 +16,14 @@ import threading
 import time
 from dataclasses import dataclass
 
-from edgeinfer.pool.runner import ModelRunner
+from edgeinfer.pool.runner import Runner
 
 log = logging.getLogger("edgeinfer.pool")
 
 _POLL_S = 0.05
 
 
-def runner_busy(runner: ModelRunner) -> bool:
+def runner_busy(runner: Runner) -> bool:
     """Whether any request holds the runner or is in it (its locked in-flight count)."""
     return runner.busy
 
@@ -32,7 +32,7 @@ def runner_busy(runner: ModelRunner) -> bool:
 class Retiring:
     """A runner on its way out, with the memory it still holds (the budget counts it)."""
 
-    runner: ModelRunner
+    runner: Runner
     ram: int
     vram: int
     why: str

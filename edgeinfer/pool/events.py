@@ -58,7 +58,12 @@ class GenRequest:
     deadline: float | None = None  # monotonic seconds
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.monotonic)
+    # set by a runner that must forward a cancel (a runner process); called once, any thread
+    on_cancel: Callable[[], None] | None = None
 
     def cancel(self) -> None:
         """Called from any thread (client hung up); the slot is freed within one step."""
-        self.cancelled.set()
+        if not self.cancelled.is_set():
+            self.cancelled.set()
+            if self.on_cancel is not None:
+                self.on_cancel()

@@ -23,6 +23,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("edgeinfer.prefix")
 
@@ -75,6 +76,16 @@ class PrefixStore:
             disk_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             for path in disk_dir.glob("*.kv"):
                 self._index_file(path)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The keyword arguments this store was made with (a runner process makes its own)."""
+        return {
+            "ram_bytes": self._ram_cap,
+            "disk_dir": self._dir,
+            "disk_bytes": self._disk_cap,
+            "min_tokens": self.min_tokens,
+        }
 
     @property
     def ram_bytes(self) -> int:

@@ -11,11 +11,12 @@ newly admitted requests under the ``n_batch`` budget (see :func:`slots.plan_step
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from edgeinfer.engine.base import (
     EngineFactory,
     EngineParams,
     TokenLogprob,
+    Vocab,
 )
 from edgeinfer.errors import (
     Busy,
@@ -63,28 +65,6 @@ class LatencyObserver(Protocol):
     def inter_token(self, model: str, seconds: float) -> None: ...
 
 
-@dataclass(eq=False)
-class _Slot:
-    seq: int
-    cached: list[int] = field(default_factory=list)
-    last_used: float = 0.0
-    req: GenRequest | None = None
-    pending: list[int] = field(default_factory=list)
-    sampler: Any = None
-    text: TextStream | None = None
-    next_token: int | None = None
-    n_gen: int = 0
-    n_cached: int = 0
-    t_first: float | None = None
-    t_last: float = 0.0
-    shifted: bool = False  # after a context shift only the first n_keep tokens are reusable
-    prompt_len: int = 0  # where the last request's prompt ended: a restore boundary
-    logprobs: list[TokenLogprob] = field(default_factory=list)  # not yet emitted
-
-    def reusable(self, n_keep: int) -> list[int]:
-        return self.cached[:n_keep] if self.shifted else self.cached
-
-
 @dataclass
 class RunnerStats:
     requests: int = 0
@@ -106,48 +86,68 @@ class RunnerStats:
     context_shifts: int = 0
 
 
-class ModelRunner:
-    """Owns one model's engine on a dedicated thread and schedules requests over its slots."""
+class Runner(Protocol):
+    """What the pool, the drain and the service use of a loaded model's runner: this thread
+    runner, or a runner process (``pool/process.py``) that runs one in a child."""
+
+    name: str
+    path: Path
+    params: EngineParams
+    stats: RunnerStats
+    load_error: EdgeInferError | None
+
+    def held(self) -> contextlib.AbstractContextManager[None]: ...
+
+    @property
+    def holds(self) -> int: ...
+
+    @property
+    def busy(self) -> bool: ...
+
+    def wait_idle(self, timeout: float) -> bool: ...
+
+    def start(self) -> None: ...
+
+    def wait_loaded(self, timeout: float | None = None) -> Vocab: ...
+
+    @property
+    def loaded(self) -> bool: ...
+
+    @property
+    def can_shift(self) -> bool: ...
+
+    @property
+    def engine(self) -> Vocab: ...
+
+    def submit(self, req: GenRequest) -> None: ...
+
+    def snapshot(self) -> dict[str, Any]: ...
+
+    def memory_bytes(self) -> int | None:
+        """The runner's own resident memory (a process's RSS); ``None``: shares the daemon's."""
+
+    def stop(self, timeout: float = 10.0) -> None: ...
+
+
+class Admission:
+    """What every runner does on the event loop's side, whatever runs its engine: holds (a
+    drain waits for them), the in-flight count, and the checks a request passes at submit."""
+
+    name: str
+    params: EngineParams
+    stats: RunnerStats
 
     def __init__(
-        self,
-        name: str,
-        path: Path,
-        params: EngineParams,
-        factory: EngineFactory,
-        *,
-        max_queue: int = 64,
-        max_queued_tokens: int | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        prefix_store: PrefixStore | None = None,
-        observer: LatencyObserver | None = None,
-        context_shift: bool = True,
-        n_keep: int = 128,
+        self, *, max_queue: int, max_queued_tokens: int | None, cond: threading.Condition
     ) -> None:
-        self.name = name
-        self.params = params
-        self.path = path  # the GGUF file (its metadata may hold default sampling settings)
-        self._factory = factory
         self._max_queue = max_queue
         self._max_queued_tokens = max_queued_tokens
-        self._clock = clock
-        self._store = prefix_store
-        self._observer = observer
-        self._context_shift = context_shift
-        self._n_keep = min(n_keep, params.n_ctx // 2)
-        self._queue: deque[GenRequest] = deque()
-        self._cond = threading.Condition()
+        self._cond = cond
         self._holds = 0  # requests between the pool handing this runner out and submit()
-        self._in_flight = 0  # submitted and not yet ended: queued, being admitted, in a slot
-        self._stopping = False
-        self._slots = [_Slot(seq=i) for i in range(params.slots)]
-        self._engine: Engine | None = None
-        self._loaded = threading.Event()
-        self.load_error: EdgeInferError | None = None
-        self.stats = RunnerStats()
-        self._thread = threading.Thread(target=self._main, name=f"runner-{name}", daemon=True)
 
-    # -- event-loop side -------------------------------------------------------------------
+    def _in_flight(self) -> int:
+        """Requests submitted and not yet ended (caller holds ``_cond``)."""
+        raise NotImplementedError
 
     @contextmanager
     def held(self) -> Iterator[None]:
@@ -172,12 +172,109 @@ class ModelRunner:
         """Whether any request holds this runner or is in it (queued, being admitted or in a
         slot): read under the lock, so a request moving from queue to slot is never missed."""
         with self._cond:
-            return self._in_flight > 0 or self._holds > 0
+            return self._in_flight() > 0 or self._holds > 0
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait up to ``timeout`` for :attr:`busy` to turn false (drains); True when idle."""
         with self._cond:
-            return self._cond.wait_for(lambda: self._in_flight == 0 and self._holds == 0, timeout)
+            return self._cond.wait_for(lambda: self._in_flight() == 0 and self._holds == 0, timeout)
+
+    def _check_fits(self, req: GenRequest) -> None:
+        if len(req.prompt) >= self.params.n_ctx:
+            raise ContextLengthExceeded(
+                f"the prompt is {len(req.prompt)} tokens; model {self.name!r} has a context of"
+                f" {self.params.n_ctx} tokens per request (prompt plus answer)",
+                param="messages",
+            )
+
+    def _check_queue(self, waiting: Sequence[GenRequest], req: GenRequest) -> None:
+        """Bound the work waiting for a slot, not just the count: a request's work is its
+        prompt plus its max_tokens. An empty queue takes any one request, or a large one could
+        never run (caller holds ``_cond``)."""
+        if len(waiting) >= self._max_queue:
+            self._refused()
+            raise Busy(f"model {self.name!r} has {len(waiting)} requests queued; retry")
+        cap = self._max_queued_tokens
+        if cap is None or not waiting:
+            return
+        queued = sum(len(r.prompt) + r.max_tokens for r in waiting)
+        if queued + len(req.prompt) + req.max_tokens > cap:
+            self._refused()
+            raise Busy(
+                f"model {self.name!r} has {queued} tokens of work queued"
+                f" (max_queued_tokens = {cap}); retry"
+            )
+
+    def _refused(self) -> None:
+        self.stats.busy_rejections += 1
+
+
+@dataclass(eq=False)
+class _Slot:
+    seq: int
+    cached: list[int] = field(default_factory=list)
+    last_used: float = 0.0
+    req: GenRequest | None = None
+    pending: list[int] = field(default_factory=list)
+    sampler: Any = None
+    text: TextStream | None = None
+    next_token: int | None = None
+    n_gen: int = 0
+    n_cached: int = 0
+    t_first: float | None = None
+    t_last: float = 0.0
+    shifted: bool = False  # after a context shift only the first n_keep tokens are reusable
+    prompt_len: int = 0  # where the last request's prompt ended: a restore boundary
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # not yet emitted
+
+    def reusable(self, n_keep: int) -> list[int]:
+        return self.cached[:n_keep] if self.shifted else self.cached
+
+
+class ModelRunner(Admission):
+    """Owns one model's engine on a dedicated thread and schedules requests over its slots."""
+
+    def __init__(
+        self,
+        name: str,
+        path: Path,
+        params: EngineParams,
+        factory: EngineFactory,
+        *,
+        max_queue: int = 64,
+        max_queued_tokens: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        prefix_store: PrefixStore | None = None,
+        observer: LatencyObserver | None = None,
+        context_shift: bool = True,
+        n_keep: int = 128,
+    ) -> None:
+        super().__init__(
+            max_queue=max_queue, max_queued_tokens=max_queued_tokens, cond=threading.Condition()
+        )
+        self.name = name
+        self.params = params
+        self.path = path  # the GGUF file (its metadata may hold default sampling settings)
+        self._factory = factory
+        self._clock = clock
+        self._store = prefix_store
+        self._observer = observer
+        self._context_shift = context_shift
+        self._n_keep = min(n_keep, params.n_ctx // 2)
+        self._queue: deque[GenRequest] = deque()
+        self._n_in_flight = 0  # submitted and not yet ended: queued, being admitted, in a slot
+        self._stopping = False
+        self._slots = [_Slot(seq=i) for i in range(params.slots)]
+        self._engine: Engine | None = None
+        self._loaded = threading.Event()
+        self.load_error: EdgeInferError | None = None
+        self.stats = RunnerStats()
+        self._thread = threading.Thread(target=self._main, name=f"runner-{name}", daemon=True)
+
+    # -- event-loop side -------------------------------------------------------------------
+
+    def _in_flight(self) -> int:
+        return self._n_in_flight
 
     def start(self) -> None:
         self._thread.start()
@@ -208,64 +305,25 @@ class ModelRunner:
 
     def submit(self, req: GenRequest) -> None:
         """Queue a request; raise ``Busy`` when the bounded queue is full."""
-        if len(req.prompt) >= self.params.n_ctx:
-            raise ContextLengthExceeded(
-                f"the prompt is {len(req.prompt)} tokens; model {self.name!r} has a context of"
-                f" {self.params.n_ctx} tokens per request (prompt plus answer)",
-                param="messages",
-            )
+        self._check_fits(req)
         with self._cond:
             if self._stopping:
                 raise ModelUnavailable(f"model {self.name!r} is shutting down")
-            if len(self._queue) >= self._max_queue:
-                self.stats.busy_rejections += 1
-                raise Busy(f"model {self.name!r} has {len(self._queue)} requests queued; retry")
-            self._check_queued_work(req)
+            self._check_queue(self._queue, req)
             self._queue.append(req)
-            self._in_flight += 1
+            self._n_in_flight += 1
             self._cond.notify_all()
-
-    def _check_queued_work(self, req: GenRequest) -> None:
-        """Bound the work waiting, not just the count: a request's work is its prompt plus its
-        max_tokens. An empty queue takes any one request, or a large one could never run."""
-        cap = self._max_queued_tokens
-        if cap is None or not self._queue:
-            return
-        queued = sum(len(r.prompt) + r.max_tokens for r in self._queue)
-        if queued + len(req.prompt) + req.max_tokens > cap:
-            self.stats.busy_rejections += 1
-            raise Busy(
-                f"model {self.name!r} has {queued} tokens of work queued"
-                f" (max_queued_tokens = {cap}); retry"
-            )
 
     def snapshot(self) -> dict[str, Any]:
         """Live figures for /stats (read without the lock: ints are atomic enough here)."""
-        s = self.stats
-        return {
-            "slots": len(self._slots),
-            "slots_busy": sum(1 for sl in self._slots if sl.req is not None),
-            "queue_depth": len(self._queue),
-            "requests": s.requests,
-            "prompt_tokens": s.prompt_tokens,
-            "prompt_tokens_evaluated": s.prompt_tokens_evaluated,
-            "cached_tokens": s.cached_tokens,
-            "cached_token_ratio": s.cached_tokens / s.prompt_tokens if s.prompt_tokens else 0.0,
-            "generated_tokens": s.generated_tokens,
-            "prefill_tokens_per_s": _rate(s.prompt_tokens_evaluated, s.prefill_seconds),
-            "generation_tokens_per_s": _rate(s.generated_tokens, s.generate_seconds),
-            "ttft_avg_s": s.ttft_seconds_total / s.ttft_count if s.ttft_count else None,
-            "errors": s.errors,
-            "cancelled": s.cancelled,
-            "busy_rejections": s.busy_rejections,
-            "prefix_kept": s.prefix_kept,
-            "prefix_copied": s.prefix_copied,
-            "prefix_restored_ram": s.prefix_restored_ram,
-            "prefix_restored_disk": s.prefix_restored_disk,
-            "context_shifts": s.context_shifts,
-            "extra_buffers": self._engine.info.extra_buffers if self._engine else None,
-            "prompt_cache": self._store_snapshot(),
-        }
+        return runner_snapshot(
+            self.stats,
+            len(self._slots),
+            slots_busy=sum(1 for sl in self._slots if sl.req is not None),
+            queue_depth=len(self._queue),
+            extra_buffers=self._engine.info.extra_buffers if self._engine else None,
+            prompt_cache=self._store_snapshot(),
+        )
 
     def _store_snapshot(self) -> dict[str, Any] | None:
         if self._store is None:
@@ -278,6 +336,9 @@ class ModelRunner:
             "disk_hits": st.disk_hits,
             "spilled_to_disk": st.spilled,
         }
+
+    def memory_bytes(self) -> int | None:
+        return None  # shares the daemon's process: the pool measures the RSS delta
 
     def stop(self, timeout: float = 10.0) -> None:
         """Fail queued requests, cancel running ones, join the thread, free the engine."""
@@ -423,7 +484,7 @@ class ModelRunner:
         """A request's last event; it no longer counts as in flight."""
         req.emit(event)
         with self._cond:
-            self._in_flight -= 1
+            self._n_in_flight -= 1
             self._cond.notify_all()
 
     def _step(self, engine: Engine) -> None:
@@ -588,6 +649,42 @@ class ModelRunner:
             engine.close()
         except EngineError:
             log.exception("closing model %s", self.name)
+
+
+def runner_snapshot(
+    s: RunnerStats,
+    slots: int,
+    *,
+    slots_busy: int = 0,
+    queue_depth: int = 0,
+    extra_buffers: bool | None = None,
+    prompt_cache: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A runner's /stats figures: its counters and its live state."""
+    return {
+        "slots": slots,
+        "slots_busy": slots_busy,
+        "queue_depth": queue_depth,
+        "requests": s.requests,
+        "prompt_tokens": s.prompt_tokens,
+        "prompt_tokens_evaluated": s.prompt_tokens_evaluated,
+        "cached_tokens": s.cached_tokens,
+        "cached_token_ratio": s.cached_tokens / s.prompt_tokens if s.prompt_tokens else 0.0,
+        "generated_tokens": s.generated_tokens,
+        "prefill_tokens_per_s": _rate(s.prompt_tokens_evaluated, s.prefill_seconds),
+        "generation_tokens_per_s": _rate(s.generated_tokens, s.generate_seconds),
+        "ttft_avg_s": s.ttft_seconds_total / s.ttft_count if s.ttft_count else None,
+        "errors": s.errors,
+        "cancelled": s.cancelled,
+        "busy_rejections": s.busy_rejections,
+        "prefix_kept": s.prefix_kept,
+        "prefix_copied": s.prefix_copied,
+        "prefix_restored_ram": s.prefix_restored_ram,
+        "prefix_restored_disk": s.prefix_restored_disk,
+        "context_shifts": s.context_shifts,
+        "extra_buffers": extra_buffers,
+        "prompt_cache": prompt_cache,
+    }
 
 
 def _as_edgeinfer(exc: Exception) -> EdgeInferError:

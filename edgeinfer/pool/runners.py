@@ -9,7 +9,7 @@ from pathlib import Path
 from edgeinfer.config.schema import ModelSpec
 from edgeinfer.engine.base import EngineFactory, EngineParams
 from edgeinfer.pool.prefix_store import PrefixStore
-from edgeinfer.pool.runner import LatencyObserver, ModelRunner
+from edgeinfer.pool.runner import LatencyObserver, ModelRunner, Runner
 
 
 def engine_params(spec: ModelSpec) -> EngineParams:
@@ -38,14 +38,14 @@ class RunnerMaker:
         *,
         state_dir: Path | None = None,
         observer: LatencyObserver | None = None,
-        runner: Callable[..., ModelRunner] = ModelRunner,
+        runner: Callable[..., Runner] = ModelRunner,
     ) -> None:
         self._factory = factory
         self._state_dir = state_dir
         self._observer = observer
         self._runner = runner
 
-    def __call__(self, spec: ModelSpec, path: Path, digest: str | None) -> ModelRunner:
+    def __call__(self, spec: ModelSpec, path: Path, digest: str | None) -> Runner:
         return self._runner(
             spec.name,
             path,

@@ -44,7 +44,7 @@ from edgeinfer.pool.memory import (
     rss_bytes,
 )
 from edgeinfer.pool.reload import ReloadPlan, plan_reload
-from edgeinfer.pool.runner import LatencyObserver, ModelRunner
+from edgeinfer.pool.runner import LatencyObserver, ModelRunner, Runner
 from edgeinfer.pool.runners import RunnerMaker, engine_params
 from edgeinfer.pool.served import Budget, Entry, ServedModel, mib, model_row
 
@@ -70,7 +70,7 @@ class ModelPool:
         *,
         state_dir: Path | None = None,
         observer: LatencyObserver | None = None,
-        runner: Callable[..., ModelRunner] = ModelRunner,
+        runner: Callable[..., Runner] = ModelRunner,
         resolve: Resolver | None = None,
         estimator: Estimator = estimate_file,
         budget: Budget | None = None,
@@ -173,7 +173,7 @@ class ModelPool:
 
     # -- requests --------------------------------------------------------------------------
 
-    def get(self, name: str | None) -> tuple[ServedModel, ModelRunner]:
+    def get(self, name: str | None) -> tuple[ServedModel, Runner]:
         """The model and runner for a request's ``model`` (``None``/``auto``: the default).
 
         A served model that is not loaded starts loading and raises ``ModelLoading`` (HTTP 503
@@ -181,6 +181,8 @@ class ModelPool:
         with self._lock:
             name, entry = self._lookup(name)
             runner = entry.runner
+            if runner is not None and runner.loaded and runner.load_error is not None:
+                raise runner.load_error  # crashed too often: error until a reload or a load
             if runner is not None and runner.loaded:
                 entry.last_used, entry.handed_out = self._clock(), time.monotonic()
                 return self._view(name, entry), runner
@@ -192,7 +194,7 @@ class ModelPool:
             self._start_load(name)
         raise ModelLoading(f"model {name!r} is loading; retry shortly", retry_after=2.0)
 
-    async def acquire(self, name: str | None) -> tuple[ServedModel, ModelRunner]:
+    async def acquire(self, name: str | None) -> tuple[ServedModel, Runner]:
         """Like :meth:`get`, but waits up to ``load_wait_s`` for an on-demand load, then
         raises ``ModelLoading`` (503 with Retry-After). The wait is an awaited future that the
         load thread resolves: no thread is parked per waiting request (six of them once
@@ -308,6 +310,9 @@ class ModelPool:
             if entry is None:
                 return
             spec = entry.pending or entry.spec
+            crashed = entry.runner is not None and entry.runner.load_error is not None
+            if crashed and entry.pending is None:
+                self._retire(entry, "restarted after crashing")  # a fresh runner replaces it
             if entry.pending is None and (entry.runner is not None or entry.error is not None):
                 return  # loaded meanwhile, or failed for a reason a retry will not fix
             path = entry.path if entry.pending is None else None
@@ -350,7 +355,8 @@ class ModelPool:
             runner.stop()
             self._fail(name, entry, spec, exc)
             raise
-        measured = max(0, self._rss() - before)
+        own = runner.memory_bytes()  # a runner process: its RSS; else this process's growth
+        measured = own if own is not None else max(0, self._rss() - before)
         if measured > estimate.ram + estimate.vram:
             log.warning(
                 "model %s holds %d MiB after loading, above its %d MiB estimate",
@@ -365,7 +371,7 @@ class ModelPool:
         name: str,
         entry: Entry,
         spec: ModelSpec,
-        runner: ModelRunner,
+        runner: Runner,
         path: Path,
         digest: str | None,
         estimate: MemoryEstimate,

@@ -10,7 +10,7 @@ from typing import Any
 from edgeinfer.config.schema import ModelSpec
 from edgeinfer.errors import EdgeInferError
 from edgeinfer.pool.memory import MemoryEstimate
-from edgeinfer.pool.runner import ModelRunner
+from edgeinfer.pool.runner import Runner
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class ServedModel:
     name: str
     spec: ModelSpec
     digest: str | None
-    runner: ModelRunner | None
+    runner: Runner | None
     error: EdgeInferError | None = None
     loading: bool = False
 
@@ -54,7 +54,7 @@ class Entry:
     spec: ModelSpec
     path: Path | None = None
     digest: str | None = None
-    runner: ModelRunner | None = None
+    runner: Runner | None = None
     error: EdgeInferError | None = None  # pull or load failure; cleared by a config change
     refused: EdgeInferError | None = None  # the last on-demand load's refusal, told once
     pending: ModelSpec | None = None  # a changed spec loading while `runner` serves the old one

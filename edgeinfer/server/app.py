@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from edgeinfer import __version__
 from edgeinfer.engine.base import TokenLogprob
 from edgeinfer.errors import Busy, EdgeInferError, InvalidRequest
+from edgeinfer.pool.served import ServedModel
 from edgeinfer.server.anthropic import add_messages_route
 from edgeinfer.server.auth import identity
 from edgeinfer.server.embeddings import add_embeddings_route
@@ -200,6 +201,17 @@ def _relay_stop_signals(stopping: asyncio.Event) -> None:
         signal.signal(sig, relay)
 
 
+def health_row(model: ServedModel) -> dict[str, Any]:
+    """A model's line in /health: status and reason; for a runner process, its restarts."""
+    row: dict[str, Any] = {"status": model.status(), "reason": model.reason()}
+    if model.runner is not None:
+        process = model.runner.snapshot().get("runner")
+        if process is not None:
+            row["restarts"] = process["restarts"]
+            row["last_crash"] = process["last_crash"]
+    return row
+
+
 def create_app(
     service: InferenceService,
     *,
@@ -331,9 +343,7 @@ def create_app(
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        models = {
-            m.name: {"status": m.status(), "reason": m.reason()} for m in service.pool.models()
-        }
+        models = {m.name: health_row(m) for m in service.pool.models()}
         ready = any(m["status"] == "ready" for m in models.values())
         return {
             "status": "ok" if ready else "degraded",

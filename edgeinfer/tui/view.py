@@ -182,6 +182,9 @@ class StatsModel:
 
 def _model_row(name: str, m: Mapping[str, Any], rate: float | None, trend: str) -> ModelRow:
     status = str(m.get("status", "?"))
+    restarts = int(m.get("restarts") or 0)
+    if restarts:  # its runner process crashed and came back
+        status += f" ({restarts} restart{'s' if restarts > 1 else ''})"
     ttft = m.get("ttft_avg_s")
     return ModelRow(
         name=name,

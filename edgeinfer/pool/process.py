@@ -1,0 +1,578 @@
+"""A model served from a runner process of its own, so a native fault costs one request.
+
+:class:`RunnerProcess` is the daemon's side of a runner (the :class:`~edgeinfer.pool.runner.Runner`
+the pool, the drain and the service use). The child (``pool/child.py``) owns the llama.cpp
+context, the slots, the batching loop and the prompt-cache tiers; the daemon keeps a vocab-only
+load of the same file to tokenize and render prompts (0.06-0.2 s, 10-45 MB: cheaper than a round
+trip per prompt, and it works while the child restarts).
+
+When the child dies (SIGSEGV, SIGILL, an abort, a kill):
+
+- requests that had streamed text end with ``model_crashed`` (the signal, the last lines of the
+  child's stderr); those that had not are sent again, once, to the restarted runner;
+- the runner restarts after 0.5 s, then 1 s; the third crash within five minutes leaves the
+  model in ``error`` (its reason in /health) until a reload or ``POST /admin/models/NAME/load``;
+- a SIGILL (or SIGSEGV, SIGBUS) while llama.cpp's extra buffer types are on and
+  ``extra_buffers = "auto"`` records the verdict "off" (``engine/extra_buffers.py``) and
+  restarts without them at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, Protocol
+
+from edgeinfer.engine.base import EngineInfo, EngineParams, Vocab
+from edgeinfer.errors import (
+    EdgeInferError,
+    ModelCrashed,
+    ModelUnavailable,
+)
+from edgeinfer.pool.child import RunnerInit, error_from_wire, event_from_wire
+from edgeinfer.pool.events import Delta, Failed, Finished, GenRequest, Usage
+from edgeinfer.pool.prefix_store import PrefixStore
+from edgeinfer.pool.runner import Admission, LatencyObserver, RunnerStats, runner_snapshot
+
+log = logging.getLogger("edgeinfer.runner")
+
+CRASH_LIMIT = 3  # crashes within CRASH_WINDOW_S that leave the model in error
+CRASH_WINDOW_S = 300.0
+BACKOFF_S = 0.5  # before the first restart; doubles with each recent crash
+_TAIL_LINES = 12
+# How llama.cpp's extra buffer types die on a CPU they do not suit: an unsupported instruction
+# (SIGILL), or, as on a 2-core Xeon with AMX in a VM, a fault in the AMX tile code (SIGSEGV).
+_EXTRA_BUFFER_DEATHS = {signal.SIGILL, signal.SIGSEGV, signal.SIGBUS}
+_STOP_GRACE_S = 30.0
+
+
+class ProcessFactory(Protocol):
+    """How runner processes get their engine (``engine.llama.Loader``): decided in the daemon,
+    loaded in the child."""
+
+    child_factory: str  # "module:function" the child imports: an EngineFactory
+
+    def resolve(self, path: Path, params: EngineParams) -> EngineParams:
+        """``params`` with ``extra_buffers`` decided: "on" or "off" (may run a probe)."""
+        ...
+
+    def vocab(self, path: Path) -> Vocab: ...
+
+    def crashed(self, path: Path, reason: str) -> None:
+        """Extra buffers killed the runner (SIGILL): remember them as off."""
+        ...
+
+
+@dataclass(eq=False)
+class _Pending:
+    req: GenRequest
+    sent: bool = False
+    streamed: bool = False
+    retried: bool = False
+
+
+def describe_exit(code: int) -> str:
+    """``SIGSEGV`` for a signal death, ``exit status 3`` otherwise."""
+    if code < 0:
+        try:
+            return signal.Signals(-code).name
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit status {code}"
+
+
+class RunnerProcess(Admission):
+    """One model in its own runner process, with the :class:`Runner` interface."""
+
+    def __init__(
+        self,
+        name: str,
+        path: Path,
+        params: EngineParams,
+        factory: ProcessFactory,
+        *,
+        max_queue: int = 64,
+        max_queued_tokens: int | None = None,
+        prefix_store: PrefixStore | None = None,
+        observer: LatencyObserver | None = None,
+        context_shift: bool = True,
+        n_keep: int = 128,
+    ) -> None:
+        super().__init__(
+            max_queue=max_queue, max_queued_tokens=max_queued_tokens, cond=threading.Condition()
+        )
+        self.name = name
+        self.path = path
+        self.params = params
+        self._factory = factory
+        self._prefix = prefix_store.config if prefix_store is not None else None
+        self._observer = observer
+        self._context_shift = context_shift
+        self._n_keep = min(n_keep, params.n_ctx // 2)
+        self._pending: dict[int, _Pending] = {}
+        self._ids = itertools.count(1)
+        self._stopping = threading.Event()
+        self._conn: Connection | None = None  # set while a child is up and has loaded
+        self._chan: Connection | None = None  # the child's channel from its start (for stop)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._tail: deque[str] = deque(maxlen=_TAIL_LINES)
+        self._vocab: Vocab | None = None
+        self._info: EngineInfo | None = None
+        self._loaded = threading.Event()
+        self.load_error: EdgeInferError | None = None
+        self.stats = RunnerStats()  # every child's counters so far, and the daemon's own
+        self._dead = RunnerStats()  # what children that died had counted
+        self._child = RunnerStats()  # the running child's last report
+        self._own = RunnerStats()  # counted here: busy refusals, crash failures, early cancels
+        self._live: dict[str, Any] = {}  # its snapshot: the prompt cache figures
+        self._rss: int | None = None
+        self._crashes: deque[float] = deque()
+        self.restarts = 0
+        self.last_crash: str | None = None
+        self._state = "starting"
+        self._thread = threading.Thread(target=self._main, name=f"runner-{name}", daemon=True)
+
+    # -- the Runner interface (event loop and pool threads) --------------------------------
+
+    def _in_flight(self) -> int:
+        return len(self._pending)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wait_loaded(self, timeout: float | None = None) -> Vocab:
+        self._loaded.wait(timeout)
+        if self.load_error is not None:
+            raise self.load_error
+        if self._vocab is None or self._info is None:
+            raise ModelUnavailable(f"model {self.name!r} is still loading")
+        return self._vocab
+
+    @property
+    def loaded(self) -> bool:
+        return self._info is not None
+
+    @property
+    def can_shift(self) -> bool:
+        return self._context_shift and self._info is not None and self._info.can_shift
+
+    @property
+    def engine(self) -> Vocab:
+        if self._vocab is None or self._info is None:
+            raise ModelUnavailable(f"model {self.name!r} is not loaded")
+        return self._vocab
+
+    @property
+    def pid(self) -> int | None:
+        proc = self._proc
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+    def memory_bytes(self) -> int | None:
+        return self._rss
+
+    def submit(self, req: GenRequest) -> None:
+        self._check_fits(req)
+        with self._cond:
+            if self._stopping.is_set():
+                raise ModelUnavailable(f"model {self.name!r} is shutting down")
+            if self.load_error is not None:
+                raise self.load_error
+            # the child's slots take the oldest requests; the rest wait
+            waiting = [p.req for p in list(self._pending.values())[self.params.slots :]]
+            self._check_queue(waiting, req)
+            rid = next(self._ids)
+            pending = _Pending(req)
+            self._pending[rid] = pending
+            if self._conn is not None:
+                self._send_submit(rid, pending)
+        req.on_cancel = lambda: self._cancel(rid)
+        if req.cancelled.is_set():
+            self._cancel(rid)
+
+    def _refused(self) -> None:
+        self._own.busy_rejections += 1
+        self._total()
+
+    def _send_submit(self, rid: int, pending: _Pending) -> None:
+        """Hand one request to the child (caller holds the lock)."""
+        req = pending.req
+        fields = {
+            "prompt": req.prompt,
+            "sampling": req.sampling,
+            "max_tokens": req.max_tokens,
+            "stop": req.stop,
+            "logprobs": req.logprobs,
+            "logprob_tokens": req.logprob_tokens,
+            "deadline": req.deadline,
+            "submitted": req.submitted,
+        }
+        pending.sent = True
+        self._send(("submit", rid, fields))
+
+    def _send(self, msg: Any) -> None:
+        conn = self._conn
+        if conn is None:
+            return
+        try:
+            conn.send(msg)
+        except OSError:
+            pass  # the child died: the supervisor sees the channel close and handles it
+
+    def _cancel(self, rid: int) -> None:
+        with self._cond:
+            pending = self._pending.get(rid)
+            if pending is None:
+                return
+            if pending.sent:
+                self._send(("cancel", rid))
+                return
+            del self._pending[rid]  # never reached the child: it ends here
+            self._cond.notify_all()
+        self._own.cancelled += 1
+        self._total()
+        pending.req.emit(Finished("cancelled", Usage(len(pending.req.prompt), 0, 0, 0.0, 0.0)))
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._cond:  # every request passes here: the oldest hold the slots, the rest wait
+            in_flight = len(self._pending)
+        busy = min(in_flight, self.params.slots)
+        snap = runner_snapshot(
+            self.stats,
+            self.params.slots,
+            slots_busy=busy,
+            queue_depth=in_flight - busy,
+            extra_buffers=self._info.extra_buffers if self._info is not None else None,
+            prompt_cache=self._live.get("prompt_cache"),
+        )
+        return {
+            **snap,
+            "restarts": self.restarts,
+            "runner": {
+                "pid": self.pid,
+                "state": self._state,
+                "rss_bytes": self._rss,
+                "restarts": self.restarts,
+                "last_crash": self.last_crash,
+            },
+        }
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Fail what is queued, save what the slots hold, end the process."""
+        self._stopping.set()
+        with self._cond:
+            chan = self._chan
+            if chan is not None:
+                with contextlib.suppress(OSError):
+                    chan.send(("stop",))
+        if self._thread.is_alive():
+            self._thread.join(max(timeout, _STOP_GRACE_S))
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            log.warning("model %s: runner process did not stop; killing it", self.name)
+            proc.kill()
+            proc.wait(5.0)
+
+    # -- the supervisor thread -------------------------------------------------------------
+
+    def _main(self) -> None:
+        try:
+            self._vocab = self._factory.vocab(self.path)
+            params = self._factory.resolve(self.path, self.params)
+        except Exception as exc:
+            self._give_up(_as_error(exc, f"model {self.name!r} failed to load"))
+            return
+        while not self._stopping.is_set():
+            code = self._run_child(params)
+            if code is None or self._stopping.is_set():
+                break  # a load failure (already reported) or a stop
+            params, delay = self._after_crash(code, params)
+            if delay is None or self._stopping.wait(delay):
+                break
+        self._state = "stopped" if self.load_error is None else "error"
+        self._fail_all(ModelUnavailable(f"model {self.name!r} is shutting down"))
+
+    def _run_child(self, params: EngineParams) -> int | None:
+        """Start a child, serve through it until it ends; its exit code, or ``None`` when it
+        failed to load (reported) or was stopped."""
+        self._state = "starting" if self.restarts == 0 else "restarting"
+        ours, theirs = socket.socketpair()
+        read_fd, write_fd = os.pipe()
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "edgeinfer.pool.child", str(theirs.fileno())],
+                pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL,
+                stdout=write_fd,
+                stderr=write_fd,
+                env=_child_env(),
+                start_new_session=True,  # a Ctrl+C at the terminal is the daemon's to handle
+            )
+        except OSError as exc:
+            os.close(read_fd)
+            self._give_up(ModelUnavailable(f"model {self.name!r}: cannot start a runner: {exc}"))
+            return None
+        finally:
+            theirs.close()
+            os.close(write_fd)
+        self._proc = proc
+        self._tail.clear()
+        reader = threading.Thread(
+            target=self._read_output, args=(read_fd,), name=f"runner-{self.name}-out", daemon=True
+        )
+        reader.start()
+        conn = Connection(ours.detach())
+        try:
+            with self._cond:
+                conn.send(self._init(params))
+                self._chan = conn
+                if self._stopping.is_set():  # stopped while this child was starting
+                    conn.send(("stop",))
+            loaded = self._serve(conn)
+        except OSError:
+            loaded = False  # it died before reading its init: its exit code tells why
+        finally:
+            with self._cond:
+                self._conn = self._chan = None
+            conn.close()
+        code = proc.wait()
+        reader.join(2.0)
+        if not loaded and code == 0:
+            return None
+        if self._stopping.is_set():
+            return None
+        return code
+
+    def _init(self, params: EngineParams) -> RunnerInit:
+        return RunnerInit(
+            name=self.name,
+            path=self.path,
+            params=params,
+            factory=self._factory.child_factory,
+            context_shift=self._context_shift,
+            n_keep=self._n_keep,
+            prefix=self._prefix,
+            log_level=logging.getLogger("edgeinfer").getEffectiveLevel(),
+        )
+
+    def _serve(self, conn: Connection) -> bool:
+        """Read the child's messages until its channel closes; whether it had loaded."""
+        loaded = False
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                return loaded
+            kind = msg[0]
+            if kind == "ev":
+                if msg[4] is not None:
+                    self._on_stats(msg[4])
+                self._on_event(msg[1], event_from_wire(msg[2]), msg[3])
+            elif kind == "stats":
+                self._on_stats(msg)
+            elif kind == "loaded":
+                loaded = True
+                self._on_loaded(conn, msg[1], msg[2])
+            elif kind == "load_failed":
+                self._give_up(error_from_wire(msg[1]))
+
+    def _on_stats(self, msg: tuple[Any, ...]) -> None:
+        self._live, self._rss = msg[1], msg[3]
+        self._child = RunnerStats(**msg[2])
+        self._total()
+
+    def _total(self) -> None:
+        """``stats``: the dead children's counts, the live one's, and the daemon's own."""
+        total = RunnerStats()
+        for f in dataclasses.fields(RunnerStats):
+            parts = (self._dead, self._child, self._own)
+            setattr(total, f.name, sum(getattr(part, f.name) for part in parts))
+        self.stats = total
+
+    def _on_loaded(self, conn: Connection, info: EngineInfo, rss: int) -> None:
+        vocab = self._vocab
+        assert vocab is not None
+        vocab.info = info  # the runner's: context shift, extra buffers, size in memory
+        self._info, self._rss = info, rss
+        cancelled = []
+        with self._cond:
+            self._conn = conn
+            for rid, pending in list(self._pending.items()):
+                if pending.sent:
+                    continue
+                if pending.req.cancelled.is_set():  # hung up while the runner restarted
+                    del self._pending[rid]
+                    cancelled.append(pending.req)
+                else:
+                    self._send_submit(rid, pending)
+        for req in cancelled:
+            req.emit(Finished("cancelled", Usage(len(req.prompt), 0, 0, 0.0, 0.0)))
+        self._state = "running"
+        if self.restarts:
+            log.info("model %s: runner process restarted (pid %d)", self.name, self._proc_pid())
+        self._loaded.set()
+
+    def _proc_pid(self) -> int:
+        return self._proc.pid if self._proc is not None else -1
+
+    def _on_event(self, rid: int, event: Any, latencies: list[tuple[str, float]]) -> None:
+        if self._observer is not None:
+            for kind, seconds in latencies:
+                if kind == "ttft":
+                    self._observer.ttft(self.name, seconds)
+                else:
+                    self._observer.inter_token(self.name, seconds)
+        with self._cond:
+            pending = self._pending.get(rid)
+            if pending is None:
+                return
+            if isinstance(event, Delta):
+                pending.streamed = True
+            else:
+                del self._pending[rid]
+                self._cond.notify_all()
+        pending.req.emit(event)
+
+    def _after_crash(self, code: int, params: EngineParams) -> tuple[EngineParams, float | None]:
+        """Fail or keep the requests the dead child held; the params and delay of the
+        restart, or ``None``: too many crashes, the model is in error."""
+        how = describe_exit(code)
+        tail = crash_lines(self._tail)
+        now = time.monotonic()
+        self._crashes.append(now)
+        while self._crashes and now - self._crashes[0] > CRASH_WINDOW_S:
+            self._crashes.popleft()
+        self.last_crash = f"{how} at {time.strftime('%H:%M:%S')}"
+        message = f"model {self.name!r} crashed ({how}) and is restarting"
+        if tail:
+            message += f"; the runner's last output: {tail}"
+        crash = ModelCrashed(message)
+        lost = self._settle(crash)
+        delay: float | None = BACKOFF_S * 2 ** (len(self._crashes) - 1)
+        if -code in _EXTRA_BUFFER_DEATHS and params.extra_buffers == "on":
+            if self.params.extra_buffers == "auto":
+                reason = f"{how} in the runner process with them on"
+                self._factory.crashed(self.path, reason)
+                log.warning(
+                    "model %s: llama.cpp's extra buffer types (AMX, repacked weights) were on"
+                    " when its runner died of %s; restarting with extra_buffers off, and"
+                    " remembering it for this CPU",
+                    self.name,
+                    how,
+                )
+                params = dataclasses.replace(params, extra_buffers="off")
+                delay = 0.0
+        if delay and len(self._crashes) >= CRASH_LIMIT:
+            self.load_error = ModelCrashed(
+                f"model {self.name!r} crashed {len(self._crashes)} times in"
+                f" {CRASH_WINDOW_S / 60:.0f} minutes (last: {how}); reload the config or"
+                f" POST /admin/models/{self.name}/load to try again"
+            )
+            log.error("%s", self.load_error.message)
+            self._state = "error"
+            self._loaded.set()
+            self._fail_all(self.load_error)
+            return params, None
+        self.restarts += 1
+        log.error(
+            "model %s: runner process (pid %d) died with %s; %d request(s) lost,"
+            " restarting in %.1f s",
+            self.name,
+            self._proc_pid(),
+            how,
+            lost,
+            delay,
+        )
+        return params, delay
+
+    def _settle(self, crash: ModelCrashed) -> int:
+        """After a crash: requests that streamed text, or were already retried once, fail;
+        the others wait for the restarted runner. Returns how many failed."""
+        failed: list[GenRequest] = []
+        with self._cond:
+            for rid, pending in list(self._pending.items()):
+                if not pending.sent:
+                    continue
+                if pending.streamed or pending.retried:
+                    del self._pending[rid]
+                    failed.append(pending.req)
+                else:
+                    pending.sent, pending.retried = False, True
+            self._cond.notify_all()
+        self._own.errors += len(failed)
+        for f in dataclasses.fields(RunnerStats):  # the next child counts from zero
+            setattr(self._dead, f.name, getattr(self._dead, f.name) + getattr(self._child, f.name))
+        self._child = RunnerStats()
+        self._total()
+        for req in failed:
+            req.emit(Failed(crash))
+        return len(failed)
+
+    def _fail_all(self, error: EdgeInferError) -> None:
+        with self._cond:
+            pending = list(self._pending.values())
+            self._pending.clear()
+            self._cond.notify_all()
+        for p in pending:
+            p.req.emit(Failed(error))
+
+    def _give_up(self, error: EdgeInferError) -> None:
+        """The model cannot load: report it, fail what waits."""
+        self.load_error = error
+        self._state = "error"
+        log.error("%s", error.message)
+        self._loaded.set()
+        self._fail_all(error)
+
+    def _read_output(self, fd: int) -> None:
+        """The child's stdout and stderr: into the daemon's log, and the tail kept for a
+        crash report."""
+        with open(fd, "rb", buffering=0) as stream:
+            for raw in iter(stream.readline, b""):
+                line = raw.decode("utf-8", "replace").rstrip()
+                if not line:
+                    continue
+                self._tail.append(line)
+                level, _, rest = line.partition(" ")
+                if level in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+                    log.log(logging.getLevelName(level), "[%s] %s", self.name, rest)
+                else:  # native output, a faulthandler stack
+                    log.warning("[%s] %s", self.name, line)
+
+
+_STACK_LINES = ("File ", "Thread 0x", "Current thread", "Extension modules", "Stack (most")
+
+
+def crash_lines(tail: Iterable[str], keep: int = 3) -> str:
+    """The runner's last words for a client: its last lines that are not a faulthandler stack
+    (those stay in the daemon's log), at most 600 characters."""
+    lines = [ln.strip() for ln in tail if ln.strip() and not ln.strip().startswith(_STACK_LINES)]
+    return " | ".join(lines[-keep:])[-600:]
+
+
+def _child_env() -> dict[str, str]:
+    """The daemon's environment, with its import path: the child imports the same edgeinfer."""
+    env = dict(os.environ)
+    paths = [p for p in sys.path if p]
+    if paths:
+        env["PYTHONPATH"] = os.pathsep.join(paths)
+    return env
+
+
+def _as_error(exc: Exception, what: str) -> EdgeInferError:
+    if isinstance(exc, EdgeInferError):
+        return exc
+    return ModelUnavailable(f"{what}: {exc}")

@@ -192,8 +192,9 @@ def build_app(
     names = served_names(catalogue, settings.models)
     files = ModelFiles(settings.paths.models_dir, catalogue, progress)
     metrics = Metrics()
-    # The real engine runs each model in a runner process (a native fault costs one request);
-    # an injected engine (tests' fakes) runs on a thread of this process.
+    # The real engine runs each model in a runner process (a native fault costs one request)
+    # unless [server] runners = "thread"; an injected engine (tests' fakes) runs on a thread.
+    isolated = factory is None and catalogue.server.runners == "process"
     pool = build_pool(
         catalogue,
         files,
@@ -201,7 +202,7 @@ def build_app(
         factory or real_engine_factory(settings.paths),
         state_dir=settings.paths.cache_dir / "kv",
         observer=metrics,
-        runner=ModelRunner if factory is not None else RunnerProcess,
+        runner=RunnerProcess if isolated else ModelRunner,
     )
     files.progress = None
     embedder = build_embedder(settings.paths)

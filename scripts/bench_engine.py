@@ -9,6 +9,8 @@ every side evaluates identical tokens), greedy decoding. The sides never run at 
 * ``edgeinfer``: a real ``python -m edgeinfer serve`` subprocess on a short Unix socket, with a
   temporary ``EDGEINFER_HOME`` whose ``config/models.toml`` sets the model's ``slots`` (and
   ``threads``), sharing the pulled models through ``EDGEINFER_MODELS_DIR``.
+* ``in-process``: the same daemon with ``[server] runners = "thread"`` (the model inside the
+  daemon, no runner process), throughput only: what the process boundary costs.
 * ``llama-server`` (only with ``--llama-server PATH``): llama.cpp's C++ server, ``-np <slots>``,
   over TCP loopback on a free port.
 
@@ -19,7 +21,8 @@ a) throughput: C concurrent clients (``--clients``) each sending requests for ``
    clients: edgeinfer >= 1.6x baseline. A shared machine drifts by 10% or more between minutes,
    so this section runs ``--rounds`` times (default 3), the sides taking turns in an order that
    reverses every round; the table shows each side's median and the ratio is the median of the
-   per-round ratios (every round's ratio is printed too).
+   per-round ratios (every round's ratio is printed too). Targets with runner processes: 1
+   client >= 0.97x baseline; 8 clients within 3% of ``in-process``.
 b) prefix: a ~1,200-token shared prefix; cold request, then warm one with another question.
    Client TTFT (streaming, first content chunk), server TTFT and cached tokens. Target: warm
    <= 5% of cold.
@@ -102,7 +105,7 @@ from edgeinfer.models.store import ModelStore
 from edgeinfer.paths import Paths, resolve
 
 SECTIONS = {"a": "throughput", "b": "prefix", "c": "interleaved", "d": "restart", "e": "crash"}
-SIDES = ("baseline", "edgeinfer", "llama-server")
+SIDES = ("baseline", "edgeinfer", "in-process", "llama-server")
 TARGET_THROUGHPUT = 1.6  # edgeinfer / baseline tok/s at 8 clients, at least
 TARGET_PREFIX = 0.05  # warm / cold TTFT, at most
 TARGET_EVALUATED = 0.20  # edgeinfer / baseline prompt tokens evaluated, at most
@@ -431,27 +434,33 @@ async def restart_section(
 
 async def crash_section(side: HttpSide, cfg: Config) -> dict[str, Any]:
     """``slots + 2`` streams (the slots' worth generating, two queued), SIGSEGV to the model's
-    runner process once some have streamed text, and at once one more request: how long from
-    the kill to that answer, and which requests were lost. Only those that had streamed text
-    may fail; the rest must be answered by the restarted runner."""
+    runner process once some have streamed text, then one more short request. Measured from
+    the kill: the restarted runner serving again, the first request answered, the short one
+    answered (it queues behind the retried ones); and which requests were lost. Only those
+    that had streamed text may fail; the rest must be answered by the restarted runner."""
     note("edgeinfer: crash (SIGSEGV to the runner during slots + 2 streams)")
-    stats = (await side.client.get("/stats")).json()["models"][cfg.model]
-    pid = stats["runner"]["pid"]
+
+    async def runner() -> dict[str, Any]:
+        resp = await side.client.get("/stats")
+        await _check(resp)
+        process: dict[str, Any] = resp.json()["models"][cfg.model]["runner"]
+        return process
+
+    pid = (await runner())["pid"]
     streamed = [asyncio.Event() for _ in range(cfg.slots + 2)]
 
     async def one(i: int) -> dict[str, Any]:
+        question = f"Crash test {i}: tell a long story about the number {i}."
         payload = {
             "model": cfg.model,
-            "prompt": chatml(
-                [("user", f"Crash test {i}: tell a long story about the number {i}.")]
-            ),
+            "prompt": chatml([("user", question)]),
             "max_tokens": 200,
             "temperature": 0.0,
             "stream": True,
-            "edgeinfer": {"cache": "off"},
         }
-        error = None
+        error, first = None, None
         async with side.client.stream("POST", "/v1/completions", json=payload) as resp:
+            await _check(resp)
             async for line in resp.aiter_lines():
                 data = line.removeprefix("data:").strip() if line.startswith("data:") else ""
                 if not data or data == "[DONE]":
@@ -461,31 +470,48 @@ async def crash_section(side: HttpSide, cfg: Config) -> dict[str, Any]:
                     error = event["error"]["code"]
                 elif event.get("choices") and event["choices"][0].get("text"):
                     streamed[i].set()
-        return {"streamed": streamed[i].is_set(), "error": error}
+                    first = first or time.perf_counter()
+        return {
+            "streamed": streamed[i].is_set(),
+            "error": error,
+            "at": time.perf_counter(),
+            "first": first,
+        }
 
     tasks = [asyncio.create_task(one(i)) for i in range(len(streamed))]
-    await asyncio.wait_for(
-        asyncio.wait(
-            [asyncio.create_task(e.wait()) for e in streamed], return_when=asyncio.FIRST_COMPLETED
-        ),
-        120,
-    )
+    deadline = time.perf_counter() + 120
+    while not any(e.is_set() for e in streamed):
+        if time.perf_counter() > deadline:
+            raise BenchError("no stream produced text within 120 s")
+        await asyncio.sleep(0.05)
     await asyncio.sleep(0.3)  # the slots' streams under way, the queued ones still waiting
     before = [e.is_set() for e in streamed]
     t_kill = time.perf_counter()
     os.kill(pid, signal.SIGSEGV)
-    probe = await side.complete(chatml([("user", "Crash probe: name a colour.")]), 8)
-    recovered_s = time.perf_counter() - t_kill
+    probe = asyncio.create_task(side.complete(chatml([("user", "Crash probe: a colour?")]), 8))
+    for _ in range(3000):  # polled: the daemon has no event to wait on for a restart
+        now = await runner()
+        if now["pid"] not in (None, pid) and now["state"] == "running":
+            break
+        await asyncio.sleep(0.02)
+    restarted_s = time.perf_counter() - t_kill
+    reply = await probe
+    probe_s = time.perf_counter() - t_kill
     outcomes = await asyncio.gather(*tasks)
     lost = [o for o in outcomes if o["error"]]
+    answered = [o["at"] - t_kill for o in outcomes if not o["error"]]
+    retried = [o["first"] - t_kill for o in outcomes if o["first"] and o["first"] > t_kill]
     return {
         "requests": len(outcomes),
         "streamed_at_kill": sum(before),
         "lost": len(lost),
         "lost_unstreamed": sum(1 for o in lost if not o["streamed"]),
         "lost_codes": sorted({o["error"] for o in lost}),
-        "recovered_s": recovered_s,
-        "probe_tokens": probe.completion_tokens,
+        "restarted_s": restarted_s,
+        "first_token_s": min(retried, default=None),
+        "first_answer_s": min(answered, default=None),
+        "probe_s": probe_s,
+        "probe_tokens": reply.completion_tokens,
     }
 
 
@@ -592,10 +618,13 @@ def user_catalogue(cfg: Config, target: Target) -> str:
     return toml_table(cfg.model, values)
 
 
-def daemon_process(cfg: Config, target: Target, root: Path) -> tuple[ServerProcess, Path]:
+def daemon_process(
+    cfg: Config, target: Target, root: Path, runners: str = "process"
+) -> tuple[ServerProcess, Path]:
     home, sock = root / "home", root / "ei.sock"
     (home / "config").mkdir(parents=True)
-    (home / "config" / "models.toml").write_text(user_catalogue(cfg, target))
+    server = f'\n[server]\nrunners = "{runners}"\n' if runners != "process" else ""
+    (home / "config" / "models.toml").write_text(user_catalogue(cfg, target) + server)
     env = {
         **os.environ,
         "EDGEINFER_HOME": str(home),
@@ -634,21 +663,38 @@ def run_edgeinfer(cfg: Config, target: Target, wl: Workload) -> dict[str, Any]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def run_in_process(cfg: Config, target: Target, wl: Workload) -> dict[str, Any]:
+    """The same daemon with ``[server] runners = "thread"``: the model inside the daemon, as
+    before runner processes. Throughput only: what the process boundary costs."""
+    root = Path(tempfile.mkdtemp(prefix="eib-", dir="/tmp"))
+    proc, sock = daemon_process(cfg, target, root, runners="thread")
+    only = replace(cfg, skip=cfg.skip | {"prefix", "interleaved", "restart", "crash"})
+    try:
+        start_s = proc.start()
+        note(f"in-process: daemon ready in {start_s:.1f} s (pid {proc.pid}, runner threads)")
+        figures = asyncio.run(_measure_daemon(only, wl, proc, sock, name="in-process"))
+        return {"start_s": start_s, **figures}
+    finally:
+        proc.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
 async def _measure_daemon(
-    cfg: Config, wl: Workload, proc: ServerProcess, sock: Path
+    cfg: Config, wl: Workload, proc: ServerProcess, sock: Path, name: str = "edgeinfer"
 ) -> dict[str, Any]:
     def make_client() -> httpx.AsyncClient:
         transport = httpx.AsyncHTTPTransport(uds=str(sock))
         return httpx.AsyncClient(transport=transport, base_url="http://edgeinfer", timeout=600)
 
-    side = HttpSide("edgeinfer", cfg.model, make_client, lambda: proc.pid, stats=True)
+    side = HttpSide(name, cfg.model, make_client, lambda: proc.pid, stats=True)
+    isolated = name == "edgeinfer"
     try:
         return await measure(
             side,
             cfg,
             wl,
-            lambda: restart_section(proc, side, cfg, wl),
-            lambda: crash_section(side, cfg),
+            (lambda: restart_section(proc, side, cfg, wl)) if isolated else None,
+            (lambda: crash_section(side, cfg)) if isolated else None,
         )
     finally:
         await side.aclose()
@@ -690,7 +736,7 @@ def more_rounds(
     Each side's ``throughput_rounds`` lists every round's figures; round 1 is ``throughput``."""
     if cfg.rounds < 2 or not cfg.wants("throughput"):
         return
-    only = replace(cfg, skip=cfg.skip | {"prefix", "interleaved", "restart"})
+    only = replace(cfg, skip=cfg.skip | {"prefix", "interleaved", "restart", "crash"})
     live = [(n, run) for n, run in runs if "throughput" in (results.get(n) or {})]
     for side in (n for n, _ in live):
         results[side]["throughput_rounds"] = [results[side]["throughput"]]
@@ -802,6 +848,9 @@ def report_throughput(cfg: Config, results: dict[str, Any]) -> list[str]:
         row: list[object] = [c, ei.get("requests"), tokens]
         row += [_median(_rates(results, "edgeinfer", c)), _median(_rates(results, "baseline", c))]
         row.append(_x(_median(_paired(results, "edgeinfer", "baseline", c))))
+        if "in-process" in results:
+            row.append(_median(_rates(results, "in-process", c)))
+            row.append(_x(_median(_paired(results, "edgeinfer", "in-process", c))))
         if cfg.llama_server:
             row.append(_median(_rates(results, "llama-server", c)))
             row.append(_x(_median(_paired(results, "edgeinfer", "llama-server", c))))
@@ -814,6 +863,7 @@ def report_throughput(cfg: Config, results: dict[str, Any]) -> list[str]:
         "baseline tok/s",
         "ratio",
     ]
+    headers += ["in-process tok/s", "ei/in-process"] if "in-process" in results else []
     headers += ["llama-server tok/s", "ei/llama-server"] if cfg.llama_server else []
     title = f"a) Throughput, {cfg.tokens}-token completions (generated tok/s"
     title += f", median of {cfg.rounds} rounds)" if cfg.rounds > 1 else ")"
@@ -824,6 +874,20 @@ def report_throughput(cfg: Config, results: dict[str, Any]) -> list[str]:
     lines = [line]
     if len(at8) > 1:
         lines.append("  each round: " + " ".join(_x(r) for r in at8))
+    at1 = _paired(results, "edgeinfer", "baseline", 1)
+    if at1:
+        lines.append(
+            f"throughput at 1 client, edgeinfer/baseline: {_x(_median(at1))}  "
+            + verdict(_median(at1), ">=", 0.97)
+        )
+    if "in-process" in results:
+        ip8 = _paired(results, "edgeinfer", "in-process", 8)
+        lines.append(
+            f"throughput at 8 clients, runner process/in-process: {_x(_median(ip8))}  "
+            + verdict(_median(ip8), ">=", 0.97)
+        )
+        if len(ip8) > 1:
+            lines.append("  each round: " + " ".join(_x(r) for r in ip8))
     if cfg.llama_server:
         ls8 = _paired(results, "edgeinfer", "llama-server", 8)
         lines.append(
@@ -967,14 +1031,21 @@ def report_crash(results: dict[str, Any]) -> list[str]:
             r["lost"],
             r["lost_unstreamed"],
             ", ".join(r["lost_codes"]) or "-",
-            _ms(r["recovered_s"]),
+            _ms(r["restarted_s"]),
+            _ms(r["first_token_s"]),
+            _ms(r["first_answer_s"]),
+            _ms(r["probe_s"]),
         ]
     ]
-    headers = ["streams", "streaming at kill", "lost", "lost unstreamed", "codes", "kill→answer ms"]
+    headers = ["streams", "streaming at kill", "lost", "lost unstreamed", "codes"]
+    headers += ["kill→restarted ms", "kill→first token ms", "kill→first answer ms"]
+    headers += ["kill→new request answered ms"]
     print_table("e) Crash: SIGSEGV to the runner process under load", headers, rows)
     line = (
-        f"crash: next request answered {r['recovered_s']:.2f} s after the kill; lost"
-        f" {r['lost']} of {r['requests']} ({r['lost_unstreamed']} that had not streamed; target 0)"
+        f"crash: runner serving again {r['restarted_s']:.2f} s after the kill, first token"
+        f" {fmt(r['first_token_s'], 2)} s, first answer {fmt(r['first_answer_s'])} s;"
+        f" lost {r['lost']} of {r['requests']}"
+        f" ({r['lost_unstreamed']} that had not streamed; target 0)"
     )
     print("  " + line)
     return [line]
@@ -984,6 +1055,7 @@ def report_memory(cfg: Config, results: dict[str, Any]) -> list[str]:
     labels = {
         "edgeinfer": f"edgeinfer daemon + runner RSS ({cfg.slots} slots)",
         "baseline": "baseline Llama (growth of this process)",
+        "in-process": f"edgeinfer in-process RSS ({cfg.slots} slots)",
         "llama-server": f"llama-server RSS (-np {cfg.slots})",
     }
     rows = [[labels[s], _get(results, s, "rss_mib")] for s in SIDES if s in results]
@@ -1024,7 +1096,8 @@ def report_machine(results: dict[str, Any]) -> list[str]:
     ]
     title = "CPU used by other processes during each section (share of the machine)"
     print_table(title, ["side", *names], rows)
-    seen = [v for per in shares.values() for v in per.values() if v is not None]
+    # a crash replaces the runner: its CPU before and after the kill reads as another process's
+    seen = [v for per in shares.values() for n, v in per.items() if v is not None and n != "crash"]
     worst = max(seen, default=0.0)
     if worst <= BUSY_LIMIT:
         return []
@@ -1144,6 +1217,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[tuple[str, SideRun]] = [
         ("baseline", run_baseline),
         ("edgeinfer", run_edgeinfer),
+        ("in-process", run_in_process),
     ]
     if cfg.llama_server:
         runs.append(("llama-server", run_llama_server))

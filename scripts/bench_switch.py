@@ -54,8 +54,16 @@ PROMPTS = [
 
 
 class Daemon:
-    def __init__(self, models: list[str], root: Path) -> None:
-        self.sock = root / "ei.sock"
+    """A fresh daemon (its own home: no phase inherits another's KV disk tier), sharing the
+    extra-buffer verdicts file so only the first start of each model probes."""
+
+    def __init__(self, models: list[str], root: Path, verdicts: Path) -> None:
+        root.mkdir(parents=True)
+        self.sock, self._verdicts = root / "ei.sock", verdicts
+        self._home_verdicts = root / "home" / "cache" / "extra_buffers.json"
+        if verdicts.exists():
+            self._home_verdicts.parent.mkdir(parents=True)
+            shutil.copy(verdicts, self._home_verdicts)
         env = {
             **os.environ,
             "EDGEINFER_HOME": str(root / "home"),
@@ -105,6 +113,8 @@ class Daemon:
     def close(self) -> None:
         self.client.close()
         self.proc.stop()
+        if self._home_verdicts.exists():
+            shutil.copy(self._home_verdicts, self._verdicts)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -114,15 +124,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     switching: dict[str, list[float]] = {m: [] for m in models}
     idle: list[float | None] = []
     watch, t0 = CpuWatch(), time.perf_counter()
+    top = Path(tempfile.mkdtemp(prefix="eis-", dir="/tmp"))
+    verdicts = top / "extra_buffers.json"
     for r in range(args.rounds):
         order = ["alone", "switching"] if r % 2 == 0 else ["switching", "alone"]
         for phase in order:
-            root = Path(tempfile.mkdtemp(prefix="eis-", dir="/tmp"))
+            root = top / f"{r}-{phase}"
             try:
                 if phase == "alone":
                     for m in models:
                         note(f"round {r + 1}: {m} alone")
-                        d = Daemon([m], root / m)
+                        d = Daemon([m], root / m, verdicts)
                         try:
                             d.ask(m, "Hello", 4)
                             alone[m] += [d.ask(m, p, args.tokens) for p in prompts]
@@ -130,7 +142,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             d.close()
                 else:
                     note(f"round {r + 1}: switching between {', '.join(models)}")
-                    d = Daemon(models, root / "all")
+                    d = Daemon(models, root / "all", verdicts)
                     try:
                         for m in models:
                             d.ask(m, "Hello", 4)
@@ -142,6 +154,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         d.close()
             finally:
                 shutil.rmtree(root, ignore_errors=True)
+    shutil.rmtree(top, ignore_errors=True)
     others = machine_share(watch.others_s(), time.perf_counter() - t0)
     return {"alone": alone, "switching": switching, "idle": idle, "others": others}
 

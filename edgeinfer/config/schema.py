@@ -332,6 +332,14 @@ class ServerSettings(_Strict):
         default=None, description="socket peers let in (SO_PEERCRED); none = socket mode decides"
     )
     drain_seconds: float = Field(default=30.0, ge=0.0, le=3600.0)
+    runners: Literal["process", "thread"] = Field(
+        default="process",
+        description=(
+            "process: each model in a runner process of its own (a native crash costs its"
+            " requests, not the daemon); thread: inside the daemon (no isolation: debugging,"
+            " side-by-side benchmarks)"
+        ),
+    )
     # TCP only: what an unauthenticated peer can hold (the owner-only socket is not limited)
     header_timeout_s: float = Field(
         default=10.0, gt=0.0, le=600.0, description="TCP: seconds to send a request's headers"

@@ -54,17 +54,16 @@ _compute: ThreadPoolExecutor | None = None
 
 
 def _cpu_compute() -> ThreadPoolExecutor:
-    """The one thread that runs every CPU model's ``llama_decode``.
+    """The one thread that runs every CPU model's ``llama_decode`` in this process.
 
     ggml's CPU backend computes a graph with an OpenMP team, and libgomp keeps one team per
-    calling thread. With one runner thread per loaded model that is one team per model, more
-    worker threads than cores: libgomp then throttles its spin-wait, so workers sleep and wake
-    on every step (a daemon moving requests between tiny, small and large took 1.32x its
-    single-model time), and forcing them to spin (OMP_WAIT_POLICY=ACTIVE) left an idle daemon
-    burning a core for minutes after each request. Decoding every CPU model on one thread gives
-    one team whatever the number of models; the cores could not run two models' steps at once
-    anyway. GPU-offloaded models keep decoding on their own runner thread, so several models
-    can keep a GPU busy together.
+    calling thread. The daemon runs each model in a runner process of its own (one team each,
+    ``pool/process.py`` tunes how long an idle team spins); this keeps one team per process
+    where several engines share one (tests, benchmarks, in-process runners): with one team per
+    runner thread there were more workers than cores, libgomp throttled their spin-wait, and
+    a daemon moving requests between tiny, small and large took 1.32x its single-model time.
+    GPU-offloaded models keep decoding on their own runner thread, so several models can keep
+    a GPU busy together.
     """
     global _compute
     with _init_lock:
@@ -194,9 +193,18 @@ class LlamaVocab(_VocabCalls):
 class LlamaEngine(_VocabCalls):
     """One GGUF model and one multi-sequence context. See :class:`edgeinfer.engine.Engine`."""
 
-    def __init__(self, path: Path, params: EngineParams, *, extra_buffers: bool = False) -> None:
+    def __init__(
+        self,
+        path: Path,
+        params: EngineParams,
+        *,
+        extra_buffers: bool = False,
+        alone: bool = False,
+    ) -> None:
         """Load ``path``. ``extra_buffers`` is the resolved ``params.extra_buffers`` (see
-        :class:`Loader`): whether llama.cpp may repack weights into its extra buffer types."""
+        :class:`Loader`): whether llama.cpp may repack weights into its extra buffer types.
+        ``alone``: the only engine of its process (a runner process), so it decodes on its own
+        thread instead of handing each step to the shared ``ggml-cpu`` thread."""
         _init_backend()
         self.params = params
         mparams = C.llama_model_default_params()
@@ -230,7 +238,7 @@ class LlamaEngine(_VocabCalls):
         self._mem = C.llama_get_memory(self._ctx)
         self._batch = C.llama_batch_init(params.n_batch, 0, 1)
         on_cpu = params.gpu_layers == 0 or not C.llama_supports_gpu_offload()
-        self._compute = _cpu_compute() if on_cpu else None
+        self._compute = _cpu_compute() if on_cpu and not alone else None
         self._n_vocab = C.llama_vocab_n_tokens(self._vocab)
         self._pieces: dict[int, bytes] = {}
         self.info = EngineInfo(
@@ -442,8 +450,9 @@ class Loader:
 
 
 def open_resolved(path: Path, params: EngineParams) -> LlamaEngine:
-    """A runner process's engine factory: ``params.extra_buffers`` is already decided."""
-    return LlamaEngine(path, params, extra_buffers=params.extra_buffers == "on")
+    """A runner process's engine factory: ``params.extra_buffers`` is already decided, and the
+    engine has the process to itself."""
+    return LlamaEngine(path, params, extra_buffers=params.extra_buffers == "on", alone=True)
 
 
 @contextlib.contextmanager

@@ -563,9 +563,19 @@ def crash_lines(tail: Iterable[str], keep: int = 3) -> str:
     return " | ".join(lines[-keep:])[-600:]
 
 
+# libgomp's workers spin this many rounds after a decode before they sleep. Its default (300,000)
+# keeps an idle runner's team spinning into the next model's step when requests move between
+# models: tiny ran 1.10x its alone time, switching between tiny, small and large. 30,000 measured
+# 1.05x (small, large 1.00x) at the same single-model speed; 3,000 gave 1.00x but cost a lone
+# tiny 9% (scripts/bench_switch.py, 2-core Xeon). A user's own OpenMP settings win.
+_OMP_SPIN = "30000"
+
+
 def _child_env() -> dict[str, str]:
     """The daemon's environment, with its import path: the child imports the same edgeinfer."""
     env = dict(os.environ)
+    if "GOMP_SPINCOUNT" not in env and "OMP_WAIT_POLICY" not in env:
+        env["GOMP_SPINCOUNT"] = _OMP_SPIN
     paths = [p for p in sys.path if p]
     if paths:
         env["PYTHONPATH"] = os.pathsep.join(paths)

@@ -31,23 +31,24 @@ from edgeinfer.config.schema import (
     RouterSettings,
 )
 from edgeinfer.config.watch import ConfigWatcher
-from edgeinfer.distill import DistillLog
 from edgeinfer.embed.base import MINILM_DIM, MINILM_NAME, Embedder
 from edgeinfer.engine.base import EngineFactory
 from edgeinfer.errors import ConfigError, EdgeInferError
+from edgeinfer.metrics import Metrics
 from edgeinfer.models.assets import ensure_asset
 from edgeinfer.models.store import ModelStore, Quantizer
 from edgeinfer.paths import Paths
-from edgeinfer.pool.drain import Drainer
+from edgeinfer.pool.admission import LatencyObserver, Runner
 from edgeinfer.pool.memory import total_ram
 from edgeinfer.pool.process import RunnerProcess
-from edgeinfer.pool.runner import LatencyObserver, ModelRunner, Runner
+from edgeinfer.pool.retire import Drainer
+from edgeinfer.pool.runner import ModelRunner
 from edgeinfer.pool.scheduler import Budget, ModelPool
-from edgeinfer.remote import RemoteTier
 from edgeinfer.routing.classifier import BUNDLED as BUNDLED_WEIGHTS
 from edgeinfer.routing.classifier import Classifier
-from edgeinfer.service import InferenceService
-from edgeinfer.stats import Metrics
+from edgeinfer.routing.distill import DistillLog
+from edgeinfer.service.pipeline import InferenceService
+from edgeinfer.service.remote import RemoteTier
 
 if TYPE_CHECKING:
     from fastapi import FastAPI

@@ -48,7 +48,7 @@ class Paths:
     @property
     def router_outcomes(self) -> Path:
         """Cascade verdicts with their prompts, for ``edgeinfer router train``: only with
-        ``[router] log_prompts = true``; owner-only and rotated (routed.py)."""
+        ``[router] log_prompts = true``; owner-only and rotated (routing/router.py)."""
         return self.data_dir / "router_outcomes.jsonl"
 
     @property

@@ -17,11 +17,11 @@ from edgeinfer.config.schema import ModelSpec
 from edgeinfer.embed.fake import FakeEmbedder
 from edgeinfer.engine.base import Sampling
 from edgeinfer.engine.fake import factory
-from edgeinfer.generation import GenerateOptions, Generation
-from edgeinfer.pool.drain import Drainer
+from edgeinfer.pool.retire import Drainer
 from edgeinfer.pool.scheduler import ModelPool
 from edgeinfer.routing.policy import Tier
-from edgeinfer.service import InferenceService, routed_digest
+from edgeinfer.service.generation import GenerateOptions, Generation
+from edgeinfer.service.pipeline import InferenceService, routed_digest
 from tests.cache_fixtures import make_store_fixture  # noqa: F401
 
 QUESTION = [{"role": "user", "content": "What is the capital of Peru?"}]

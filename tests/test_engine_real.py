@@ -16,7 +16,7 @@ from edgeinfer.engine.base import Sampling
 from edgeinfer.errors import InvalidRequest
 from edgeinfer.pool.scheduler import ModelPool
 from edgeinfer.pool.slots import common_prefix
-from edgeinfer.service import GenerateOptions, InferenceService
+from edgeinfer.service.pipeline import GenerateOptions, InferenceService
 from tests.conftest import start_daemon
 
 pytestmark = pytest.mark.real

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from edgeinfer import cli_models
+from edgeinfer.cli import models as cli_models
 from edgeinfer.config.load import bundled_catalogue_path
 from edgeinfer.config.schema import Catalogue
 from edgeinfer.errors import EdgeInferError, IntegrityError, ModelNotFound, ModelStoreError

@@ -21,7 +21,6 @@ from edgeinfer.engine.base import EngineParams
 from edgeinfer.engine.fake import FakeEngine, factory
 from edgeinfer.engine.gguf import read_metadata
 from edgeinfer.errors import InsufficientMemory, ModelLoading, ModelUnavailable
-from edgeinfer.pool.drain import Drainer
 from edgeinfer.pool.memory import (
     MemoryEstimate,
     Resident,
@@ -30,6 +29,7 @@ from edgeinfer.pool.memory import (
     plan_evictions,
     shape_from_metadata,
 )
+from edgeinfer.pool.retire import Drainer
 from edgeinfer.pool.scheduler import Budget, ModelPool
 
 MiB = 1 << 20

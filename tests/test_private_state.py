@@ -17,15 +17,15 @@ from typing import Any
 
 import pytest
 
-from edgeinfer import routed
 from edgeinfer.config.schema import Catalogue, RouterSettings
-from edgeinfer.distill import DistillLog
 from edgeinfer.engine.base import TokenLogprob
-from edgeinfer.generation import GenerateOptions, Generation
 from edgeinfer.models.store import ModelStore
 from edgeinfer.pool.events import Delta, Event, Finished, Usage
-from edgeinfer.routed import Router
+from edgeinfer.routing import router as routed
+from edgeinfer.routing.distill import DistillLog
 from edgeinfer.routing.policy import Tier
+from edgeinfer.routing.router import Router
+from edgeinfer.service.generation import GenerateOptions, Generation
 from edgeinfer.tui.store import ConversationStore
 from tests.conftest import short_socket_dir, start_daemon
 

@@ -18,9 +18,9 @@ from edgeinfer.config.watch import ConfigWatcher
 from edgeinfer.engine.base import Sampling
 from edgeinfer.engine.fake import factory
 from edgeinfer.errors import ModelNotFound
-from edgeinfer.pool.drain import Drainer
 from edgeinfer.pool.events import Delta, Event, Failed, Finished, GenRequest
 from edgeinfer.pool.reload import ReloadPlan, plan_reload
+from edgeinfer.pool.retire import Drainer
 from edgeinfer.pool.scheduler import ModelPool
 
 

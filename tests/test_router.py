@@ -15,14 +15,11 @@ import pytest
 
 from edgeinfer.config.load import check_catalogue
 from edgeinfer.config.schema import RemoteSpec, RouterSettings
-from edgeinfer.distill import DistillLog
 from edgeinfer.engine.base import TokenLogprob
 from edgeinfer.errors import NoSuitableModel, UpstreamError
-from edgeinfer.generation import GenerateOptions, Generation
 from edgeinfer.pool.events import Delta, Event, Failed, Finished, Usage
-from edgeinfer.remote import RemoteTier
-from edgeinfer.routed import Router
 from edgeinfer.routing.classifier import Classifier, Outcome, feature_vector, train
+from edgeinfer.routing.distill import DistillLog
 from edgeinfer.routing.features import DEFAULT_MAX_TOKENS, infer_request_type
 from edgeinfer.routing.policy import (
     Confidence,
@@ -34,6 +31,9 @@ from edgeinfer.routing.policy import (
     plan,
     should_escalate,
 )
+from edgeinfer.routing.router import Router
+from edgeinfer.service.generation import GenerateOptions, Generation
+from edgeinfer.service.remote import RemoteTier
 
 TINY = Tier("tiny", 0.45, 6.0)
 SMALL = Tier("small", 0.52, 16.0)

@@ -436,7 +436,7 @@ def test_admission_runs_outside_the_lock_the_event_loop_takes(model_file: Path) 
 def test_a_request_between_queue_and_slot_keeps_the_runner_busy_and_drain_waits(
     model_file: Path,
 ) -> None:
-    from edgeinfer.pool.drain import Drainer, Retiring
+    from edgeinfer.pool.retire import Drainer, Retiring
 
     runner, gate, entered = gated_runner(model_file)
     req, sink = request([5, 6, 7])

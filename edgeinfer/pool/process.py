@@ -43,10 +43,10 @@ from edgeinfer.errors import (
     ModelCrashed,
     ModelUnavailable,
 )
+from edgeinfer.pool.admission import Admission, LatencyObserver, RunnerStats, runner_snapshot
 from edgeinfer.pool.child import RunnerInit, error_from_wire, event_from_wire
 from edgeinfer.pool.events import Delta, Failed, Finished, GenRequest, Usage
 from edgeinfer.pool.prefix_store import PrefixStore
-from edgeinfer.pool.runner import Admission, LatencyObserver, RunnerStats, runner_snapshot
 
 log = logging.getLogger("edgeinfer.runner")
 

@@ -10,7 +10,7 @@ estimator and clock, so tests swap in the fake engine and drive keep-alive witho
 - Before a load the GGUF-based estimate must fit the budget, unloading idle, unpinned models in
   least-recently-used order; when it cannot fit the load is refused (``insufficient_memory``).
 - ``configure`` applies a reloaded catalogue (``pool/reload.py``): a changed model loads on a
-  new runner while the old one keeps serving, then the old one drains (``pool/drain.py``).
+  new runner while the old one keeps serving, then the old one drains (``pool/retire.py``).
 - A model that fails to pull or load is kept with its reason; the others keep serving.
 """
 
@@ -34,7 +34,8 @@ from edgeinfer.errors import (
     ModelNotFound,
     ModelUnavailable,
 )
-from edgeinfer.pool.drain import Drainer, Retiring, runner_busy
+from edgeinfer.pool.admission import LatencyObserver, Runner
+from edgeinfer.pool.maker import RunnerMaker, engine_params
 from edgeinfer.pool.memory import (
     MemoryEstimate,
     Resident,
@@ -44,8 +45,8 @@ from edgeinfer.pool.memory import (
     rss_bytes,
 )
 from edgeinfer.pool.reload import ReloadPlan, plan_reload
-from edgeinfer.pool.runner import LatencyObserver, ModelRunner, Runner
-from edgeinfer.pool.runners import RunnerMaker, engine_params
+from edgeinfer.pool.retire import Drainer, Retiring, runner_busy
+from edgeinfer.pool.runner import ModelRunner
 from edgeinfer.pool.served import Budget, Entry, ServedModel, mib, model_row
 
 log = logging.getLogger("edgeinfer.pool")

@@ -9,8 +9,8 @@ from typing import Any
 
 from edgeinfer.config.schema import ModelSpec
 from edgeinfer.errors import EdgeInferError
+from edgeinfer.pool.admission import Runner
 from edgeinfer.pool.memory import MemoryEstimate
-from edgeinfer.pool.runner import Runner
 
 
 @dataclass(frozen=True)

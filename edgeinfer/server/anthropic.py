@@ -32,7 +32,7 @@ from edgeinfer.prompt.tools import ToolCall, ToolSpec, parse_calls
 from edgeinfer.server.anthropic_schemas import parse_request
 from edgeinfer.server.auth import identity
 from edgeinfer.server.openai_shapes import ToolStream, edgeinfer_of, internal_error
-from edgeinfer.service import Generation, InferenceService
+from edgeinfer.service.pipeline import Generation, InferenceService
 
 log = logging.getLogger("edgeinfer.server")
 

@@ -26,6 +26,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from edgeinfer import __version__
 from edgeinfer.engine.base import TokenLogprob
 from edgeinfer.errors import Busy, EdgeInferError, InvalidRequest
+from edgeinfer.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from edgeinfer.metrics import Metrics
 from edgeinfer.pool.served import ServedModel
 from edgeinfer.server.anthropic import add_messages_route
 from edgeinfer.server.auth import identity
@@ -40,9 +42,7 @@ from edgeinfer.server.openai_shapes import (
     sse_stream,
 )
 from edgeinfer.server.schemas import ChatCompletionRequest, CompletionRequest
-from edgeinfer.service import Generation, InferenceService
-from edgeinfer.stats import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from edgeinfer.stats import Metrics
+from edgeinfer.service.pipeline import Generation, InferenceService
 
 log = logging.getLogger("edgeinfer.server")
 

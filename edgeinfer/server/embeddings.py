@@ -23,7 +23,7 @@ from pydantic import Field
 
 from edgeinfer.errors import InvalidRequest, ModelUnavailable
 from edgeinfer.server.schemas import StrictModel
-from edgeinfer.service import InferenceService
+from edgeinfer.service.pipeline import InferenceService
 
 _MAX_INPUTS = 2048
 

@@ -42,7 +42,7 @@ from edgeinfer.server.ollama_schemas import (
     model_name,
 )
 from edgeinfer.server.openai_shapes import edgeinfer_of, internal_error
-from edgeinfer.service import Generation, InferenceService
+from edgeinfer.service.pipeline import Generation, InferenceService
 
 log = logging.getLogger("edgeinfer.server")
 

@@ -26,7 +26,7 @@ from edgeinfer.errors import EdgeInferError, ModelNotFound, ModelUnavailable
 from edgeinfer.models.store import ModelStore
 from edgeinfer.pool.served import ServedModel
 from edgeinfer.server.ollama_schemas import ModelRequest, PullRequest
-from edgeinfer.service import InferenceService
+from edgeinfer.service.pipeline import InferenceService
 
 StoreFactory = Callable[[Progress | None], ModelStore]
 """The model store over the config in force, reporting to the given Progress (or none)."""

@@ -25,8 +25,8 @@ from pydantic import Field, field_validator
 
 from edgeinfer.engine.base import Sampling
 from edgeinfer.errors import Busy, EdgeInferError, InvalidRequest
-from edgeinfer.generation import GenerateOptions
 from edgeinfer.server.schemas import StrictModel
+from edgeinfer.service.generation import GenerateOptions
 
 log = logging.getLogger("edgeinfer.server")
 

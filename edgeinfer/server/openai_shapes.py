@@ -17,7 +17,7 @@ from edgeinfer.errors import EdgeInferError
 from edgeinfer.pool.events import Delta
 from edgeinfer.prompt.tools import ToolCall, call_start, find_calls, parse_calls
 from edgeinfer.server.feed import sse
-from edgeinfer.service import Generation
+from edgeinfer.service.pipeline import Generation
 
 log = logging.getLogger("edgeinfer.server")
 

@@ -28,8 +28,8 @@ from pydantic import (
 from edgeinfer.engine.base import Sampling
 from edgeinfer.errors import InvalidRequest
 from edgeinfer.prompt.tools import ToolSpec
-from edgeinfer.sampling import DEFAULTABLE
-from edgeinfer.service import GenerateOptions
+from edgeinfer.service.pipeline import GenerateOptions
+from edgeinfer.service.sampling import DEFAULTABLE
 
 _MAX_TOKENS_LIMIT = 1 << 20
 _SURROGATE = re.compile(r"[\ud800-\udfff]")

@@ -15,10 +15,10 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager, nullcontext
 
 from edgeinfer.errors import EdgeInferError
-from edgeinfer.generation import Generation
 from edgeinfer.pool.events import Event, Failed, Finished, Usage
+from edgeinfer.service.generation import Generation
 
-log = logging.getLogger("edgeinfer.continuation")
+log = logging.getLogger("edgeinfer.service.continuation")
 
 Restart = Callable[[str], Awaitable[Generation]]  # the answer so far -> the next round
 

@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from edgeinfer.pool.runner import Runner
+from edgeinfer.pool.admission import Runner
 
 log = logging.getLogger("edgeinfer.pool")
 

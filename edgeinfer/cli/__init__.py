@@ -12,7 +12,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from edgeinfer import __version__, cli_models, cli_router
+from edgeinfer import __version__
+from edgeinfer.cli import models as cli_models
+from edgeinfer.cli import router as cli_router
 from edgeinfer.errors import EdgeInferError
 from edgeinfer.paths import (
     Paths,

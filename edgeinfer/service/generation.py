@@ -19,7 +19,7 @@ from edgeinfer.errors import RequestTimeout
 from edgeinfer.pool.events import Delta, Event, Finished, Usage
 from edgeinfer.prompt.tools import ToolSpec
 
-log = logging.getLogger("edgeinfer.generation")
+log = logging.getLogger("edgeinfer.service.generation")
 
 # The ``edgeinfer`` object's fields, as GenerateOptions holds them.
 EDGEINFER_FIELDS = (
@@ -63,7 +63,7 @@ class GenerateOptions:
     # partitioned by it, so one user's answers (and questions) are never served to another
     identity: str = ""
     # sampling fields the request left out: the serving model's defaults fill them in
-    # (edgeinfer.sampling.with_defaults) once it is known; until then they hold Sampling's own
+    # (service.sampling.with_defaults) once it is known; until then they hold Sampling's own
     default_sampling: frozenset[str] = frozenset()
     tools: ToolSpec | None = None  # tools offered (or not: tool_choice none), tool_choice
 

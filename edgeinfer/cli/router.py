@@ -16,8 +16,8 @@ from pathlib import Path
 
 from edgeinfer.errors import ConfigError
 from edgeinfer.paths import Paths, make_private_dirs
-from edgeinfer.routed import OUTCOMES_KEEP
 from edgeinfer.routing.classifier import Outcome, train
+from edgeinfer.routing.router import OUTCOMES_KEEP
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -84,7 +84,7 @@ def cmd_train(args: argparse.Namespace, paths: Paths) -> int:
 
 
 def cmd_distill(args: argparse.Namespace, paths: Paths) -> int:
-    from edgeinfer.distill import DistillLog
+    from edgeinfer.routing.distill import DistillLog
 
     if not paths.distill_db.exists():
         raise ConfigError(

@@ -17,24 +17,24 @@ from typing import Any
 
 from edgeinfer.cache.layer import CacheRequest, ResponseCache
 from edgeinfer.config.schema import PromptSettings, RemoteSpec, RouterSettings
-from edgeinfer.continuation import continuing
-from edgeinfer.distill import DistillLog
 from edgeinfer.embed.base import Embedder
 from edgeinfer.engine.base import Sampling, Vocab
 from edgeinfer.errors import InvalidRequest
-from edgeinfer.generation import GenerateOptions, Generation
+from edgeinfer.pool.admission import Runner
 from edgeinfer.pool.events import Event, Finished, GenRequest
-from edgeinfer.pool.runner import Runner
 from edgeinfer.pool.scheduler import ModelPool, ServedModel
 from edgeinfer.prompt.history import SUMMARY_INSTRUCTION
 from edgeinfer.prompt.layer import PromptLayer, PromptWish, Summarise
 from edgeinfer.prompt.template import needs_literal_check, render_chat_parts
 from edgeinfer.prompt.tools import tool_grammar, tool_prompt
-from edgeinfer.remote import RemoteTier
-from edgeinfer.routed import Router
 from edgeinfer.routing.classifier import Classifier
+from edgeinfer.routing.distill import DistillLog
 from edgeinfer.routing.policy import Tier
-from edgeinfer.sampling import model_defaults, with_defaults
+from edgeinfer.routing.router import Router
+from edgeinfer.service.continuation import continuing
+from edgeinfer.service.generation import GenerateOptions, Generation
+from edgeinfer.service.remote import RemoteTier
+from edgeinfer.service.sampling import model_defaults, with_defaults
 
 
 def tokenize_chat(

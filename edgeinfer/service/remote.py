@@ -23,10 +23,10 @@ import httpx
 
 from edgeinfer.config.schema import RemoteSpec
 from edgeinfer.errors import EdgeInferError, InvalidRequest, RequestTimeout, UpstreamError
-from edgeinfer.generation import GenerateOptions, Generation
 from edgeinfer.pool.events import Delta, Event, Failed, Finished, FinishReason, Usage
+from edgeinfer.service.generation import GenerateOptions, Generation
 
-log = logging.getLogger("edgeinfer.remote")
+log = logging.getLogger("edgeinfer.service.remote")
 
 _RETRYABLE = {408, 409, 425, 429, 500, 502, 503, 504}
 

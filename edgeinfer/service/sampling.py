@@ -20,9 +20,9 @@ from pathlib import Path
 from edgeinfer.config.schema import ModelSpec
 from edgeinfer.engine.gguf import read_metadata
 from edgeinfer.errors import EdgeInferError
-from edgeinfer.generation import GenerateOptions
+from edgeinfer.service.generation import GenerateOptions
 
-log = logging.getLogger("edgeinfer.sampling")
+log = logging.getLogger("edgeinfer.service.sampling")
 
 DEFAULTABLE = (
     "temperature",

@@ -23,12 +23,11 @@ from typing import Any, cast
 import numpy as np
 
 from edgeinfer.config.schema import RouterSettings
-from edgeinfer.distill import DistillLog
 from edgeinfer.engine.base import TokenLogprob
-from edgeinfer.generation import GenerateOptions, Generation
 from edgeinfer.paths import append_private
 from edgeinfer.pool.events import Delta, Finished
 from edgeinfer.routing.classifier import Classifier, feature_vector
+from edgeinfer.routing.distill import DistillLog
 from edgeinfer.routing.features import DEFAULT_MAX_TOKENS, RequestType, infer_request_type
 from edgeinfer.routing.policy import (
     CONFIDENCE_WINDOW,
@@ -42,6 +41,7 @@ from edgeinfer.routing.policy import (
     plan,
     should_escalate,
 )
+from edgeinfer.service.generation import GenerateOptions, Generation
 
 log = logging.getLogger("edgeinfer.router")
 PROMPT_LOG_BYTES = 4096

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from edgeinfer.config.schema import ModelSpec
 from edgeinfer.engine.base import EngineFactory, EngineParams
+from edgeinfer.pool.admission import LatencyObserver, Runner
 from edgeinfer.pool.prefix_store import PrefixStore
-from edgeinfer.pool.runner import LatencyObserver, ModelRunner, Runner
+from edgeinfer.pool.runner import ModelRunner
 
 
 def engine_params(spec: ModelSpec) -> EngineParams:

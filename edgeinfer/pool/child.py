@@ -27,13 +27,13 @@ import os
 import signal
 import sys
 import threading
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 from edgeinfer.engine.base import Engine, EngineFactory, EngineParams
 from edgeinfer.errors import EdgeInferError
+from edgeinfer.pool.channel import RunnerInit, error_to_wire, event_to_wire
 from edgeinfer.pool.events import Event, Failed, Finished, GenRequest
 from edgeinfer.pool.memory import rss_bytes
 from edgeinfer.pool.prefix_store import PrefixStore
@@ -45,44 +45,6 @@ STATS_EVERY_S = 1.0
 # Fault injection for the crash tests: a decode with extra buffers on dies of SIGILL, the way
 # llama.cpp's AMX path does on the CPUs it crashes on.
 FAULT_ENV = "EDGEINFER_RUNNER_FAULT"
-
-
-@dataclass(frozen=True)
-class RunnerInit:
-    """Everything a runner process needs, sent first over the channel."""
-
-    name: str
-    path: Path
-    params: EngineParams  # extra_buffers already decided ("on" / "off")
-    factory: str  # "module:function", an EngineFactory
-    context_shift: bool
-    n_keep: int
-    prefix: dict[str, Any] | None  # PrefixStore keyword arguments
-    log_level: int = logging.INFO
-
-
-def error_to_wire(error: EdgeInferError) -> tuple[str, str, str | None]:
-    return type(error).__name__, error.message, error.param
-
-
-def error_from_wire(wire: tuple[str, str, str | None]) -> EdgeInferError:
-    from edgeinfer import errors
-
-    name, message, param = wire
-    cls = getattr(errors, name, None)
-    if not (isinstance(cls, type) and issubclass(cls, EdgeInferError)):
-        cls = EdgeInferError
-    return cls(message, param=param)
-
-
-def event_to_wire(event: Event) -> Any:
-    return ("failed", error_to_wire(event.error)) if isinstance(event, Failed) else event
-
-
-def event_from_wire(wire: Any) -> Event:
-    if isinstance(wire, tuple) and wire[0] == "failed":
-        return Failed(error_from_wire(wire[1]))
-    return wire  # type: ignore[no-any-return]
 
 
 class _Out:

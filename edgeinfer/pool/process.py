@@ -23,15 +23,10 @@ import contextlib
 import dataclasses
 import itertools
 import logging
-import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -44,7 +39,14 @@ from edgeinfer.errors import (
     ModelUnavailable,
 )
 from edgeinfer.pool.admission import Admission, LatencyObserver, RunnerStats, runner_snapshot
-from edgeinfer.pool.child import RunnerInit, error_from_wire, event_from_wire
+from edgeinfer.pool.channel import (
+    ChildProcess,
+    RunnerInit,
+    crash_lines,
+    describe_exit,
+    error_from_wire,
+    event_from_wire,
+)
 from edgeinfer.pool.events import Delta, Failed, Finished, GenRequest, Usage
 from edgeinfer.pool.prefix_store import PrefixStore
 
@@ -53,7 +55,6 @@ log = logging.getLogger("edgeinfer.runner")
 CRASH_LIMIT = 3  # crashes within CRASH_WINDOW_S that leave the model in error
 CRASH_WINDOW_S = 300.0
 BACKOFF_S = 0.5  # before the first restart; doubles with each recent crash
-_TAIL_LINES = 12
 # How llama.cpp's extra buffer types die on a CPU they do not suit: an unsupported instruction
 # (SIGILL), or, as on a 2-core Xeon with AMX in a VM, a fault in the AMX tile code (SIGSEGV).
 _EXTRA_BUFFER_DEATHS = {signal.SIGILL, signal.SIGSEGV, signal.SIGBUS}
@@ -83,16 +84,6 @@ class _Pending:
     sent: bool = False
     streamed: bool = False
     retried: bool = False
-
-
-def describe_exit(code: int) -> str:
-    """``SIGSEGV`` for a signal death, ``exit status 3`` otherwise."""
-    if code < 0:
-        try:
-            return signal.Signals(-code).name
-        except ValueError:
-            return f"signal {-code}"
-    return f"exit status {code}"
 
 
 class RunnerProcess(Admission):
@@ -128,8 +119,7 @@ class RunnerProcess(Admission):
         self._stopping = threading.Event()
         self._conn: Connection | None = None  # set while a child is up and has loaded
         self._chan: Connection | None = None  # the child's channel from its start (for stop)
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._tail: deque[str] = deque(maxlen=_TAIL_LINES)
+        self._child_proc: ChildProcess | None = None
         self._vocab: Vocab | None = None
         self._info: EngineInfo | None = None
         self._loaded = threading.Event()
@@ -178,8 +168,8 @@ class RunnerProcess(Admission):
 
     @property
     def pid(self) -> int | None:
-        proc = self._proc
-        return proc.pid if proc is not None and proc.poll() is None else None
+        child = self._child_proc
+        return child.pid if child is not None and child.proc.poll() is None else None
 
     def memory_bytes(self) -> int | None:
         return self._rss
@@ -280,11 +270,11 @@ class RunnerProcess(Admission):
                     chan.send(("stop",))
         if self._thread.is_alive():
             self._thread.join(max(timeout, _STOP_GRACE_S))
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
+        child = self._child_proc
+        if child is not None and child.proc.poll() is None:
             log.warning("model %s: runner process did not stop; killing it", self.name)
-            proc.kill()
-            proc.wait(5.0)
+            child.proc.kill()
+            child.proc.wait(5.0)
 
     # -- the supervisor thread -------------------------------------------------------------
 
@@ -309,32 +299,13 @@ class RunnerProcess(Admission):
         """Start a child, serve through it until it ends; its exit code, or ``None`` when it
         failed to load (reported) or was stopped."""
         self._state = "starting" if self.restarts == 0 else "restarting"
-        ours, theirs = socket.socketpair()
-        read_fd, write_fd = os.pipe()
         try:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "edgeinfer.pool.child", str(theirs.fileno())],
-                pass_fds=[theirs.fileno()],
-                stdin=subprocess.DEVNULL,
-                stdout=write_fd,
-                stderr=write_fd,
-                env=_child_env(),
-                start_new_session=True,  # a Ctrl+C at the terminal is the daemon's to handle
-            )
+            child = ChildProcess(self.name)
         except OSError as exc:
-            os.close(read_fd)
             self._give_up(ModelUnavailable(f"model {self.name!r}: cannot start a runner: {exc}"))
             return None
-        finally:
-            theirs.close()
-            os.close(write_fd)
-        self._proc = proc
-        self._tail.clear()
-        reader = threading.Thread(
-            target=self._read_output, args=(read_fd,), name=f"runner-{self.name}-out", daemon=True
-        )
-        reader.start()
-        conn = Connection(ours.detach())
+        self._child_proc = child
+        conn = child.conn
         try:
             with self._cond:
                 conn.send(self._init(params))
@@ -347,9 +318,7 @@ class RunnerProcess(Admission):
         finally:
             with self._cond:
                 self._conn = self._chan = None
-            conn.close()
-        code = proc.wait()
-        reader.join(2.0)
+        code = child.wait()
         if not loaded and code == 0:
             return None
         if self._stopping.is_set():
@@ -426,7 +395,7 @@ class RunnerProcess(Admission):
         self._loaded.set()
 
     def _proc_pid(self) -> int:
-        return self._proc.pid if self._proc is not None else -1
+        return self._child_proc.pid if self._child_proc is not None else -1
 
     def _on_event(self, rid: int, event: Any, latencies: list[tuple[str, float]]) -> None:
         if self._observer is not None:
@@ -450,7 +419,7 @@ class RunnerProcess(Admission):
         """Fail or keep the requests the dead child held; the params and delay of the
         restart, or ``None``: too many crashes, the model is in error."""
         how = describe_exit(code)
-        tail = crash_lines(self._tail)
+        tail = crash_lines(self._child_proc.tail if self._child_proc else ())
         now = time.monotonic()
         self._crashes.append(now)
         while self._crashes and now - self._crashes[0] > CRASH_WINDOW_S:
@@ -536,50 +505,6 @@ class RunnerProcess(Admission):
         log.error("%s", error.message)
         self._loaded.set()
         self._fail_all(error)
-
-    def _read_output(self, fd: int) -> None:
-        """The child's stdout and stderr: into the daemon's log, and the tail kept for a
-        crash report."""
-        with open(fd, "rb", buffering=0) as stream:
-            for raw in iter(stream.readline, b""):
-                line = raw.decode("utf-8", "replace").rstrip()
-                if not line:
-                    continue
-                self._tail.append(line)
-                level, _, rest = line.partition(" ")
-                if level in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-                    log.log(logging.getLevelName(level), "[%s] %s", self.name, rest)
-                else:  # native output, a faulthandler stack
-                    log.warning("[%s] %s", self.name, line)
-
-
-_STACK_LINES = ("File ", "Thread 0x", "Current thread", "Extension modules", "Stack (most")
-
-
-def crash_lines(tail: Iterable[str], keep: int = 3) -> str:
-    """The runner's last words for a client: its last lines that are not a faulthandler stack
-    (those stay in the daemon's log), at most 600 characters."""
-    lines = [ln.strip() for ln in tail if ln.strip() and not ln.strip().startswith(_STACK_LINES)]
-    return " | ".join(lines[-keep:])[-600:]
-
-
-# libgomp's workers spin this many rounds after a decode before they sleep. Its default (300,000)
-# keeps an idle runner's team spinning into the next model's step when requests move between
-# models: tiny ran 1.10x its alone time, switching between tiny, small and large. 30,000 measured
-# 1.05x (small, large 1.00x) at the same single-model speed; 3,000 gave 1.00x but cost a lone
-# tiny 9% (scripts/bench_switch.py, 2-core Xeon). A user's own OpenMP settings win.
-_OMP_SPIN = "30000"
-
-
-def _child_env() -> dict[str, str]:
-    """The daemon's environment, with its import path: the child imports the same edgeinfer."""
-    env = dict(os.environ)
-    if "GOMP_SPINCOUNT" not in env and "OMP_WAIT_POLICY" not in env:
-        env["GOMP_SPINCOUNT"] = _OMP_SPIN
-    paths = [p for p in sys.path if p]
-    if paths:
-        env["PYTHONPATH"] = os.pathsep.join(paths)
-    return env
 
 
 def _as_error(exc: Exception, what: str) -> EdgeInferError:

@@ -113,6 +113,21 @@ class _VocabCalls:
     _vocab: Any
     _pieces: dict[int, bytes]
 
+    _model: Any
+
+    def _info(self, size_bytes: int, **more: Any) -> EngineInfo:
+        """What the rest of the system needs to know of this model (``more``: what only a
+        loaded context can tell)."""
+        return EngineInfo(
+            n_ctx_train=C.llama_model_n_ctx_train(self._model),
+            n_vocab=C.llama_vocab_n_tokens(self._vocab),
+            chat_template=_meta(self._model, "tokenizer.chat_template"),
+            bos_text=self._text(C.llama_vocab_bos(self._vocab)),
+            eos_text=self._text(C.llama_vocab_eos(self._vocab)),
+            size_bytes=size_bytes,
+            **more,
+        )
+
     def _text(self, token: int) -> str:
         if token < 0:
             return ""
@@ -176,14 +191,7 @@ class LlamaVocab(_VocabCalls):
             raise ModelUnavailable(f"llama.cpp could not load {path} (not a valid GGUF model?)")
         self._vocab = C.llama_model_get_vocab(self._model)
         self._pieces = {}
-        self.info = EngineInfo(
-            n_ctx_train=C.llama_model_n_ctx_train(self._model),
-            n_vocab=C.llama_vocab_n_tokens(self._vocab),
-            chat_template=_meta(self._model, "tokenizer.chat_template"),
-            bos_text=self._text(C.llama_vocab_bos(self._vocab)),
-            eos_text=self._text(C.llama_vocab_eos(self._vocab)),
-            size_bytes=path.stat().st_size,
-        )
+        self.info = self._info(path.stat().st_size)
 
     def close(self) -> None:
         if self._model:
@@ -242,13 +250,8 @@ class LlamaEngine(_VocabCalls):
         self._compute = _cpu_compute() if on_cpu and not alone else None
         self._n_vocab = C.llama_vocab_n_tokens(self._vocab)
         self._pieces: dict[int, bytes] = {}
-        self.info = EngineInfo(
-            n_ctx_train=C.llama_model_n_ctx_train(self._model),
-            n_vocab=self._n_vocab,
-            chat_template=_meta(self._model, "tokenizer.chat_template"),
-            bos_text=self._text(C.llama_vocab_bos(self._vocab)),
-            eos_text=self._text(C.llama_vocab_eos(self._vocab)),
-            size_bytes=C.llama_model_size(self._model),
+        self.info = self._info(
+            C.llama_model_size(self._model),
             can_shift=bool(C.llama_memory_can_shift(self._mem)),
             extra_buffers=extra_buffers,
         )

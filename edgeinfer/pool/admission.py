@@ -6,6 +6,7 @@ and the runner process (``pool/process.py``)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -46,6 +47,12 @@ class RunnerStats:
     prefix_restored_ram: int = 0
     prefix_restored_disk: int = 0
     context_shifts: int = 0
+
+    def __add__(self, other: RunnerStats) -> RunnerStats:
+        """Field by field: a runner process's counters across its children's lives."""
+        return RunnerStats(
+            *(getattr(self, f.name) + getattr(other, f.name) for f in dataclasses.fields(self))
+        )
 
 
 class Runner(Protocol):

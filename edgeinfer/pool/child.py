@@ -1,6 +1,6 @@
 """A runner process: one model's engine and its :class:`ModelRunner`, driven by the daemon.
 
-``python -m edgeinfer.pool.child FD``: the daemon (``pool/process.py``) starts it with one end of
+``python -m edgeinfer.pool.child FD``: the daemon (``pool/channel.py``) starts it with one end of
 a socket pair as ``FD`` and speaks a small framed protocol over it
 (:class:`multiprocessing.connection.Connection`: length-prefixed pickles, both ends ours):
 
@@ -27,6 +27,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -191,7 +192,7 @@ class RunnerChild:
             self._work.wait()
             while self.runner.busy and not self._out.closed:
                 self._push_stats()
-                threading.Event().wait(STATS_EVERY_S)
+                time.sleep(STATS_EVERY_S)
             self._work.clear()
             if self.runner.busy:
                 self._work.set()

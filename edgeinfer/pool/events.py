@@ -67,3 +67,8 @@ class GenRequest:
             self.cancelled.set()
             if self.on_cancel is not None:
                 self.on_cancel()
+
+
+def cancelled_before_start(req: GenRequest) -> Finished:
+    """The end of a request cancelled before any of it ran (queued, or awaiting a restart)."""
+    return Finished("cancelled", Usage(len(req.prompt), 0, 0, 0.0, 0.0))

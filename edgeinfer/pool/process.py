@@ -47,7 +47,7 @@ from edgeinfer.pool.channel import (
     error_from_wire,
     event_from_wire,
 )
-from edgeinfer.pool.events import Delta, Failed, Finished, GenRequest, Usage
+from edgeinfer.pool.events import Delta, Failed, GenRequest, cancelled_before_start
 from edgeinfer.pool.prefix_store import PrefixStore
 
 log = logging.getLogger("edgeinfer.runner")
@@ -234,7 +234,7 @@ class RunnerProcess(Admission):
             self._cond.notify_all()
         self._own.cancelled += 1
         self._total()
-        pending.req.emit(Finished("cancelled", Usage(len(pending.req.prompt), 0, 0, 0.0, 0.0)))
+        pending.req.emit(cancelled_before_start(pending.req))
 
     def snapshot(self) -> dict[str, Any]:
         with self._cond:  # every request passes here: the oldest hold the slots, the rest wait
@@ -365,11 +365,7 @@ class RunnerProcess(Admission):
 
     def _total(self) -> None:
         """``stats``: the dead children's counts, the live one's, and the daemon's own."""
-        total = RunnerStats()
-        for f in dataclasses.fields(RunnerStats):
-            parts = (self._dead, self._child, self._own)
-            setattr(total, f.name, sum(getattr(part, f.name) for part in parts))
-        self.stats = total
+        self.stats = self._dead + self._child + self._own
 
     def _on_loaded(self, conn: Connection, info: EngineInfo, rss: int) -> None:
         vocab = self._vocab
@@ -388,7 +384,7 @@ class RunnerProcess(Admission):
                 else:
                     self._send_submit(rid, pending)
         for req in cancelled:
-            req.emit(Finished("cancelled", Usage(len(req.prompt), 0, 0, 0.0, 0.0)))
+            req.emit(cancelled_before_start(req))
         self._state = "running"
         if self.restarts:
             log.info("model %s: runner process restarted (pid %d)", self.name, self._proc_pid())
@@ -482,9 +478,7 @@ class RunnerProcess(Admission):
                     pending.sent, pending.retried = False, True
             self._cond.notify_all()
         self._own.errors += len(failed)
-        for f in dataclasses.fields(RunnerStats):  # the next child counts from zero
-            setattr(self._dead, f.name, getattr(self._dead, f.name) + getattr(self._child, f.name))
-        self._child = RunnerStats()
+        self._dead, self._child = self._dead + self._child, RunnerStats()  # the next counts anew
         self._total()
         for req in failed:
             req.emit(Failed(crash))

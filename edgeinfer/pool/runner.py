@@ -41,6 +41,7 @@ from edgeinfer.pool.events import (
     FinishReason,
     GenRequest,
     Usage,
+    cancelled_before_start,
 )
 from edgeinfer.pool.prefix_store import PrefixStore
 from edgeinfer.pool.slots import choose_slot, common_prefix, plan_reuse, plan_step
@@ -321,7 +322,7 @@ class ModelRunner(Admission):
 
     def _finish_unstarted(self, req: GenRequest) -> None:
         self.stats.cancelled += 1
-        self._end(req, Finished("cancelled", Usage(len(req.prompt), 0, 0, 0.0, 0.0)))
+        self._end(req, cancelled_before_start(req))
 
     def _end(self, req: GenRequest, event: Finished | Failed) -> None:
         """A request's last event; it no longer counts as in flight."""

@@ -31,7 +31,7 @@ from edgeinfer.config.schema import (
     RouterSettings,
 )
 from edgeinfer.config.watch import ConfigWatcher
-from edgeinfer.embed.base import MINILM_DIM, MINILM_NAME, Embedder
+from edgeinfer.core.embedding import MINILM_DIM, MINILM_NAME, Embedder
 from edgeinfer.engine.base import EngineFactory
 from edgeinfer.errors import ConfigError, EdgeInferError
 from edgeinfer.metrics import Metrics

@@ -43,8 +43,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _benchutil import fmt, note, print_table, quiet_stderr, ratio  # noqa: E402
 
 from edgeinfer.config.load import bundled_catalogue_path, load_catalogue  # noqa: E402
+from edgeinfer.core.values import Sampling
 from edgeinfer.embed.onnx import OnnxEmbedder, open_minilm  # noqa: E402
-from edgeinfer.engine.base import BatchItem, EngineParams, Sampling  # noqa: E402
+from edgeinfer.engine.base import BatchItem, EngineParams
 from edgeinfer.engine.llama import LlamaEngine, load, quantize  # noqa: E402
 from edgeinfer.models.store import ModelStore  # noqa: E402
 from edgeinfer.prompt.compress import compress_messages  # noqa: E402

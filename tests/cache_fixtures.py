@@ -19,7 +19,7 @@ import pytest
 from edgeinfer.cache.entry import CacheEntry
 from edgeinfer.cache.key import exact_key, namespace_key, semantic_question
 from edgeinfer.cache.store import CacheStore
-from edgeinfer.embed.base import Embedder
+from edgeinfer.core.embedding import Embedder
 from edgeinfer.embed.onnx import OnnxEmbedder, open_minilm
 from tests.conftest import MODELS_DIR
 

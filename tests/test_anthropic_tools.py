@@ -11,11 +11,11 @@ from typing import Any
 import anthropic
 import pytest
 
-from edgeinfer.pool.events import Delta, Event, Finished, Usage
-from edgeinfer.prompt.tools import ToolSpec
+from edgeinfer.core.generation import Generation
+from edgeinfer.core.options import ToolSpec
+from edgeinfer.core.values import Delta, Event, Finished, Usage
 from edgeinfer.server.anthropic import _events, content_of
 from edgeinfer.server.anthropic_schemas import parse_request
-from edgeinfer.service.generation import Generation
 from tests.conftest import Daemon
 from tests.test_anthropic_api import client_fixture  # noqa: F401
 

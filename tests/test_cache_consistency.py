@@ -22,7 +22,7 @@ from edgeinfer.cache.store import CacheStore, connect
 from edgeinfer.cache.tally import count_entries, read_tally
 from edgeinfer.cache.writer import clear_entries, entry_bytes, serialise
 from edgeinfer.config.schema import CacheSettings
-from edgeinfer.embed.base import MINILM_DIM, MINILM_NAME
+from edgeinfer.core.embedding import MINILM_DIM, MINILM_NAME
 from edgeinfer.embed.fake import FakeEmbedder
 from edgeinfer.paths import resolve
 from tests.cache_fixtures import (

@@ -14,13 +14,14 @@ import pytest
 from edgeinfer.cache.layer import ResponseCache
 from edgeinfer.cache.store import CacheStore
 from edgeinfer.config.schema import ModelSpec
+from edgeinfer.core.generation import Generation
+from edgeinfer.core.options import GenerateOptions
+from edgeinfer.core.tier import TierCard
+from edgeinfer.core.values import Sampling
 from edgeinfer.embed.fake import FakeEmbedder
-from edgeinfer.engine.base import Sampling
 from edgeinfer.engine.fake import factory
 from edgeinfer.pool.retire import Drainer
 from edgeinfer.pool.scheduler import ModelPool
-from edgeinfer.routing.policy import Tier
-from edgeinfer.service.generation import GenerateOptions, Generation
 from edgeinfer.service.pipeline import InferenceService, routed_digest
 from tests.cache_fixtures import make_store_fixture  # noqa: F401
 
@@ -90,13 +91,21 @@ def test_a_replaced_tier_model_file_misses_routed_answers(served: Any, replaced:
 @pytest.mark.parametrize(
     ("a", "b", "same"),
     [
-        ([Tier("tiny", 0.4, 1.0, digest="a")], [Tier("tiny", 0.4, 1.0, digest="a")], True),
-        ([Tier("tiny", 0.4, 1.0, digest="a")], [Tier("tiny", 0.4, 1.0, digest="b")], False),
-        ([Tier("tiny", 0.4, 1.0, digest="a")], [Tier("small", 0.4, 1.0, digest="a")], False),
-        ([Tier("a,b", 0.4, 1.0)], [Tier("a", 0.4, 1.0), Tier("b", 0.4, 1.0)], False),
-        ([Tier("tiny", 0.4, 1.0, digest="a")], [Tier("tiny", 0.9, 5.0, digest="a")], True),
+        ([TierCard("tiny", 0.4, 1.0, digest="a")], [TierCard("tiny", 0.4, 1.0, digest="a")], True),
+        (
+            [TierCard("tiny", 0.4, 1.0, digest="a")],
+            [TierCard("tiny", 0.4, 1.0, digest="b")],
+            False,
+        ),
+        (
+            [TierCard("tiny", 0.4, 1.0, digest="a")],
+            [TierCard("small", 0.4, 1.0, digest="a")],
+            False,
+        ),
+        ([TierCard("a,b", 0.4, 1.0)], [TierCard("a", 0.4, 1.0), TierCard("b", 0.4, 1.0)], False),
+        ([TierCard("tiny", 0.4, 1.0, digest="a")], [TierCard("tiny", 0.9, 5.0, digest="a")], True),
     ],
     ids=["same-models", "new-file", "renamed", "no-separator-collision", "quality-and-cost"],
 )
-def test_routed_digest(a: list[Tier], b: list[Tier], same: bool) -> None:
+def test_routed_digest(a: list[TierCard], b: list[TierCard], same: bool) -> None:
     assert (routed_digest(a) == routed_digest(b)) is same

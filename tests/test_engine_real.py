@@ -11,12 +11,13 @@ from typing import Any
 import pytest
 
 from edgeinfer.config.load import bundled_catalogue_path, load_catalogue
+from edgeinfer.core.options import GenerateOptions
+from edgeinfer.core.values import Sampling
 from edgeinfer.engine import llama
-from edgeinfer.engine.base import Sampling
 from edgeinfer.errors import InvalidRequest
 from edgeinfer.pool.scheduler import ModelPool
 from edgeinfer.pool.slots import common_prefix
-from edgeinfer.service.pipeline import GenerateOptions, InferenceService
+from edgeinfer.service.pipeline import InferenceService
 from tests.conftest import start_daemon
 
 pytestmark = pytest.mark.real

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from edgeinfer.engine.base import BatchItem, EngineParams, Sampling
+from edgeinfer.core.values import Sampling
+from edgeinfer.engine.base import BatchItem, EngineParams
 from edgeinfer.engine.extra_buffers import (
     CpuIdentity,
     ExtraBuffers,

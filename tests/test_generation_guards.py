@@ -12,10 +12,10 @@ import time
 
 import pytest
 
+from edgeinfer.core.generation import DEADLINE_GRACE_S, Generation
+from edgeinfer.core.values import Delta, Event, Finished, Usage
 from edgeinfer.errors import EdgeInferError, RequestTimeout
-from edgeinfer.pool.events import Delta, Event, Finished, Usage
 from edgeinfer.service.continuation import continuing
-from edgeinfer.service.generation import DEADLINE_GRACE_S, Generation
 
 WAIT = 5.0  # far longer than any of these takes when it works; a hang fails at this bound
 

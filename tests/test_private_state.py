@@ -18,16 +18,17 @@ from typing import Any
 import pytest
 
 from edgeinfer.config.schema import Catalogue, RouterSettings
-from edgeinfer.engine.base import TokenLogprob
+from edgeinfer.core.generation import Generation
+from edgeinfer.core.options import GenerateOptions
+from edgeinfer.core.tier import TierCard
+from edgeinfer.core.values import Delta, Event, Finished, TokenLogprob, Usage
 from edgeinfer.models.store import ModelStore
-from edgeinfer.pool.events import Delta, Event, Finished, Usage
 from edgeinfer.routing import router as routed
 from edgeinfer.routing.distill import DistillLog
-from edgeinfer.routing.policy import Tier
 from edgeinfer.routing.router import Router
-from edgeinfer.service.generation import GenerateOptions, Generation
 from edgeinfer.tui.store import ConversationStore
 from tests.conftest import short_socket_dir, start_daemon
+from tests.tiers import scripted
 
 
 def mode(path: Path) -> int:
@@ -98,7 +99,7 @@ def test_the_model_store_makes_its_missing_parents_private(tmp_path: Path) -> No
 # -- the router's outcome log ----------------------------------------------------------------
 
 
-TIERS = [Tier("tiny", 0.45, 6.0), Tier("large", 0.69, 28.0)]
+TIERS = [TierCard("tiny", 0.45, 6.0), TierCard("large", 0.69, 28.0)]
 
 
 async def _unsure_draft(
@@ -118,14 +119,18 @@ def _cascade(router: Router, prompt: str, times: int = 1) -> None:
     async def go() -> None:
         for _ in range(times):
             messages = [{"role": "user", "content": prompt}]
-            gen = await router.chat(messages, GenerateOptions(), _unsure_draft)
+            gen = await router.chat(messages, GenerateOptions())
             await gen.text()
 
     asyncio.run(go())
 
 
 def _router(outcomes: Path, **settings: Any) -> Router:
-    return Router(RouterSettings(margin=1.0, **settings), tiers=lambda: TIERS, outcomes=outcomes)
+    return Router(
+        RouterSettings(margin=1.0, **settings),
+        tiers=scripted(TIERS, _unsure_draft),
+        outcomes=outcomes,
+    )
 
 
 def _wait_for(path: Path, lines: int) -> list[dict[str, Any]]:

@@ -15,10 +15,10 @@ import pytest
 from edgeinfer.config.load import load_catalogue
 from edgeinfer.config.schema import Catalogue, ModelSpec
 from edgeinfer.config.watch import ConfigWatcher
-from edgeinfer.engine.base import Sampling
+from edgeinfer.core.values import Delta, Event, Failed, Finished, Sampling
 from edgeinfer.engine.fake import factory
 from edgeinfer.errors import ModelNotFound
-from edgeinfer.pool.events import Delta, Event, Failed, Finished, GenRequest
+from edgeinfer.pool.events import GenRequest
 from edgeinfer.pool.reload import ReloadPlan, plan_reload
 from edgeinfer.pool.retire import Drainer
 from edgeinfer.pool.scheduler import ModelPool

@@ -15,16 +15,17 @@ import pytest
 
 from edgeinfer.config.load import check_catalogue
 from edgeinfer.config.schema import RemoteSpec, RouterSettings
-from edgeinfer.engine.base import TokenLogprob
+from edgeinfer.core.generation import Generation
+from edgeinfer.core.options import GenerateOptions
+from edgeinfer.core.tier import TierCard
+from edgeinfer.core.values import Delta, Event, Failed, Finished, TokenLogprob, Usage
 from edgeinfer.errors import NoSuitableModel, UpstreamError
-from edgeinfer.pool.events import Delta, Event, Failed, Finished, Usage
 from edgeinfer.routing.classifier import Classifier, Outcome, feature_vector, train
 from edgeinfer.routing.distill import DistillLog
 from edgeinfer.routing.features import DEFAULT_MAX_TOKENS, infer_request_type
 from edgeinfer.routing.policy import (
     Confidence,
     Constraints,
-    Tier,
     confidence,
     doomed,
     eligible,
@@ -32,13 +33,13 @@ from edgeinfer.routing.policy import (
     should_escalate,
 )
 from edgeinfer.routing.router import Router
-from edgeinfer.service.generation import GenerateOptions, Generation
 from edgeinfer.service.remote import RemoteTier
+from tests.tiers import Script, scripted
 
-TINY = Tier("tiny", 0.45, 6.0)
-SMALL = Tier("small", 0.52, 16.0)
-LARGE = Tier("large", 0.69, 28.0)
-CLOUD = Tier("cloud", 0.9, 100.0, frozenset({"vision"}), remote=True)
+TINY = TierCard("tiny", 0.45, 6.0)
+SMALL = TierCard("small", 0.52, 16.0)
+LARGE = TierCard("large", 0.69, 28.0)
+CLOUD = TierCard("cloud", 0.9, 100.0, frozenset({"vision"}), remote=True)
 ALL = [LARGE, TINY, SMALL]
 
 
@@ -90,7 +91,7 @@ def test_eligible_tiers_are_filtered_and_cheapest_first(
     ],
     ids=["floor", "ceiling", "tags-and-cost", "empty"],
 )
-def test_no_suitable_model_says_why(tiers: list[Tier], want: Constraints, message: str) -> None:
+def test_no_suitable_model_says_why(tiers: list[TierCard], want: Constraints, message: str) -> None:
     with pytest.raises(NoSuitableModel) as err:
         eligible(tiers, want)
     assert message in err.value.message
@@ -122,7 +123,7 @@ def test_a_cascade_never_climbs_to_a_tier_no_better_than_its_start() -> None:
     """Two tiers of equal quality (tiny and its Q8 build): the one the classifier knows nothing
     about counts with its configured quality, which may make it the start; with nothing of
     higher quality above it the plan is that tier alone, not a crash."""
-    tiny, tiny_q8 = Tier("tiny", 0.45, 1.0), Tier("tiny-q8", 0.45, 2.0)
+    tiny, tiny_q8 = TierCard("tiny", 0.45, 1.0), TierCard("tiny-q8", 0.45, 2.0)
     chosen = plan([tiny, tiny_q8], Constraints(route="cascade"), {"tiny": 0.1}, margin=0.2)
     assert [t.name for t in chosen.tiers] == ["tiny-q8"]
     chosen = plan([tiny, tiny_q8], Constraints(route="cascade"), {"tiny": 0.44}, margin=0.2)
@@ -349,10 +350,10 @@ class Tiers:
         return Generation(name, f"sha-{name}", queue, prompt_tokens=10, wants_logprobs=True)
 
 
-def _router(tmp_path: Path, **settings: Any) -> Router:
+def _router(tmp_path: Path, script: Script, **settings: Any) -> Router:
     return Router(
         RouterSettings(**settings),
-        tiers=lambda: [TINY, LARGE],
+        tiers=scripted([TINY, LARGE], script),
         distill=DistillLog(tmp_path / "d.sqlite"),
         outcomes=tmp_path / "outcomes.jsonl",
     )
@@ -369,11 +370,11 @@ QUESTION = [{"role": "user", "content": "What is the capital of Peru? Answer in 
 def test_cascade_keeps_or_escalates(
     tmp_path: Path, logprob: float, served: str, escalated: bool
 ) -> None:
-    router = _router(tmp_path, margin=1.0, distill=True, log_prompts=True)
     tiers = Tiers({"tiny": logprob, "large": -0.01})
+    router = _router(tmp_path, tiers.answer, margin=1.0, distill=True, log_prompts=True)
 
     async def go() -> tuple[Generation, str]:
-        gen = await router.chat(QUESTION, GenerateOptions(), tiers.answer)
+        gen = await router.chat(QUESTION, GenerateOptions())
         return gen, await gen.text()
 
     gen, text = asyncio.run(go())
@@ -429,9 +430,9 @@ class Streaming:
 
 
 def test_a_doomed_draft_is_stopped_early_and_escalated(tmp_path: Path) -> None:
-    router = _router(tmp_path, margin=1.0, confidence_threshold=0.5)
     tiers = Streaming(-1.5, 64)  # 64 tokens on offer; sum < 32 * log(0.5) after 15 of them
-    gen = asyncio.run(router.chat(QUESTION, GenerateOptions(max_tokens=64), tiers.answer))
+    router = _router(tmp_path, tiers.answer, margin=1.0, confidence_threshold=0.5)
+    gen = asyncio.run(router.chat(QUESTION, GenerateOptions(max_tokens=64)))
     assert gen.model == "large" and [c[0] for c in tiers.calls] == ["tiny", "large"]
     assert "tiny" in tiers.cancelled  # its slot is freed, not run to 64 tokens
     route = gen.route
@@ -443,12 +444,12 @@ def test_a_doomed_draft_is_stopped_early_and_escalated(tmp_path: Path) -> None:
 
 
 def test_a_confident_long_draft_streams_on_once_its_head_is_judged(tmp_path: Path) -> None:
-    router = _router(tmp_path, margin=1.0, confidence_threshold=0.5)
     tiers = Streaming(-0.1, 64)
+    router = _router(tmp_path, tiers.answer, margin=1.0, confidence_threshold=0.5)
     options = GenerateOptions(max_tokens=64, logprobs=2)
 
     async def go() -> tuple[Generation, bool, str, list[TokenLogprob]]:
-        gen = await router.chat(QUESTION, options, tiers.answer)
+        gen = await router.chat(QUESTION, options)
         running = gen.result is None  # handed over after 32 tokens, not after 64
         text, logprobs = await gen.collect()
         return gen, running, text, logprobs
@@ -466,9 +467,9 @@ def test_a_confident_long_draft_streams_on_once_its_head_is_judged(tmp_path: Pat
 
 
 def test_explicit_max_tokens_and_route_win(tmp_path: Path) -> None:
-    router = _router(tmp_path)
     tiers = Tiers({"tiny": -0.01, "large": -0.01})
+    router = _router(tmp_path, tiers.answer)
     options = GenerateOptions(max_tokens=7, route="best")
-    gen = asyncio.run(router.chat(QUESTION, options, tiers.answer))
+    gen = asyncio.run(router.chat(QUESTION, options))
     assert gen.model == "large" and [c[0] for c in tiers.calls] == ["large"]
     assert tiers.calls[0][1].max_tokens == 7 and tiers.calls[0][1].logprobs is None

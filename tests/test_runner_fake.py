@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from edgeinfer.engine.base import EngineParams, Sampling
+from edgeinfer.core.values import Delta, Event, Failed, Finished, Sampling
+from edgeinfer.engine.base import EngineParams
 from edgeinfer.engine.fake import FakeEngine, factory
 from edgeinfer.errors import Busy, ContextLengthExceeded, RequestTimeout
-from edgeinfer.pool.events import Delta, Event, Failed, Finished, GenRequest
+from edgeinfer.pool.events import GenRequest
 from edgeinfer.pool.prefix_store import PrefixStore
 from edgeinfer.pool.runner import ModelRunner
 

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from edgeinfer.engine.base import EngineParams, Sampling
+from edgeinfer.core.values import Delta, Event, Failed, Finished, Sampling
+from edgeinfer.engine.base import EngineParams
 from edgeinfer.engine.fake import FakeProcessFactory
 from edgeinfer.errors import Busy, ModelCrashed
 from edgeinfer.pool import process
-from edgeinfer.pool.events import Delta, Event, Failed, Finished, GenRequest
+from edgeinfer.pool.events import GenRequest
 from edgeinfer.pool.process import RunnerProcess
 
 

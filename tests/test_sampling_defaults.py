@@ -14,9 +14,9 @@ import pytest
 
 from edgeinfer.cache.key import cache_mode
 from edgeinfer.config.load import bundled_catalogue_path, check_catalogue
-from edgeinfer.engine.base import Sampling
+from edgeinfer.core.options import GenerateOptions
+from edgeinfer.core.values import Sampling
 from edgeinfer.server.schemas import ChatCompletionRequest
-from edgeinfer.service.generation import GenerateOptions
 from edgeinfer.service.sampling import DEFAULTABLE, file_defaults, gguf_defaults, with_defaults
 from tests.conftest import Daemon, short_socket_dir, start_daemon
 

@@ -24,7 +24,8 @@ import pytest
 from edgeinfer.client import Client
 from edgeinfer.config.load import bundled_catalogue_path, check_catalogue, load_catalogue
 from edgeinfer.config.schema import PathSource, PypiSource, ServerSettings
-from edgeinfer.engine.base import EngineParams, Sampling
+from edgeinfer.core.values import Sampling
+from edgeinfer.engine.base import EngineParams
 from edgeinfer.engine.fake import factory
 from edgeinfer.errors import Busy, DaemonError, ModelStoreError, PermissionDenied, Unauthorized
 from edgeinfer.models.progress import Meter

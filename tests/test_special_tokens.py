@@ -16,7 +16,7 @@ from edgeinfer.engine.base import EngineParams
 from edgeinfer.engine.llama import LlamaEngine, load
 from edgeinfer.errors import InvalidRequest
 from edgeinfer.prompt.template import render_chat_parts
-from edgeinfer.service.pipeline import tokenize_chat
+from edgeinfer.service.local import tokenize_chat
 from tests.conftest import Daemon
 
 pytestmark = pytest.mark.real

@@ -11,7 +11,8 @@ import httpx
 import openai
 import pytest
 
-from edgeinfer.prompt.tools import ToolSpec, generic_messages, parse_calls, wrap_grammar
+from edgeinfer.core.options import ToolSpec
+from edgeinfer.prompt.tools import generic_messages, parse_calls, wrap_grammar
 from tests.conftest import Daemon
 
 WEATHER = {

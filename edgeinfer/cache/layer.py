@@ -25,7 +25,7 @@ from edgeinfer.cache.key import (
 )
 from edgeinfer.cache.savings import CostEstimator, Savings
 from edgeinfer.cache.store import CacheStore
-from edgeinfer.embed.base import Embedder
+from edgeinfer.core.embedding import Embedder
 
 log = logging.getLogger("edgeinfer.cache")
 

@@ -17,7 +17,7 @@ from edgeinfer.cache import lexicon as lx
 from edgeinfer.cache.features import features
 from edgeinfer.cache.guard import RULE_KINDS, guard_kinds
 from edgeinfer.cache.tokens import stem
-from edgeinfer.embed.base import Words
+from edgeinfer.core.embedding import Words
 
 NAMES: tuple[str, ...] = (
     "cosine",

@@ -31,7 +31,7 @@ from numpy.typing import NDArray
 
 from edgeinfer.cache.guard import guard
 from edgeinfer.cache.pair_features import NAMES, pair_features
-from edgeinfer.embed.base import Words
+from edgeinfer.core.embedding import Words
 
 MODEL_PATH = Path(__file__).with_name("verifier_model.json")
 _LRU_ROWS = 32_768

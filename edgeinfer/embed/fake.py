@@ -11,7 +11,7 @@ import re
 
 import numpy as np
 
-from edgeinfer.embed.base import Vectors, Words, normalise
+from edgeinfer.core.embedding import Vectors, Words, normalise
 
 _WORD = re.compile(r"[\w']+")
 

@@ -21,7 +21,7 @@ import onnxruntime as ort
 from numpy.typing import NDArray
 from tokenizers import Encoding, Tokenizer
 
-from edgeinfer.embed.base import MINILM_NAME, Vectors, Words, normalise
+from edgeinfer.core.embedding import MINILM_NAME, Vectors, Words, normalise
 from edgeinfer.errors import ModelUnavailable
 from edgeinfer.models.assets import ensure_asset
 

@@ -1,14 +1,6 @@
 """The engine port: the narrow interface every hardware-bound model call goes through."""
 
-from edgeinfer.engine.base import (
-    BatchItem,
-    Engine,
-    EngineFactory,
-    EngineInfo,
-    EngineParams,
-    Sampling,
-    Vocab,
-)
+from edgeinfer.engine.base import BatchItem, Engine, EngineFactory, EngineInfo, EngineParams, Vocab
 
 __all__ = [
     "BatchItem",
@@ -16,6 +8,5 @@ __all__ = [
     "EngineFactory",
     "EngineInfo",
     "EngineParams",
-    "Sampling",
     "Vocab",
 ]

@@ -9,9 +9,11 @@ is a deterministic stand-in for unit tests of the scheduling logic.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
+
+from edgeinfer.core.values import Sampling, TokenLogprob
 
 
 @dataclass(frozen=True)
@@ -33,26 +35,6 @@ class EngineParams:
 
 
 @dataclass(frozen=True)
-class Sampling:
-    """Per-request sampling settings. ``temperature <= 0`` means greedy."""
-
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.0
-    seed: int | None = None
-    repeat_penalty: float = 1.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    logit_bias: dict[int, float] = field(default_factory=dict)
-    grammar: str | None = None  # GBNF, from Engine.grammar_for (structured output)
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature <= 0.0
-
-
-@dataclass(frozen=True)
 class EngineInfo:
     """What the rest of the system needs to know about a loaded model."""
 
@@ -64,17 +46,6 @@ class EngineInfo:
     size_bytes: int
     can_shift: bool = True  # whether positions can be shifted (context shift)
     extra_buffers: bool = False  # whether llama.cpp repacked weights into extra buffer types
-
-
-@dataclass(frozen=True)
-class TokenLogprob:
-    """One sampled token's log-probability, its most likely alternatives, and the entropy (nats)
-    of the whole next-token distribution when the engine computed it."""
-
-    piece: bytes
-    logprob: float
-    top: tuple[tuple[bytes, float], ...] = ()
-    entropy: float | None = None
 
 
 @dataclass(frozen=True)

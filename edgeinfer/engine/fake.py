@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgeinfer.engine.base import BatchItem, EngineInfo, EngineParams, Sampling, TokenLogprob
+from edgeinfer.core.values import Sampling, TokenLogprob
+from edgeinfer.engine.base import BatchItem, EngineInfo, EngineParams
 from edgeinfer.errors import EngineError, InvalidRequest
 
 EOS = 0

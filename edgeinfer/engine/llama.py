@@ -28,7 +28,8 @@ import llama_cpp.llama_cpp as C
 import llama_cpp.llama_grammar as llama_grammar
 import numpy as np
 
-from edgeinfer.engine.base import BatchItem, EngineInfo, EngineParams, Sampling, TokenLogprob
+from edgeinfer.core.values import Sampling, TokenLogprob
+from edgeinfer.engine.base import BatchItem, EngineInfo, EngineParams
 from edgeinfer.engine.extra_buffers import ExtraBuffers, VerdictStore, files_digest
 from edgeinfer.engine.grammar_limits import check_grammar, check_schema
 from edgeinfer.errors import ContextLengthExceeded, EngineError, InvalidRequest, ModelUnavailable

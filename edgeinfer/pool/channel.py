@@ -24,9 +24,9 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from edgeinfer.core.values import Event, Failed
 from edgeinfer.engine.base import EngineParams
 from edgeinfer.errors import EdgeInferError
-from edgeinfer.pool.events import Event, Failed
 
 log = logging.getLogger("edgeinfer.runner")
 

@@ -32,10 +32,11 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from edgeinfer.core.values import Event, Failed, Finished
 from edgeinfer.engine.base import Engine, EngineFactory, EngineParams
 from edgeinfer.errors import EdgeInferError
 from edgeinfer.pool.channel import RunnerInit, error_to_wire, event_to_wire
-from edgeinfer.pool.events import Event, Failed, Finished, GenRequest
+from edgeinfer.pool.events import GenRequest
 from edgeinfer.pool.memory import rss_bytes
 from edgeinfer.pool.prefix_store import PrefixStore
 from edgeinfer.pool.runner import ModelRunner

@@ -6,42 +6,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
 
-from edgeinfer.engine.base import Sampling, TokenLogprob
-from edgeinfer.errors import EdgeInferError
-
-FinishReason = Literal["stop", "length", "cancelled"]
-
-
-@dataclass(frozen=True)
-class Usage:
-    prompt_tokens: int
-    completion_tokens: int
-    cached_tokens: int
-    ttft_s: float
-    total_s: float
-
-
-@dataclass(frozen=True)
-class Delta:
-    text: str
-    logprobs: tuple[TokenLogprob, ...] = ()  # the tokens this text came from, when asked
-
-
-@dataclass(frozen=True)
-class Finished:
-    reason: FinishReason
-    usage: Usage
-    stop_sequence: str | None = None  # the stop string that ended it (reason "stop")
-
-
-@dataclass(frozen=True)
-class Failed:
-    error: EdgeInferError
-
-
-Event = Delta | Finished | Failed
+from edgeinfer.core.values import Event, Finished, Sampling, Usage
 
 
 @dataclass(eq=False)

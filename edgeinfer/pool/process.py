@@ -32,6 +32,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Protocol
 
+from edgeinfer.core.values import Delta, Failed
 from edgeinfer.engine.base import EngineInfo, EngineParams, Vocab
 from edgeinfer.errors import (
     EdgeInferError,
@@ -47,7 +48,7 @@ from edgeinfer.pool.channel import (
     error_from_wire,
     event_from_wire,
 )
-from edgeinfer.pool.events import Delta, Failed, GenRequest, cancelled_before_start
+from edgeinfer.pool.events import GenRequest, cancelled_before_start
 from edgeinfer.pool.prefix_store import PrefixStore
 
 log = logging.getLogger("edgeinfer.runner")

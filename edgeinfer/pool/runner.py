@@ -20,13 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeinfer.engine.base import (
-    BatchItem,
-    Engine,
-    EngineFactory,
-    EngineParams,
-    TokenLogprob,
-)
+from edgeinfer.core.values import Delta, Failed, Finished, FinishReason, TokenLogprob, Usage
+from edgeinfer.engine.base import BatchItem, Engine, EngineFactory, EngineParams
 from edgeinfer.errors import (
     EdgeInferError,
     EngineError,
@@ -34,15 +29,7 @@ from edgeinfer.errors import (
     RequestTimeout,
 )
 from edgeinfer.pool.admission import Admission, LatencyObserver, RunnerStats, runner_snapshot
-from edgeinfer.pool.events import (
-    Delta,
-    Failed,
-    Finished,
-    FinishReason,
-    GenRequest,
-    Usage,
-    cancelled_before_start,
-)
+from edgeinfer.pool.events import GenRequest, cancelled_before_start
 from edgeinfer.pool.prefix_store import PrefixStore
 from edgeinfer.pool.slots import choose_slot, common_prefix, plan_reuse, plan_step
 from edgeinfer.pool.text import TextStream

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from edgeinfer.embed.base import Vectors
+from edgeinfer.core.embedding import Vectors
 from edgeinfer.prompt.compress import paragraphs
 from edgeinfer.prompt.report import (
     MAX_TEXT_CHARS,

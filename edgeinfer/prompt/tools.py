@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from edgeinfer.core.options import ToolSpec
 from edgeinfer.engine.grammar_limits import check_grammar
 from edgeinfer.errors import InvalidRequest
 
@@ -44,31 +45,6 @@ _RULES = {
     "auto": "Call a function when it helps answer; otherwise answer in text.",
     "required": "You must call one of the functions.",
 }
-
-
-@dataclass(frozen=True)
-class ToolSpec:
-    """A request's tools, as the service and the cache keys see them."""
-
-    tools: tuple[Mapping[str, Any], ...]  # the "function" objects: name, description, parameters
-    choice: str = "auto"  # "auto" | "required" | "none" | a function's name
-    parallel: bool = True
-
-    @property
-    def offered(self) -> bool:
-        return bool(self.tools) and self.choice != "none"
-
-    @property
-    def forced(self) -> bool:
-        return self.offered and self.choice != "auto"
-
-    def names(self) -> list[str]:
-        return [str(t["name"]) for t in self.tools]
-
-    def key(self) -> str:
-        """Canonical JSON of everything here, for the cache keys."""
-        body = {"tools": list(self.tools), "choice": self.choice, "parallel": self.parallel}
-        return json.dumps(body, sort_keys=True, ensure_ascii=False)
 
 
 @dataclass(frozen=True)

@@ -12,28 +12,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from edgeinfer.engine.base import TokenLogprob
+from edgeinfer.core.tier import TierCard
+from edgeinfer.core.values import TokenLogprob
 from edgeinfer.errors import NoSuitableModel
 
 Route = Literal["cheapest", "cascade", "best"]
-
-
-@dataclass(frozen=True)
-class Tier:
-    """A model as the router sees it.
-
-    ``cost_per_1k`` is in seconds of this machine's compute per 1,000 generated tokens (measured),
-    or the user's configured price in the same relative units. ``digest`` says which model
-    answers under the name (a local file's sha256, a remote's endpoint and model): routed
-    answers are cached under every tier's, so they are not served once a tier's model changed.
-    """
-
-    name: str
-    quality: float
-    cost_per_1k: float
-    tags: frozenset[str] = frozenset()
-    remote: bool = False
-    digest: str = ""
 
 
 @dataclass(frozen=True)
@@ -50,19 +33,19 @@ class Constraints:
 class Plan:
     """The tiers to try in order (one, or a cascade ladder) and why."""
 
-    tiers: tuple[Tier, ...]
+    tiers: tuple[TierCard, ...]
     route: Route
     reason: str
     predicted: Mapping[str, float] = field(default_factory=dict)
 
 
-def eligible(tiers: Sequence[Tier], want: Constraints) -> list[Tier]:
+def eligible(tiers: Sequence[TierCard], want: Constraints) -> list[TierCard]:
     """The tiers meeting the request's floor, ceiling and tags, cheapest first.
 
     Raises:
         NoSuitableModel: none does; the message names the constraint that ruled each out.
     """
-    ok: list[Tier] = []
+    ok: list[TierCard] = []
     why: list[str] = []
     for tier in tiers:
         if want.min_quality is not None and tier.quality < want.min_quality:
@@ -81,7 +64,7 @@ def eligible(tiers: Sequence[Tier], want: Constraints) -> list[Tier]:
 
 
 def plan(
-    tiers: Sequence[Tier],
+    tiers: Sequence[TierCard],
     want: Constraints,
     predicted: Mapping[str, float],
     *,

@@ -2,9 +2,9 @@
 
 Picks the tier(s) for a request with :mod:`edgeinfer.routing.policy`, runs a cascade's draft on
 the cheaper tier, reads its confidence from token logprobs and either keeps it or escalates.
-The service injects how a tier answers (``answer``) and which tiers exist (``tiers``), so this
-module never touches a runner or a socket. Every answer says in ``edgeinfer.route`` which tiers
-ran, how sure each was, and why it climbed.
+The service hands it the tiers that exist now (:class:`~edgeinfer.core.tier.Tier`: a card to
+choose by, ``answer`` to run), so this module never touches a runner, a socket or the service.
+Every answer says in ``edgeinfer.route`` which tiers ran, how sure each was, and why it climbed.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,9 +23,11 @@ from typing import Any, cast
 import numpy as np
 
 from edgeinfer.config.schema import RouterSettings
-from edgeinfer.engine.base import TokenLogprob
+from edgeinfer.core.generation import FinishHook, Generation
+from edgeinfer.core.options import GenerateOptions
+from edgeinfer.core.tier import Tier, TierCard
+from edgeinfer.core.values import Delta, Finished, TokenLogprob, Usage
 from edgeinfer.paths import append_private
-from edgeinfer.pool.events import Delta, Finished
 from edgeinfer.routing.classifier import Classifier, feature_vector
 from edgeinfer.routing.distill import DistillLog
 from edgeinfer.routing.features import DEFAULT_MAX_TOKENS, RequestType, infer_request_type
@@ -35,13 +37,11 @@ from edgeinfer.routing.policy import (
     Constraints,
     Plan,
     Route,
-    Tier,
     confidence,
     doomed,
     plan,
     should_escalate,
 )
-from edgeinfer.service.generation import GenerateOptions, Generation
 
 log = logging.getLogger("edgeinfer.router")
 PROMPT_LOG_BYTES = 4096
@@ -50,7 +50,6 @@ OUTCOMES_MAX_BYTES = 16 << 20
 OUTCOMES_KEEP = 3
 """The outcome log rotates at ``OUTCOMES_MAX_BYTES``, keeping this many older files."""
 
-Answer = Callable[[str, Sequence[Mapping[str, Any]], GenerateOptions], Awaitable[Generation]]
 Embed = Callable[[list[str]], Any]
 
 
@@ -106,13 +105,17 @@ class RouterStats:
 
 
 class Router:
-    """Built by the service from the [router] settings; one per daemon (swapped on reload)."""
+    """Built by the service from the [router] settings; one per daemon (reconfigured on reload).
+
+    ``tiers`` returns every tier that could answer now (ready local models, remotes); the
+    router narrows them to ``[router] tiers``.
+    """
 
     def __init__(
         self,
         settings: RouterSettings,
         *,
-        tiers: Callable[[], list[Tier]],
+        tiers: Callable[[], Sequence[Tier]],
         embed: Embed | None = None,
         classifier: Classifier | None = None,
         distill: DistillLog | None = None,
@@ -145,8 +148,13 @@ class Router:
         """Whether a request's ``model`` asks for routing."""
         return model == "auto" or (not model and self.settings.auto_when_omitted)
 
+    def tiers(self) -> list[Tier]:
+        """The tiers the router may pick now."""
+        wanted = self.settings.tiers
+        return [t for t in self._tiers() if wanted is None or t.card.name in wanted]
+
     def tier_names(self) -> list[str]:
-        return [t.name for t in self._tiers()]
+        return [t.card.name for t in self.tiers()]
 
     async def predict(self, text: str) -> dict[str, float]:
         """The classifier's P(correct) per tier; empty when it or the embedder is missing."""
@@ -165,18 +173,20 @@ class Router:
             options = replace(options, max_tokens=DEFAULT_MAX_TOKENS[kind])
         return kind, options
 
-    async def plan(self, text: str, options: GenerateOptions) -> Plan:
+    async def plan(self, text: str, options: GenerateOptions, cards: Sequence[TierCard]) -> Plan:
         route = cast(Route, options.route or self.settings.default_route)
         want = Constraints(route=route, min_quality=options.min_quality, max_cost=options.max_cost)
         predicted = await self.predict(text)
-        return plan(self._tiers(), want, predicted, margin=self.settings.margin)
+        return plan(cards, want, predicted, margin=self.settings.margin)
 
     async def chat(
-        self, messages: Sequence[Mapping[str, Any]], options: GenerateOptions, answer: Answer
+        self, messages: Sequence[Mapping[str, Any]], options: GenerateOptions
     ) -> Generation:
+        """Answer with the tier(s) the plan picks; the answer reports the route it took."""
         text = last_user_text(messages)
         kind, options = self.prepare(text, options)
-        chosen = await self.plan(text, options)
+        tiers = {t.card.name: t for t in self.tiers()}
+        chosen = await self.plan(text, options, [t.card for t in tiers.values()])
         info: dict[str, Any] = {
             "route": chosen.route,
             "request_type": kind,
@@ -186,37 +196,40 @@ class Router:
         }
         first = chosen.tiers[0]
         if len(chosen.tiers) == 1 or first.remote:
-            gen = await answer(first.name, messages, options)
+            gen = await tiers[first.name].answer(messages, options)
             info["tiers"] = [{"model": first.name}]
-            self._count(chosen, first, gen, escalated=False)
+            answered, escalated = first, False
         else:
-            gen = await self._cascade(chosen, messages, options, answer, info)
-        gen.route = info
-        self._capture(messages, gen, info)
-        return gen
+            gen, answered = await self._cascade(chosen, tiers, messages, options, info)
+            escalated = answered is not first
+        gen = gen.derive(route=info, on_finish=self._count(chosen, answered, escalated=escalated))
+        cards = [t.card for t in tiers.values()]
+        return gen.derive(on_finish=self._capture(messages, answered, cards, info))
 
     def _capture(
-        self, messages: Sequence[Mapping[str, Any]], gen: Generation, info: dict[str, Any]
-    ) -> None:
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        tier: TierCard,
+        cards: Sequence[TierCard],
+        info: dict[str, Any],
+    ) -> FinishHook | None:
         """Distillation: keep answers of tiers above the cheapest one, when enabled."""
         log_ = self.distill
-        if log_ is None:
-            return
-        tiers = self._tiers()
-        cheapest = min((t.quality for t in tiers), default=0.0)
-        tier = next((t for t in tiers if t.name == gen.model), None)
-        if tier is None or tier.quality <= cheapest:
-            return
-        gen.add_finish_hook(lambda text, _done: log_.record(tier.name, messages, text, info))
+        cheapest = min((t.quality for t in cards), default=0.0)
+        if log_ is None or tier.quality <= cheapest:
+            return None
+        return lambda text, _done: log_.record(tier.name, messages, text, info)
 
     async def _cascade(
         self,
         chosen: Plan,
+        tiers: Mapping[str, Tier],
         messages: Sequence[Mapping[str, Any]],
         options: GenerateOptions,
-        answer: Answer,
         info: dict[str, Any],
-    ) -> Generation:
+    ) -> tuple[Generation, TierCard]:
+        """The draft on the cheapest tier, kept or escalated to the top one; the answer and
+        the tier that gave it."""
         first, top = chosen.tiers[0], chosen.tiers[-1]
         threshold = self.settings.confidence_threshold
         draft_options = replace(
@@ -229,7 +242,7 @@ class Router:
             logprob_tokens=CONFIDENCE_WINDOW if options.logprobs is None else None,
         )
         started = time.monotonic()
-        draft = await answer(first.name, messages, draft_options)
+        draft = await tiers[first.name].answer(messages, draft_options)
         pieces: list[str] = []
         logprobs: list[TokenLogprob] = []
         verdict: tuple[Confidence, str | None] | None = None  # decided before the draft ended
@@ -263,18 +276,15 @@ class Router:
             self._log_outcome(last_user_text(messages), first.name, kept=why is None)
             if why is None:
                 kept = self._keep(draft, "".join(pieces), tuple(logprobs), options, step)
-                self._count(chosen, first, kept, escalated=False)
                 handed_over = True
-                return kept
+                return kept, first
         finally:
             if not handed_over:  # a no-op when finished; else frees the draft's slot
                 draft.cancel()
         log.info("cascade: %s -> %s (%s)", first.name, top.name, why)
         info.update(escalated=True, escalation_reason=why)
         info["tiers"].append({"model": top.name})
-        gen = await answer(top.name, messages, options)
-        self._count(chosen, top, gen, escalated=True)
-        return gen
+        return await tiers[top.name].answer(messages, options), top
 
     @staticmethod
     def _judge_head(
@@ -312,8 +322,6 @@ class Router:
             return Generation.from_text(
                 draft.model, draft.digest, text, draft.result, logprobs, wants_logprobs=wants
             )
-        draft.unread(Delta(text, logprobs if wants else ()))
-        draft.wants_logprobs = wants
 
         def settle(_text: str, done: Finished) -> None:
             step.update(
@@ -321,8 +329,8 @@ class Router:
                 seconds=round(done.usage.total_s, 3),
             )
 
-        draft.add_finish_hook(settle)
-        return draft
+        head = Delta(text, logprobs if wants else ())
+        return draft.derive(head=[head], wants_logprobs=wants, on_finish=settle)
 
     def _log_outcome(self, prompt: str, tier: str, *, kept: bool) -> None:
         """A cascade's verdict on its draft, as a training example for ``router train``:
@@ -347,7 +355,8 @@ class Router:
 
         asyncio.get_running_loop().run_in_executor(None, append)
 
-    def _count(self, chosen: Plan, tier: Tier, gen: Generation, *, escalated: bool) -> None:
+    def _count(self, chosen: Plan, tier: TierCard, *, escalated: bool) -> FinishHook | None:
+        """Count the request; the hook that books what a cheaper tier saved, if one answered."""
         best = max(chosen.tiers, key=lambda t: t.quality)
         with self._lock:
             s = self.stats
@@ -357,10 +366,11 @@ class Router:
             s.cascades += len(chosen.tiers) > 1
             s.escalations += escalated
             s.drafts_kept += len(chosen.tiers) > 1 and not escalated
-        if tier is not best:
-            gen.add_finish_hook(lambda _text, done: self._saved(tier, best, done.usage))
+        if tier is best:
+            return None
+        return lambda _text, done: self._saved(tier, best, done.usage)
 
-    def _saved(self, tier: Tier, best: Tier, usage: Any) -> None:
+    def _saved(self, tier: TierCard, best: TierCard, usage: Usage) -> None:
         tokens = int(usage.completion_tokens)
         with self._lock:
             self.stats.tokens_on_smaller_tiers += tokens

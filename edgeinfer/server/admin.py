@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from edgeinfer.config.watch import ConfigWatcher
-from edgeinfer.pool.scheduler import ModelPool
+from edgeinfer.service.pipeline import ModelPool
 
 
 class Operations:

@@ -26,13 +26,15 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from edgeinfer.engine.base import TokenLogprob
+from edgeinfer.core.generation import Generation
+from edgeinfer.core.options import ToolSpec
+from edgeinfer.core.values import TokenLogprob
 from edgeinfer.errors import EdgeInferError
-from edgeinfer.prompt.tools import ToolCall, ToolSpec, parse_calls
+from edgeinfer.prompt.tools import ToolCall, parse_calls
 from edgeinfer.server.anthropic_schemas import parse_request
 from edgeinfer.server.auth import identity
 from edgeinfer.server.openai_shapes import ToolStream, edgeinfer_of, internal_error
-from edgeinfer.service.pipeline import Generation, InferenceService
+from edgeinfer.service.pipeline import InferenceService
 
 log = logging.getLogger("edgeinfer.server")
 

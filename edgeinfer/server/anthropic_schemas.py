@@ -16,10 +16,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from edgeinfer.core.options import GenerateOptions, ToolSpec
 from edgeinfer.errors import InvalidRequest
-from edgeinfer.prompt.tools import ToolSpec
 from edgeinfer.server.schemas import EdgeInferOptions, StrictModel, sampling_of
-from edgeinfer.service.pipeline import GenerateOptions
 
 TOOL_NAME = r"^[a-zA-Z0-9_-]{1,64}$"
 _BLOCKS_OF = {"user": ("text", "tool_result"), "assistant": ("text", "tool_use")}

@@ -24,11 +24,11 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgeinfer import __version__
-from edgeinfer.engine.base import TokenLogprob
+from edgeinfer.core.generation import Generation
+from edgeinfer.core.values import TokenLogprob
 from edgeinfer.errors import Busy, EdgeInferError, InvalidRequest
 from edgeinfer.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from edgeinfer.metrics import Metrics
-from edgeinfer.pool.served import ServedModel
 from edgeinfer.server.anthropic import add_messages_route
 from edgeinfer.server.auth import identity
 from edgeinfer.server.embeddings import add_embeddings_route
@@ -42,7 +42,7 @@ from edgeinfer.server.openai_shapes import (
     sse_stream,
 )
 from edgeinfer.server.schemas import ChatCompletionRequest, CompletionRequest
-from edgeinfer.service.pipeline import Generation, InferenceService
+from edgeinfer.service.pipeline import InferenceService, ServedModel
 
 log = logging.getLogger("edgeinfer.server")
 

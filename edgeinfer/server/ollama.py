@@ -23,7 +23,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from edgeinfer import __version__
-from edgeinfer.embed.base import Embedder
+from edgeinfer.core.embedding import Embedder
+from edgeinfer.core.generation import Generation
 from edgeinfer.errors import (
     EdgeInferError,
     InvalidRequest,
@@ -42,7 +43,7 @@ from edgeinfer.server.ollama_schemas import (
     model_name,
 )
 from edgeinfer.server.openai_shapes import edgeinfer_of, internal_error
-from edgeinfer.service.pipeline import Generation, InferenceService
+from edgeinfer.service.pipeline import InferenceService
 
 log = logging.getLogger("edgeinfer.server")
 

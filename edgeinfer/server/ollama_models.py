@@ -24,9 +24,8 @@ from edgeinfer.config.schema import ModelSpec
 from edgeinfer.engine.gguf import Value, read_metadata
 from edgeinfer.errors import EdgeInferError, ModelNotFound, ModelUnavailable
 from edgeinfer.models.store import ModelStore
-from edgeinfer.pool.served import ServedModel
 from edgeinfer.server.ollama_schemas import ModelRequest, PullRequest
-from edgeinfer.service.pipeline import InferenceService
+from edgeinfer.service.pipeline import InferenceService, ServedModel
 
 StoreFactory = Callable[[Progress | None], ModelStore]
 """The model store over the config in force, reporting to the given Progress (or none)."""

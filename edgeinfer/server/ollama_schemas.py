@@ -23,10 +23,10 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import Field, field_validator
 
-from edgeinfer.engine.base import Sampling
+from edgeinfer.core.options import GenerateOptions
+from edgeinfer.core.values import Sampling
 from edgeinfer.errors import Busy, EdgeInferError, InvalidRequest
 from edgeinfer.server.schemas import StrictModel
-from edgeinfer.service.generation import GenerateOptions
 
 log = logging.getLogger("edgeinfer.server")
 

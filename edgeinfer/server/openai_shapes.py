@@ -12,12 +12,11 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from edgeinfer.engine.base import TokenLogprob
+from edgeinfer.core.generation import Generation
+from edgeinfer.core.values import Delta, TokenLogprob
 from edgeinfer.errors import EdgeInferError
-from edgeinfer.pool.events import Delta
 from edgeinfer.prompt.tools import ToolCall, call_start, find_calls, parse_calls
 from edgeinfer.server.feed import sse
-from edgeinfer.service.pipeline import Generation
 
 log = logging.getLogger("edgeinfer.server")
 

@@ -25,10 +25,9 @@ from pydantic import (
     model_validator,
 )
 
-from edgeinfer.engine.base import Sampling
+from edgeinfer.core.options import GenerateOptions, ToolSpec
+from edgeinfer.core.values import Sampling
 from edgeinfer.errors import InvalidRequest
-from edgeinfer.prompt.tools import ToolSpec
-from edgeinfer.service.pipeline import GenerateOptions
 from edgeinfer.service.sampling import DEFAULTABLE
 
 _MAX_TOKENS_LIMIT = 1 << 20

@@ -13,10 +13,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
+from edgeinfer.core.generation import Generation
+from edgeinfer.core.values import Event, Failed, Finished, Usage
 from edgeinfer.errors import EdgeInferError
-from edgeinfer.pool.events import Event, Failed, Finished, Usage
-from edgeinfer.service.generation import Generation
 
 log = logging.getLogger("edgeinfer.service.continuation")
 
@@ -28,19 +29,21 @@ def continuing(
     restart: Restart,
     *,
     rounds: int,
-    on_finish: Callable[[str, Finished], None] | None = None,
     hold: AbstractContextManager[object] | None = None,
+    prompt: dict[str, Any] | None = None,
 ) -> Generation:
     """One answer made of ``first`` and up to ``rounds`` continuations, streamed as one.
 
-    ``hold`` is kept for the whole answer (the runner's hold, so a reload cannot retire it
-    between rounds); usage adds up the rounds' completion tokens over the first prompt. The
-    answer's deadline is the first round's: the request's timeout bounds all rounds together.
+    ``prompt`` is the prompt layer's report for the answer. ``hold`` is kept for the whole
+    answer (the runner's hold, so a reload cannot retire it between rounds); usage adds up the
+    rounds' completion tokens over the first prompt. The answer's deadline is the request's:
+    its timeout bounds all rounds together.
     Any failure, expected or not, reaches the reader as an error: a task that died silently
     would leave the client waiting.
     """
     queue: asyncio.Queue[Event] = asyncio.Queue()
     current = [first]
+    continued: list[dict[str, int]] = []  # the answer's report, filled as each round ends
 
     def cancel() -> None:
         current[0].cancel()
@@ -52,8 +55,9 @@ def continuing(
         queue,
         prompt_tokens=first.prompt_tokens,
         cancel=cancel,
-        on_finish=on_finish,
         deadline=first.deadline,
+        prompt=prompt,
+        continued=continued,
     )
     started = time.monotonic()
 
@@ -68,7 +72,7 @@ def continuing(
             done, completion = gen.result, completion + gen.result.usage.completion_tokens
             if n:
                 u = done.usage
-                out.continued.append(
+                continued.append(
                     {"cached_tokens": u.cached_tokens, "completion_tokens": u.completion_tokens}
                 )
             if done.reason != "length" or n == rounds:

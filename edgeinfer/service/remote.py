@@ -22,9 +22,11 @@ from typing import Any
 import httpx
 
 from edgeinfer.config.schema import RemoteSpec
+from edgeinfer.core.generation import Generation
+from edgeinfer.core.options import GenerateOptions
+from edgeinfer.core.tier import TierCard
+from edgeinfer.core.values import Delta, Event, Failed, Finished, FinishReason, Usage
 from edgeinfer.errors import EdgeInferError, InvalidRequest, RequestTimeout, UpstreamError
-from edgeinfer.pool.events import Delta, Event, Failed, Finished, FinishReason, Usage
-from edgeinfer.service.generation import GenerateOptions, Generation
 
 log = logging.getLogger("edgeinfer.service.remote")
 
@@ -111,16 +113,25 @@ class RemoteTier:
             "stream_options": {"include_usage": True},
         }
 
+    @property
+    def card(self) -> TierCard:
+        spec = self.spec
+        digest = f"remote:{spec.url}:{spec.model}"
+        return TierCard(
+            self.name, spec.quality, spec.cost_per_1k, frozenset(spec.tags), True, digest
+        )
+
+    def settle(self, options: GenerateOptions) -> GenerateOptions:
+        """Unchanged: a sampling field the request left out is the upstream's to default."""
+        return options
+
     async def answer(
-        self,
-        messages: Sequence[Mapping[str, Any]],
-        options: GenerateOptions,
-        *,
-        deadline: float | None = None,
-        on_finish: Callable[[str, Finished], None] | None = None,
+        self, messages: Sequence[Mapping[str, Any]], options: GenerateOptions
     ) -> Generation:
-        """The answer to a chat request, streamed from the endpoint; ``deadline`` (monotonic
-        seconds) is the request's timeout, which bounds the whole call."""
+        """The answer to a chat request, streamed from the endpoint; the request's deadline
+        (``options.deadline``) bounds the whole call, retries included."""
+        if options.tools is not None and options.tools.offered:
+            raise InvalidRequest(f"remote tier {self.name!r} gets no tools", param="tools")
         if options.logprobs is not None or options.response_format is not None:
             raise InvalidRequest(
                 f"model {self.name!r} is a remote tier: logprobs and response_format are"
@@ -128,19 +139,13 @@ class RemoteTier:
             )
         queue: asyncio.Queue[Event] = asyncio.Queue()
         body = self.body(messages, request_fields(options))
-        task = await self.start(body, queue.put_nowait, deadline=deadline)
+        task = await self.start(body, queue.put_nowait, deadline=options.deadline)
 
         def cancel() -> None:
             task.cancel()
 
         return Generation(
-            self.name,
-            None,
-            queue,
-            prompt_tokens=0,
-            cancel=cancel,
-            on_finish=on_finish,
-            deadline=deadline,
+            self.name, None, queue, prompt_tokens=0, cancel=cancel, deadline=options.deadline
         )
 
     async def start(

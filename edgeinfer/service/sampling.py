@@ -18,9 +18,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from edgeinfer.config.schema import ModelSpec
+from edgeinfer.core.options import GenerateOptions
 from edgeinfer.engine.gguf import read_metadata
 from edgeinfer.errors import EdgeInferError
-from edgeinfer.service.generation import GenerateOptions
 
 log = logging.getLogger("edgeinfer.service.sampling")
 

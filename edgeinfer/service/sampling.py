@@ -2,7 +2,7 @@
 
 In order: the request's own field; the model's ``[models.NAME.sampling]`` table; the GGUF's
 ``general.sampling.*`` metadata (llama.cpp's keys, written by some converters); the engine's
-neutral defaults (:class:`~edgeinfer.engine.base.Sampling`: temperature 1, no truncation).
+neutral defaults (:class:`~edgeinfer.core.values.Sampling`: temperature 1, no truncation).
 
 They are applied once the serving model is known (``InferenceService._local``), *before* the
 cache lookup, so the cache key holds the effective settings and the cache's deterministic test

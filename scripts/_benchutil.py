@@ -1,5 +1,5 @@
-"""Helpers for scripts/bench_engine.py: deterministic workload text, server processes, replies,
-tables. Nothing here measures anything by itself."""
+"""Helpers for the scripts: deterministic workload text, the model under test, server and daemon
+processes, replies, tables. Nothing here measures anything by itself."""
 
 from __future__ import annotations
 
@@ -7,16 +7,27 @@ import importlib
 import json
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
+
+from edgeinfer.bootstrap import load, real_quantizer
+from edgeinfer.config.load import bundled_catalogue_path, load_catalogue
+from edgeinfer.config.schema import ModelSpec
+from edgeinfer.engine.base import EngineParams
+from edgeinfer.models.store import ModelStore
+from edgeinfer.paths import Paths, resolve
 from edgeinfer.pool import slots
 from edgeinfer.server import daemon
 
@@ -415,3 +426,93 @@ def verdict(value: float | None, op: str, target: float, unit: str = "x") -> str
 
 def ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
+
+
+# -- the model under test ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    paths: Paths
+    spec: ModelSpec
+    gguf: Path
+    bundled: bool  # the model is in the bundled catalogue (else the user's file defines it)
+
+
+def resolve_target(model: str) -> Target:
+    """A catalogue model's spec and file, pulled on first use like the daemon does."""
+    with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR, unused here
+        warnings.simplefilter("ignore")
+        paths = resolve()
+    catalogue = load(paths)
+    spec = catalogue.get(model)
+    if spec is None:
+        raise BenchError(
+            f"unknown model {model!r}; the catalogue has: {', '.join(catalogue.models)}"
+        )
+    bundled = model in load_catalogue([bundled_catalogue_path()]).models
+    note(f"model {model}: resolving in {paths.models_dir} (pulled on first use)")
+    gguf = ModelStore(paths.models_dir, catalogue, quantizer=real_quantizer()).ensure(model)
+    return Target(paths, spec, gguf, bundled)
+
+
+def extra_buffers(target: Target, threads: int) -> bool:
+    """The daemon's extra-buffer verdict for this model (its probe, its cache file), so every
+    side runs the same llama.cpp kernels and none crashes where they do."""
+    from edgeinfer.bootstrap import extra_buffer_verdicts
+    from edgeinfer.engine.llama import Loader
+
+    params = EngineParams(
+        threads=threads,
+        gpu_layers=target.spec.gpu_layers,
+        extra_buffers=target.spec.extra_buffers,
+        name=target.spec.name,
+    )
+    return Loader(extra_buffer_verdicts(target.paths)).extra_buffers(target.gguf, params)
+
+
+# -- a daemon on a temporary socket -----------------------------------------------------------
+
+
+@contextmanager
+def edgeinfer_daemon(
+    models: str, models_dir: Path, config: str = "", *, timeout: float = 600
+) -> Iterator[tuple[httpx.Client, ServerProcess]]:
+    """A fresh daemon serving ``models`` on a temporary socket, with ``config`` (TOML) as its
+    models.toml when given; its own home, so no cache or state carries over."""
+    root = Path(tempfile.mkdtemp(prefix="eir-", dir="/tmp"))
+    if config:
+        (root / "home" / "config").mkdir(parents=True)
+        (root / "home" / "config" / "models.toml").write_text(config)
+    sock = root / "ei.sock"
+    env = {
+        **os.environ,
+        "EDGEINFER_HOME": str(root / "home"),
+        "EDGEINFER_MODELS_DIR": str(models_dir),
+    }
+    env.pop("EDGEINFER_SOCKET", None)
+    argv = [sys.executable, "-m", "edgeinfer", "serve", "--models", models, "--socket", str(sock)]
+    proc = ServerProcess(argv, env, root / "daemon.log", lambda: _ready(sock, models.split(",")))
+    try:
+        proc.start(timeout=1800)  # first use pulls the models from PyPI
+        with httpx.Client(
+            transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://ei", timeout=timeout
+        ) as client:
+            yield client, proc
+    finally:
+        proc.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _ready(sock: Path, models: list[str]) -> bool:
+    if not (sock.exists() and unix_accepts(sock)):
+        return False
+    try:
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), timeout=5) as c:
+            status = c.get("http://ei/health").json()["models"]
+    except (httpx.TransportError, KeyError, ValueError):
+        return False
+    for name in models:
+        if status.get(name, {}).get("status") in ("error", "unavailable"):
+            raise BenchError(f"model {name} failed: {status[name].get('reason')}")
+    return all(status.get(name, {}).get("status") == "ready" for name in models)

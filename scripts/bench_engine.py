@@ -63,7 +63,6 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
@@ -76,8 +75,10 @@ from _benchutil import (
     CpuWatch,
     Reply,
     ServerProcess,
+    Target,
     chatml,
     common_prefix,
+    extra_buffers,
     fmt,
     free_port,
     machine_share,
@@ -88,6 +89,7 @@ from _benchutil import (
     quiet_stderr,
     ratio,
     reply_from_openai,
+    resolve_target,
     rss_mib,
     text_of_tokens,
     toml_table,
@@ -96,13 +98,6 @@ from _benchutil import (
     unix_accepts,
     verdict,
 )
-
-from edgeinfer.bootstrap import load, real_quantizer
-from edgeinfer.config.load import bundled_catalogue_path, load_catalogue
-from edgeinfer.config.schema import ModelSpec
-from edgeinfer.engine.base import EngineParams
-from edgeinfer.models.store import ModelStore
-from edgeinfer.paths import Paths, resolve
 
 SECTIONS = {"a": "throughput", "b": "prefix", "c": "interleaved", "d": "restart", "e": "crash"}
 SIDES = ("baseline", "edgeinfer", "in-process", "llama-server")
@@ -146,14 +141,6 @@ class Config:
 
     def wants(self, name: str) -> bool:
         return name not in self.skip
-
-
-@dataclass(frozen=True)
-class Target:
-    paths: Paths
-    spec: ModelSpec
-    gguf: Path
-    bundled: bool  # the model is in the bundled catalogue (else the user's file defines it)
 
 
 @dataclass(frozen=True)
@@ -560,27 +547,12 @@ async def measure(
 # -- running each side ----------------------------------------------------------------------------
 
 
-def extra_buffers(cfg: Config, target: Target) -> bool:
-    """The daemon's extra-buffer verdict for this model (its probe, its cache file), so every
-    side runs the same llama.cpp kernels and none crashes where they do."""
-    from edgeinfer.bootstrap import extra_buffer_verdicts
-    from edgeinfer.engine.llama import Loader
-
-    params = EngineParams(
-        threads=cfg.n_threads,
-        gpu_layers=target.spec.gpu_layers,
-        extra_buffers=target.spec.extra_buffers,
-        name=target.spec.name,
-    )
-    return Loader(extra_buffer_verdicts(target.paths)).extra_buffers(target.gguf, params)
-
-
 def run_baseline(cfg: Config, target: Target, wl: Workload) -> dict[str, Any]:
     from llama_cpp import Llama
 
     from edgeinfer.engine.llama import llama_defaults
 
-    extra = extra_buffers(cfg, target)
+    extra = extra_buffers(target, cfg.n_threads)
 
     def load() -> Any:
         with llama_defaults(extra_buffers=extra):
@@ -708,7 +680,7 @@ def run_llama_server(cfg: Config, target: Target, wl: Workload) -> dict[str, Any
     argv = [str(cfg.llama_server), "-m", str(target.gguf), "-np", str(cfg.slots)]
     argv += ["-c", str(target.spec.n_ctx * cfg.slots), "--host", "127.0.0.1", "--port", str(port)]
     argv += ["-t", str(cfg.n_threads), "-tb", str(cfg.n_threads), "-ngl", str(layers)]
-    if not extra_buffers(cfg, target):
+    if not extra_buffers(target, cfg.n_threads):
         argv += ["--no-repack"]
     base = f"http://127.0.0.1:{port}"
     proc = ServerProcess(argv, dict(os.environ), root / "llama-server.log", lambda: _up(base))
@@ -1182,22 +1154,6 @@ def _positive_ints(text: str) -> list[int] | None:
     if not items or not all(c.isdigit() and int(c) > 0 for c in items):
         return None
     return list(dict.fromkeys(int(c) for c in items))
-
-
-def resolve_target(model: str) -> Target:
-    with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR, unused here
-        warnings.simplefilter("ignore")
-        paths = resolve()
-    catalogue = load(paths)
-    spec = catalogue.get(model)
-    if spec is None:
-        raise BenchError(
-            f"unknown model {model!r}; the catalogue has: {', '.join(catalogue.models)}"
-        )
-    bundled = model in load_catalogue([bundled_catalogue_path()]).models
-    note(f"model {model}: resolving in {paths.models_dir} (pulled on first use)")
-    gguf = ModelStore(paths.models_dir, catalogue, quantizer=real_quantizer()).ensure(model)
-    return Target(paths, spec, gguf, bundled)
 
 
 def token_counter(gguf: Path) -> Callable[[str], int]:

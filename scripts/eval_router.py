@@ -22,12 +22,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -42,7 +39,7 @@ import httpx
 from edgeinfer import paths
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _benchutil import BenchError, ServerProcess, note, print_table, unix_accepts  # noqa: E402
+from _benchutil import BenchError, edgeinfer_daemon, note, print_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -88,45 +85,11 @@ def load_items(path: Path, limit: int | None) -> list[Item]:
 
 @contextmanager
 def daemon(models: str, models_dir: Path, router: Sequence[str] = ()) -> Iterator[httpx.Client]:
-    """A fresh daemon serving ``models`` on a temporary socket; ``router`` holds ``KEY=VALUE``
-    lines (TOML values) for its ``[router]`` table."""
-    root = Path(tempfile.mkdtemp(prefix="eir-", dir="/tmp"))
-    if router:
-        config = root / "home" / "config"
-        config.mkdir(parents=True)
-        (config / "models.toml").write_text("[router]\n" + "\n".join(router) + "\n")
-    sock = root / "ei.sock"
-    env = {
-        **os.environ,
-        "EDGEINFER_HOME": str(root / "home"),
-        "EDGEINFER_MODELS_DIR": str(models_dir),
-    }
-    env.pop("EDGEINFER_SOCKET", None)
-    argv = [sys.executable, "-m", "edgeinfer", "serve", "--models", models, "--socket", str(sock)]
-    proc = ServerProcess(argv, env, root / "daemon.log", lambda: _ready(sock, models.split(",")))
-    try:
-        proc.start(timeout=1800)  # first use pulls the models from PyPI
-        with httpx.Client(
-            transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://ei", timeout=600
-        ) as client:
-            yield client
-    finally:
-        proc.stop()
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def _ready(sock: Path, models: list[str]) -> bool:
-    if not (sock.exists() and unix_accepts(sock)):
-        return False
-    try:
-        with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), timeout=5) as c:
-            status = c.get("http://ei/health").json()["models"]
-    except (httpx.TransportError, KeyError, ValueError):
-        return False
-    for name in models:
-        if status.get(name, {}).get("status") in ("error", "unavailable"):
-            raise BenchError(f"model {name} failed: {status[name].get('reason')}")
-    return all(status.get(name, {}).get("status") == "ready" for name in models)
+    """A fresh daemon serving ``models``; ``router`` holds ``KEY=VALUE`` lines (TOML values)
+    for its ``[router]`` table."""
+    config = "[router]\n" + "\n".join(router) + "\n" if router else ""
+    with edgeinfer_daemon(models, models_dir, config, timeout=600) as (client, _):
+        yield client
 
 
 def ask(client: httpx.Client, phase: Phase, item: Item, max_tokens: int, logprobs: bool) -> None:
@@ -269,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--data", type=Path, default=ROOT / "tests/data/router_eval.jsonl")
+    parser.add_argument("--data", type=Path, default=ROOT / "tests/data/router/test.jsonl")
     parser.add_argument("--tiers", default="tiny,small,large", help="tiers, cheapest first")
     parser.add_argument("--phases", default="tiers,router,cascade")
     parser.add_argument("--max-tokens", type=int, default=64)

@@ -258,7 +258,7 @@ class RouterSettings(_Strict):
     )
     default_route: Literal["cheapest", "cascade", "best"] = "cascade"
     auto_when_omitted: bool = Field(default=False, description="a request without model → auto")
-    # Calibrated on tests/data/router_train_outcomes.jsonl (5-fold cross-validation): the
+    # Calibrated on tests/data/router/train_outcomes.jsonl (5-fold cross-validation): the
     # cascade keeps ~96% of large-only accuracy at ~73% of its compute time.
     margin: float = Field(default=0.2, ge=0.0, le=1.0, description="cheapest-within-margin")
     confidence_threshold: float = Field(default=0.5, ge=0.0, le=1.0)

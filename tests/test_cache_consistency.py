@@ -16,9 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edgeinfer.bootstrap import open_cache_store
+from edgeinfer.cache.connection import connect
 from edgeinfer.cache.entry import CacheEntry, CacheHit
 from edgeinfer.cache.layer import CacheRequest, ResponseCache
-from edgeinfer.cache.store import CacheStore, connect
+from edgeinfer.cache.store import CacheStore
 from edgeinfer.cache.tally import count_entries, read_tally
 from edgeinfer.cache.writer import clear_entries, entry_bytes, serialise
 from edgeinfer.config.schema import CacheSettings

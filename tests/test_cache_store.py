@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from edgeinfer.cache.connection import connect, sqlite_driver
 from edgeinfer.cache.entry import CacheEntry
 from edgeinfer.cache.key import exact_key
-from edgeinfer.cache.store import CacheStore, connect, default_path, sqlite_driver
+from edgeinfer.cache.store import CacheStore, default_path
 from edgeinfer.cache.writer import entry_bytes
 from edgeinfer.embed.fake import FakeEmbedder
 from edgeinfer.errors import CacheError

@@ -36,15 +36,9 @@ from edgeinfer.cache import migrations, transfer
 from edgeinfer.cache.connection import Readers, connect, damaged, sqlite_driver
 from edgeinfer.cache.entry import CacheEntry, CacheHit, GuardRejection
 from edgeinfer.cache.guard import guard, reason_kind
+from edgeinfer.cache.rows import CLEARED, clear_entries, delete_entries, namespace_id
 from edgeinfer.cache.tally import read_tally
-from edgeinfer.cache.writer import (
-    CLEARED,
-    QueuedPut,
-    Writer,
-    clear_entries,
-    delete_entries,
-    namespace_id,
-)
+from edgeinfer.cache.writer import QueuedPut, Writer
 from edgeinfer.errors import CacheError
 from edgeinfer.paths import Paths, ensure_private_sqlite
 

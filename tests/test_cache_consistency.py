@@ -16,11 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edgeinfer.bootstrap import open_cache_store
+from edgeinfer.cache.connection import connect
 from edgeinfer.cache.entry import CacheEntry, CacheHit
 from edgeinfer.cache.layer import CacheRequest, ResponseCache
-from edgeinfer.cache.store import CacheStore, connect
+from edgeinfer.cache.rows import clear_entries, entry_bytes, serialise
+from edgeinfer.cache.store import CacheStore
 from edgeinfer.cache.tally import count_entries, read_tally
-from edgeinfer.cache.writer import clear_entries, entry_bytes, serialise
 from edgeinfer.config.schema import CacheSettings
 from edgeinfer.core.embedding import MINILM_DIM, MINILM_NAME
 from edgeinfer.embed.fake import FakeEmbedder

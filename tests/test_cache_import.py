@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 
 from edgeinfer.cache import transfer
+from edgeinfer.cache.connection import connect
 from edgeinfer.cache.key import exact_key
-from edgeinfer.cache.store import CacheStore, connect
+from edgeinfer.cache.store import CacheStore
 from edgeinfer.embed.fake import FakeEmbedder
 from edgeinfer.errors import CacheError
 from tests.cache_fixtures import (

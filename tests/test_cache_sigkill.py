@@ -8,7 +8,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-from edgeinfer.cache.store import CacheStore, connect
+from edgeinfer.cache.connection import connect
+from edgeinfer.cache.store import CacheStore
 from edgeinfer.embed.fake import FakeEmbedder
 
 CHILD = textwrap.dedent(

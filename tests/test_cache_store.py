@@ -15,10 +15,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from edgeinfer.cache.connection import connect, sqlite_driver
 from edgeinfer.cache.entry import CacheEntry
 from edgeinfer.cache.key import exact_key
-from edgeinfer.cache.store import CacheStore, connect, default_path, sqlite_driver
-from edgeinfer.cache.writer import entry_bytes
+from edgeinfer.cache.rows import entry_bytes
+from edgeinfer.cache.store import CacheStore, default_path
 from edgeinfer.embed.fake import FakeEmbedder
 from edgeinfer.errors import CacheError
 from edgeinfer.paths import resolve

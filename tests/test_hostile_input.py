@@ -22,7 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
-from edgeinfer.cache.store import CacheStore, connect
+from edgeinfer.cache.connection import connect
+from edgeinfer.cache.store import CacheStore
 from edgeinfer.embed.fake import FakeEmbedder
 from edgeinfer.prompt.compress import compress_messages, compress_text, normalize_whitespace
 from edgeinfer.prompt.compress import paragraphs as split_paragraphs

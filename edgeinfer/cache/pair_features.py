@@ -3,9 +3,9 @@
 Near-misses are mostly one-slot edits of a question ("in Rust" / "in Go", "list than tuple" /
 "tuple than list"); paraphrases reword it. So beside the two sentences' cosine, the features
 describe the words the two questions do NOT share: how many there are, how well each is matched
-by a word of the other question in context (MiniLM's token states, :class:`~edgeinfer.core.embedding.
-Words`), whether they are numbers or names, whether shared words come in another order, and which
-of the guard's rules fire. Pure and symmetric in the two questions.
+by a word of the other question in context (MiniLM's token states,
+:class:`~edgeinfer.core.embedding.Words`), whether they are numbers or names, whether shared
+words come in another order, and which of the guard's rules fire. Pure and symmetric in the two questions.
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 
 The service asks :meth:`CacheStore.lookup_exact` and then :meth:`CacheStore.lookup_semantic`
 before generating, and :meth:`CacheStore.put` after. Lookups are blocking reads on a connection
-per calling thread, so the service runs them in a worker thread (``asyncio.to_thread``), never on
-the event loop; WAL lets them run while the writer commits. Writes go to the single writer
-thread (writer.py) through a bounded queue and never block the caller.
+per calling thread (connection.py), so the service runs them in a worker thread
+(``asyncio.to_thread``), never on the event loop; WAL lets them run while the writer commits.
+Writes go to the single writer thread (writer.py) through a bounded queue and never block the
+caller.
 
 Durability: every write is a committed transaction in WAL mode (``synchronous=NORMAL``), so a
 process killed at any point, SIGKILL included, leaves a valid database holding every transaction
@@ -26,25 +27,18 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
-import sqlite_vec
 from numpy.typing import NDArray
 
 from edgeinfer.cache import migrations, transfer
+from edgeinfer.cache.connection import Readers, connect, damaged, sqlite_driver
 from edgeinfer.cache.entry import CacheEntry, CacheHit, GuardRejection
 from edgeinfer.cache.guard import guard, reason_kind
+from edgeinfer.cache.rows import CLEARED, clear_entries, delete_entries, namespace_id
 from edgeinfer.cache.tally import read_tally
-from edgeinfer.cache.writer import (
-    CLEARED,
-    QueuedPut,
-    Writer,
-    clear_entries,
-    delete_entries,
-    namespace_id,
-)
+from edgeinfer.cache.writer import QueuedPut, Writer
 from edgeinfer.errors import CacheError
 from edgeinfer.paths import Paths, ensure_private_sqlite
 
@@ -53,7 +47,6 @@ Verify = Callable[[str, str, float], str | None]
 """(stored question, incoming question, cosine) -> why not to serve, or None (verifier.py)."""
 CANDIDATES = 16
 """Vectors the Hamming KNN hands to the exact-cosine ranking."""
-READER_MMAP_BYTES = 1 << 30
 GUARDED = 8
 """Candidates above the threshold the guard is asked about before the lookup gives up."""
 
@@ -61,34 +54,6 @@ GUARDED = 8
 def default_path(paths: Paths) -> Path:
     """Where the daemon keeps its cache: ``<cache dir>/cache.sqlite3``."""
     return paths.cache_dir / "cache.sqlite3"
-
-
-def sqlite_driver() -> ModuleType:
-    """The SQLite module: the standard library when it can load extensions, else sqlean.py.
-
-    Many Pythons (this project's CI, most macOS builds) compile ``sqlite3`` without
-    ``enable_load_extension``; sqlean.py is a drop-in module with its own SQLite that can.
-    """
-    if hasattr(sqlite3.Connection, "enable_load_extension"):
-        return sqlite3
-    import sqlean
-
-    return sqlean  # type: ignore[no-any-return]
-
-
-def connect(path: Path, driver: ModuleType | None = None) -> sqlite3.Connection:
-    """A connection with sqlite-vec loaded, autocommit (transactions are explicit), WAL."""
-    module = driver or sqlite_driver()
-    conn: sqlite3.Connection = module.connect(
-        str(path), timeout=10.0, isolation_level=None, check_same_thread=False
-    )
-    conn.enable_load_extension(True)
-    sqlite_vec.load(conn)
-    conn.enable_load_extension(False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA foreign_keys=ON")
-    return conn
 
 
 class CacheStore:
@@ -135,8 +100,7 @@ class CacheStore:
             queue_size=queue_size,
             purge_every_s=purge_every_s,
         )
-        self._local = threading.local()
-        self._readers: list[sqlite3.Connection] = []
+        self._readers = Readers(lambda: connect(self.path, self._driver))
         self._lock = threading.Lock()
         self._rejections: Counter[str] = Counter()
         self._started = False
@@ -150,7 +114,7 @@ class CacheStore:
             try:
                 self._open()
             except self._driver.DatabaseError as exc:
-                if not _damaged(exc):
+                if not damaged(exc):
                     raise
                 aside = self._set_aside()
                 log.warning("cache database %s is damaged (%s); moved to %s", self.path, exc, aside)
@@ -181,11 +145,7 @@ class CacheStore:
         """Commit what is queued, stop the writer, close every connection."""
         self._writer.stop(timeout)
         self._started = False
-        with self._lock:
-            readers, self._readers = self._readers, []
-        for conn in readers:
-            conn.close()
-        self._local = threading.local()
+        self._readers.close()
 
     def _check_vectors(self, conn: sqlite3.Connection) -> None:
         """Drop the vectors when the embedder changed: they would never match a new query."""
@@ -299,17 +259,11 @@ class CacheStore:
 
     def _reader(self) -> sqlite3.Connection:
         """This thread's read connection (SQLite connections must not be shared)."""
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        conn = self._readers.mine()
         if conn is None:
             if not self._started:
                 raise CacheError("the cache store is not started")
-            conn = connect(self.path, self._driver)
-            conn.execute("PRAGMA query_only=ON")
-            # the KNN reads every sign-bit chunk per query: map the file instead of copying pages
-            conn.execute(f"PRAGMA mmap_size={READER_MMAP_BYTES}")
-            self._local.conn = conn
-            with self._lock:
-                self._readers.append(conn)
+            conn = self._readers.open()
         return conn
 
     # -- writes ----------------------------------------------------------------------------
@@ -405,12 +359,6 @@ class CacheStore:
 
 def _rules_only(stored: str, incoming: str, similarity: float) -> str | None:
     return guard(stored, incoming)
-
-
-def _damaged(exc: BaseException) -> bool:
-    """SQLITE_CORRUPT or SQLITE_NOTADB: the file is not, or no longer, a database."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    return isinstance(code, int) and (code & 0xFF) in (11, 26)
 
 
 def _json(text: str) -> dict[str, Any]:

@@ -31,7 +31,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edgeinfer.cache.entry import CacheEntry
-from edgeinfer.cache.writer import entry_bytes, serialise
+from edgeinfer.cache.rows import entry_bytes, serialise
 from edgeinfer.errors import CacheError
 
 FORMAT = "edgeinfer-cache"

@@ -15,15 +15,13 @@ both, as another process (``edgeinfer cache import``) may have grown the table.
 
 Read-your-writes: until the thread commits a put, :meth:`Writer.queued` hands it to exact lookups,
 so a client repeating a request at once still hits. Once committed, only the database answers,
-so a clear or the TTL is never bypassed. A clear from any connection (:func:`clear_entries`)
+so a clear or the TTL is never bypassed. A clear from any connection (rows.py ``clear_entries``)
 bumps a counter in ``meta``; a put queued before the thread saw that counter change is neither
 served nor committed (it counts as dropped), as its answer predates the clear.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import queue
 import sqlite3
@@ -34,21 +32,16 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import numpy as np
-
 from edgeinfer.cache.entry import CacheEntry
-from edgeinfer.cache.migrations import get_meta, set_meta
+from edgeinfer.cache.migrations import get_meta
+from edgeinfer.cache.rows import CLEARED, delete_entries, insert_row, insert_vector, serialise
 from edgeinfer.cache.tally import stored_bytes
 from edgeinfer.errors import CacheError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-ENTRY_OVERHEAD = 96
-"""Bytes counted per entry on top of its text and vector (row and index overhead, roughly)."""
 IDLE_S = 5.0
 """Longest an idle writer waits before it checks the TTL and the byte cap."""
-CLEARED = "cleared"
-"""The ``meta`` key :func:`clear_entries` bumps: how many clears the database has seen."""
 
 
 @dataclass(frozen=True)
@@ -90,32 +83,6 @@ class _Stop:
 
 
 _Op = QueuedPut | _Touch | _Call | _Barrier | _Stop
-
-
-def namespace_id(namespace: str) -> int:
-    """The namespace as a signed 64-bit integer for the vec0 metadata column.
-
-    A collision would only put two namespaces' vectors in one KNN pass; lookups still check the
-    namespace text of every candidate.
-    """
-    return int.from_bytes(hashlib.sha256(namespace.encode()).digest()[:8], "big", signed=True)
-
-
-def serialise(entry: CacheEntry) -> str:
-    """The response body as stored; :class:`CacheError` when it is not JSON."""
-    try:
-        return json.dumps(entry.response, separators=(",", ":"), ensure_ascii=False)
-    except (TypeError, ValueError) as exc:
-        raise CacheError(f"a cache entry's response is not JSON: {exc}") from exc
-
-
-def entry_bytes(entry: CacheEntry, response: str) -> int:
-    """What an entry counts against the byte cap."""
-    size = len(response.encode()) + len(entry.exact_key) + len(entry.namespace) + ENTRY_OVERHEAD
-    size += len((entry.question or "").encode())
-    if entry.embedding is not None:
-        size += entry.embedding.size * 4 + entry.embedding.size // 8
-    return size
 
 
 class Writer:
@@ -339,27 +306,11 @@ class Writer:
     def _insert(
         self, conn: sqlite3.Connection, entry: CacheEntry, response: str, now: float
     ) -> bool:
-        size = entry_bytes(entry, response)
-        created = entry.created if entry.created is not None else now
-        cur = conn.execute(
-            "INSERT INTO entries (exact_key, namespace, model, model_digest, question, response,"
-            " prompt_tokens, completion_tokens, generation_s, created, last_hit, hits, bytes)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(exact_key) DO NOTHING",
-            (entry.exact_key, entry.namespace, entry.model, entry.model_digest, entry.question,
-             response, entry.prompt_tokens, entry.completion_tokens, entry.generation_s, created,
-             entry.last_hit if entry.last_hit is not None else created, entry.hits, size),
-        )  # fmt: skip
-        if cur.rowcount != 1:
+        entry_id = insert_row(conn, entry, response, now)
+        if entry_id is None:
             return False  # already cached: the first answer stays, with its hit history
         self.counters["written"] += 1
-        if entry.embedding is not None and entry.question is not None:
-            vector = np.ascontiguousarray(entry.embedding, dtype=np.float32)
-            conn.execute(
-                "INSERT INTO entry_vectors (entry_id, coarse, ns, embedding)"
-                " VALUES (?, vec_bit(?), ?, ?)",
-                (cur.lastrowid, np.packbits(vector > 0).tobytes(), namespace_id(entry.namespace),
-                 vector.tobytes()),
-            )  # fmt: skip
+        insert_vector(conn, entry_id, entry)
         return True
 
     def _evict(self, conn: sqlite3.Connection, now: float) -> None:
@@ -382,23 +333,3 @@ class Writer:
             if not victims:
                 break  # nothing left to evict
             self.counters["evicted"] += delete_entries(conn, victims)
-
-
-def delete_entries(conn: sqlite3.Connection, ids: list[int]) -> int:
-    """Delete entries and their vectors (inside the caller's transaction); how many."""
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        conn.execute(f"DELETE FROM entries WHERE id IN ({','.join('?' * len(chunk))})", chunk)
-    # vec0 deletes by its primary key one row at a time (an IN list would scan the table)
-    conn.executemany("DELETE FROM entry_vectors WHERE entry_id = ?", [(i,) for i in ids])
-    return len(ids)
-
-
-def clear_entries(conn: sqlite3.Connection) -> int:
-    """Delete every entry (inside the caller's transaction) and bump the clear counter, so no
-    writer commits, nor serves, a put queued before it (see the module docstring); how many."""
-    count = int(conn.execute("SELECT count(*) FROM entries").fetchone()[0])
-    conn.execute("DELETE FROM entries")
-    conn.execute("DELETE FROM entry_vectors")
-    set_meta(conn, CLEARED, str(int(get_meta(conn, CLEARED) or 0) + 1))
-    return count

@@ -2,8 +2,8 @@
 
 Input: the cheap features plus the request's sentence embedding (the cache's ONNX MiniLM).
 Trained from labelled outcomes (prompt, tier, correct) by ``edgeinfer router train``; the
-bundled weights come from ``tests/data/router/train.jsonl`` (its outcomes file). Plain numpy: a few hundred
-examples and a few hundred features need no framework.
+bundled weights come from ``tests/data/router/train_outcomes.jsonl``. Plain numpy: a few
+hundred examples and a few hundred features need no framework.
 """
 
 from __future__ import annotations

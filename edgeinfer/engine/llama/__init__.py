@@ -1,10 +1,15 @@
 """The llama.cpp engine, on llama-cpp-python's low-level C bindings.
 
-This is the only module that imports ``llama_cpp``. It uses one context with ``slots`` sequences
-(``n_seq_max``) so the runner can put one token of every generating request, plus prompt chunks,
-into a single ``llama_decode`` call. Everything here runs on the model's runner thread, except
-that CPU models hand their ``llama_decode`` to one shared compute thread (see
-:func:`_cpu_compute`).
+This package is the only place that imports ``llama_cpp``. :class:`LlamaEngine` uses one context
+with ``slots`` sequences (``n_seq_max``) so the runner can put one token of every generating
+request, plus prompt chunks, into a single ``llama_decode`` call. Everything here runs on the
+model's runner thread, except that CPU models hand their ``llama_decode`` to one shared compute
+thread (see :func:`~edgeinfer.engine.llama.backend.cpu_compute`).
+
+Here: the engine, the :class:`Loader` that decides how each model loads, and the tools beside
+them (``quantize``, ``llama_defaults``, ``system_info``). Beside it: ``backend`` (process-wide
+llama.cpp state), ``vocab`` (tokenizer calls and the vocab-only load), ``sampler`` (sampler
+chains) and ``__main__`` (the extra-buffer probe child).
 """
 
 from __future__ import annotations
@@ -12,29 +17,24 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
-import faulthandler
-import json
-import logging
 import math
 import os
 import sys
 import threading
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import llama_cpp.llama_cpp as C
-import llama_cpp.llama_grammar as llama_grammar
 import numpy as np
 
 from edgeinfer.core.values import Sampling, TokenLogprob
-from edgeinfer.engine.base import BatchItem, EngineInfo, EngineParams
+from edgeinfer.engine.base import BatchItem, EngineParams
 from edgeinfer.engine.extra_buffers import ExtraBuffers, VerdictStore, files_digest
-from edgeinfer.engine.grammar_limits import check_grammar, check_schema
-from edgeinfer.errors import ContextLengthExceeded, EngineError, InvalidRequest, ModelUnavailable
-
-log = logging.getLogger("edgeinfer.llama")
+from edgeinfer.engine.llama.backend import cpu_compute, init_backend, physical_cores
+from edgeinfer.engine.llama.sampler import Sampler, build_sampler
+from edgeinfer.engine.llama.vocab import LlamaVocab, VocabCalls
+from edgeinfer.errors import ContextLengthExceeded, EngineError, ModelUnavailable
 
 _FTYPES = {
     "Q4_0": C.LLAMA_FTYPE_MOSTLY_Q4_0,
@@ -46,161 +46,10 @@ _FTYPES = {
     "Q5_K_M": C.LLAMA_FTYPE_MOSTLY_Q5_K_M,
     "Q6_K": C.LLAMA_FTYPE_MOSTLY_Q6_K,
 }
-# ggml_log_level: NONE=0, DEBUG=1, INFO=2, WARN=3, ERROR=4, CONT=5
 _KV_TYPES = {"f16": C.GGML_TYPE_F16, "q8_0": C.GGML_TYPE_Q8_0}
-_GGML_LEVELS = {3: logging.WARNING, 4: logging.ERROR}
-_init_lock = threading.Lock()
-_initialised = False
-_compute: ThreadPoolExecutor | None = None
 
 
-def _cpu_compute() -> ThreadPoolExecutor:
-    """The one thread that runs every CPU model's ``llama_decode`` in this process.
-
-    ggml's CPU backend computes a graph with an OpenMP team, and libgomp keeps one team per
-    calling thread. The daemon runs each model in a runner process of its own (one team each,
-    ``pool/process.py`` tunes how long an idle team spins); this keeps one team per process
-    where several engines share one (tests, benchmarks, in-process runners): with one team per
-    runner thread there were more workers than cores, libgomp throttled their spin-wait, and
-    a daemon moving requests between tiny, small and large took 1.32x its single-model time.
-    GPU-offloaded models keep decoding on their own runner thread, so several models can keep
-    a GPU busy together.
-    """
-    global _compute
-    with _init_lock:
-        if _compute is None:
-            _compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ggml-cpu")
-        return _compute
-
-
-@C.llama_log_callback  # type: ignore[untyped-decorator]
-def _log_callback(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
-    # llama.cpp logs chattily at INFO on every load; keep warnings and errors, drop the rest.
-    if level in _GGML_LEVELS:
-        log.log(_GGML_LEVELS[level], text.decode("utf-8", "replace").rstrip())
-
-
-def _init_backend() -> None:
-    global _initialised
-    with _init_lock:
-        if not _initialised:
-            C.llama_log_set(_log_callback, ctypes.c_void_p(0))
-            C.llama_backend_init()
-            _initialised = True
-
-
-def _physical_cores() -> int:
-    return max(1, (os.cpu_count() or 2) // (2 if (os.cpu_count() or 1) > 4 else 1))
-
-
-def _meta(model: Any, key: str) -> str | None:
-    buf = ctypes.create_string_buffer(1 << 16)
-    n = C.llama_model_meta_val_str(model, key.encode(), buf, len(buf))
-    return buf.value.decode("utf-8", "replace") if n >= 0 else None
-
-
-class _Sampler:
-    """A llama.cpp sampler chain, freed by :meth:`LlamaEngine.free_sampler`; ``None`` for plain
-    greedy decoding, which :meth:`LlamaEngine.sample` does as an argmax over the logits."""
-
-    def __init__(self, chain: Any) -> None:
-        self.chain = chain
-
-
-class _VocabCalls:
-    """Tokenizer calls over a loaded model's vocabulary (``_vocab``), shared by the full
-    engine and the daemon's vocab-only load."""
-
-    _vocab: Any
-    _pieces: dict[int, bytes]
-
-    _model: Any
-
-    def _info(self, size_bytes: int, **more: Any) -> EngineInfo:
-        """What the rest of the system needs to know of this model (``more``: what only a
-        loaded context can tell)."""
-        return EngineInfo(
-            n_ctx_train=C.llama_model_n_ctx_train(self._model),
-            n_vocab=C.llama_vocab_n_tokens(self._vocab),
-            chat_template=_meta(self._model, "tokenizer.chat_template"),
-            bos_text=self._text(C.llama_vocab_bos(self._vocab)),
-            eos_text=self._text(C.llama_vocab_eos(self._vocab)),
-            size_bytes=size_bytes,
-            **more,
-        )
-
-    def _text(self, token: int) -> str:
-        if token < 0:
-            return ""
-        raw = C.llama_vocab_get_text(self._vocab, token)
-        return raw.decode("utf-8", "replace") if raw else ""
-
-    def tokenize(self, text: str, *, add_special: bool, parse_special: bool = True) -> list[int]:
-        data = text.encode("utf-8")
-        cap = len(data) + 8
-        buf = (C.llama_token * cap)()
-        n = C.llama_tokenize(self._vocab, data, len(data), buf, cap, add_special, parse_special)
-        if n < 0:
-            cap = -n
-            buf = (C.llama_token * cap)()
-            n = C.llama_tokenize(self._vocab, data, len(data), buf, cap, add_special, parse_special)
-        if n < 0:
-            raise EngineError(f"tokenizer failed with code {n}")
-        return list(buf[:n])
-
-    def token_to_piece(self, token: int) -> bytes:
-        piece = self._pieces.get(token)
-        if piece is None:
-            buf = ctypes.create_string_buffer(256)
-            n = C.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
-            piece = buf.raw[: max(n, 0)]
-            self._pieces[token] = piece
-        return piece
-
-    def is_eog(self, token: int) -> bool:
-        return bool(C.llama_vocab_is_eog(self._vocab, token))
-
-    def grammar_for(self, kind: str, schema: str | None) -> str:
-        if kind == "json_object":
-            return str(llama_grammar.JSON_GBNF)
-        try:
-            check_schema(json.loads(schema or "{}"))
-            grammar = str(llama_grammar.json_schema_to_gbnf(schema or "{}"))
-        except InvalidRequest:
-            raise
-        except Exception as exc:  # the converter raises bare exceptions of several kinds
-            raise InvalidRequest(
-                f"response_format.json_schema cannot be turned into a grammar: {exc}",
-                param="response_format",
-            ) from exc
-        check_grammar(grammar)  # what reaches llama.cpp's recursive parser stays shallow
-        return grammar
-
-
-class LlamaVocab(_VocabCalls):
-    """A vocab-only load (no weights, no context: 0.06 s and ~10 MB for tiny, 0.2 s and ~45 MB
-    for a 152k-token vocabulary): the daemon tokenizes and renders prompts with it while the
-    model itself runs in its runner process. ``info`` is replaced by the runner's once it has
-    loaded."""
-
-    def __init__(self, path: Path) -> None:
-        _init_backend()
-        mparams = C.llama_model_default_params()
-        mparams.vocab_only = True
-        self._model = C.llama_model_load_from_file(os.fsencode(path), mparams)
-        if not self._model:
-            raise ModelUnavailable(f"llama.cpp could not load {path} (not a valid GGUF model?)")
-        self._vocab = C.llama_model_get_vocab(self._model)
-        self._pieces = {}
-        self.info = self._info(path.stat().st_size)
-
-    def close(self) -> None:
-        if self._model:
-            C.llama_model_free(self._model)
-            self._model = None
-
-
-class LlamaEngine(_VocabCalls):
+class LlamaEngine(VocabCalls):
     """One GGUF model and one multi-sequence context. See :class:`edgeinfer.engine.Engine`."""
 
     def __init__(
@@ -215,7 +64,7 @@ class LlamaEngine(_VocabCalls):
         :class:`Loader`): whether llama.cpp may repack weights into its extra buffer types.
         ``alone``: the only engine of its process (a runner process), so it decodes on its own
         thread instead of handing each step to the shared ``ggml-cpu`` thread."""
-        _init_backend()
+        init_backend()
         self.params = params
         mparams = C.llama_model_default_params()
         mparams.n_gpu_layers = params.gpu_layers if params.gpu_layers >= 0 else 999
@@ -224,7 +73,7 @@ class LlamaEngine(_VocabCalls):
         if not self._model:
             raise ModelUnavailable(f"llama.cpp could not load {path} (not a valid GGUF model?)")
         self._vocab = C.llama_model_get_vocab(self._model)
-        threads = params.threads or _physical_cores()
+        threads = params.threads or physical_cores()
         cparams = C.llama_context_default_params()
         cparams.n_ctx = params.n_ctx * params.slots
         cparams.n_batch = params.n_batch
@@ -248,7 +97,7 @@ class LlamaEngine(_VocabCalls):
         self._mem = C.llama_get_memory(self._ctx)
         self._batch = C.llama_batch_init(params.n_batch, 0, 1)
         on_cpu = params.gpu_layers == 0 or not C.llama_supports_gpu_offload()
-        self._compute = _cpu_compute() if on_cpu and not alone else None
+        self._compute = cpu_compute() if on_cpu and not alone else None
         self._n_vocab = C.llama_vocab_n_tokens(self._vocab)
         self._pieces: dict[int, bytes] = {}
         self.info = self._info(
@@ -278,66 +127,8 @@ class LlamaEngine(_VocabCalls):
         if rc != 0:
             raise EngineError(f"llama_decode failed with code {rc}")
 
-    def new_sampler(self, sampling: Sampling) -> _Sampler:
-        plain = not (
-            sampling.logit_bias
-            or sampling.grammar is not None
-            or sampling.repeat_penalty != 1.0
-            or sampling.presence_penalty
-            or sampling.frequency_penalty
-        )
-        if sampling.greedy and plain:
-            # llama_sampler_sample copies all n_vocab logits into a candidate array before the
-            # greedy pick: 6% of a runner's time at 8 clients on tiny (py-spy). An argmax over
-            # the logits is the same choice (the first maximum) for a chain that keeps no state.
-            return _Sampler(None)
-        chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
-        add = C.llama_sampler_chain_add
-        if sampling.logit_bias:
-            arr = (C.llama_logit_bias * len(sampling.logit_bias))()
-            for i, (tok, bias) in enumerate(sampling.logit_bias.items()):
-                arr[i].token = tok  # type: ignore[assignment]
-                arr[i].bias = bias
-            add(chain, C.llama_sampler_init_logit_bias(self._n_vocab, len(arr), arr))
-        if (
-            sampling.repeat_penalty != 1.0
-            or sampling.presence_penalty
-            or sampling.frequency_penalty
-        ):
-            # The C function is (penalty_last_n, repeat, freq, present); llama-cpp-python 0.3.36
-            # still declares an old leading n_vocab int. On the x86-64/arm64 C ABIs ints and
-            # floats travel in separate registers, so the first int lands in penalty_last_n:
-            # pass the window twice. Covered by a real-model test of the penalties.
-            window = 64
-            add(
-                chain,
-                C.llama_sampler_init_penalties(
-                    window,
-                    window,
-                    sampling.repeat_penalty,
-                    sampling.frequency_penalty,
-                    sampling.presence_penalty,
-                ),
-            )
-        if sampling.grammar is not None:
-            grammar = C.llama_sampler_init_grammar(self._vocab, sampling.grammar.encode(), b"root")
-            if not grammar:
-                C.llama_sampler_free(chain)
-                raise InvalidRequest("llama.cpp refused the grammar for response_format")
-            add(chain, grammar)
-        if sampling.greedy:
-            add(chain, C.llama_sampler_init_greedy())
-            return _Sampler(chain)
-        if sampling.top_k > 0:
-            add(chain, C.llama_sampler_init_top_k(sampling.top_k))
-        if sampling.top_p < 1.0:
-            add(chain, C.llama_sampler_init_top_p(sampling.top_p, 1))
-        if sampling.min_p > 0.0:
-            add(chain, C.llama_sampler_init_min_p(sampling.min_p, 1))
-        add(chain, C.llama_sampler_init_temp(sampling.temperature))
-        seed = sampling.seed if sampling.seed is not None else C.LLAMA_DEFAULT_SEED
-        add(chain, C.llama_sampler_init_dist(seed & 0xFFFFFFFF))
-        return _Sampler(chain)
+    def new_sampler(self, sampling: Sampling) -> Sampler:
+        return build_sampler(self._vocab, self._n_vocab, sampling)
 
     def sample(self, sampler: Any, batch_index: int) -> int:
         if sampler.chain is None:
@@ -409,7 +200,7 @@ def library_files() -> list[Path]:
 
 def system_info() -> str:
     """llama.cpp's own one-line summary of the CPU features its build uses."""
-    _init_backend()
+    init_backend()
     return bytes(C.llama_print_system_info()).decode("utf-8", "replace").strip()
 
 
@@ -502,44 +293,15 @@ def load(path: Path, params: EngineParams) -> LlamaEngine:
     return _default_loader(path, params)
 
 
-def _probe(path: Path, threads: int, gpu_layers: int) -> None:
-    """The probe child's work: load with extra buffers on, then run a prompt chunk and a few
-    single-token steps (the two kernel shapes of a request). A crash ends this process only."""
-    faulthandler.enable()  # a native crash leaves a stack trace on stderr for the verdict
-    params = EngineParams(n_ctx=256, slots=1, n_batch=64, threads=threads, gpu_layers=gpu_layers)
-    engine = LlamaEngine(path, params, extra_buffers=True)
-    try:
-        tokens = engine.tokenize(
-            "The quick brown fox jumps over the lazy dog. " * 3, add_special=True
-        )
-        tokens = tokens[:48]
-        engine.decode([BatchItem(0, i, t, i == len(tokens) - 1) for i, t in enumerate(tokens)])
-        sampler = engine.new_sampler(Sampling(temperature=0.0))
-        token = engine.sample(sampler, len(tokens) - 1)
-        for pos in range(len(tokens), len(tokens) + 4):
-            engine.decode([BatchItem(0, pos, token, True)])
-            token = engine.sample(sampler, 0)
-        engine.free_sampler(sampler)
-    finally:
-        engine.close()
-
-
-if __name__ == "__main__":
-    if len(sys.argv) != 5 or sys.argv[1] != "probe":
-        # anything but a clean run must not read as "extra buffers work"
-        sys.exit("usage: python -m edgeinfer.engine.llama probe MODEL THREADS GPU_LAYERS")
-    _probe(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
-
-
 def quantize(src: Path, dst: Path, ftype: str) -> None:
     """Requantize ``src`` into ``dst`` with llama.cpp's quantizer (the model store's Quantizer)."""
-    _init_backend()
+    init_backend()
     if ftype not in _FTYPES:
         raise EngineError(f"unsupported quantization type {ftype!r}; one of {', '.join(_FTYPES)}")
     qparams = C.llama_model_quantize_default_params()
     qparams.ftype = _FTYPES[ftype]
     qparams.allow_requantize = True
-    qparams.nthread = _physical_cores()
+    qparams.nthread = physical_cores()
     rc = C.llama_model_quantize(os.fsencode(src), os.fsencode(dst), ctypes.byref(qparams))
     if rc != 0:
         raise EngineError(f"llama.cpp failed to quantize {src} to {ftype} (code {rc})")

@@ -5,7 +5,8 @@ Near-misses are mostly one-slot edits of a question ("in Rust" / "in Go", "list 
 describe the words the two questions do NOT share: how many there are, how well each is matched
 by a word of the other question in context (MiniLM's token states,
 :class:`~edgeinfer.core.embedding.Words`), whether they are numbers or names, whether shared
-words come in another order, and which of the guard's rules fire. Pure and symmetric in the two questions.
+words come in another order, and which of the guard's rules fire. Pure and symmetric in the
+two questions.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ packages on first use exactly as users get them; a missing model fails loudly, n
 from __future__ import annotations
 
 import os
+import queue
 import shutil
 import signal
 import subprocess
@@ -23,8 +24,12 @@ import httpx
 import pytest
 
 from edgeinfer.config.load import bundled_catalogue_path, load_catalogue
+from edgeinfer.core.values import Delta, Event, Failed, Finished, Sampling
+from edgeinfer.engine.base import EngineFactory, EngineParams
 from edgeinfer.engine.llama import quantize
 from edgeinfer.models.store import ModelStore
+from edgeinfer.pool.events import GenRequest
+from edgeinfer.pool.runner import ModelRunner
 from edgeinfer.server.daemon import accepts
 
 REPO = Path(__file__).resolve().parents[1]
@@ -153,3 +158,42 @@ def daemon(tiny_path: Path) -> Iterator[Daemon]:
     yield d
     d.stop()
     shutil.rmtree(d.socket.parent, ignore_errors=True)
+
+
+class Sink:
+    """Collects one request's events from the runner thread."""
+
+    def __init__(self) -> None:
+        self.events: queue.Queue[Event] = queue.Queue()
+
+    def __call__(self, event: Event) -> None:
+        self.events.put(event)
+
+    def wait(self, timeout: float = 20.0) -> tuple[str, Finished | Failed]:
+        """The request's text and its last event."""
+        text = ""
+        while True:
+            event = self.events.get(timeout=timeout)
+            if isinstance(event, Delta):
+                text += event.text
+            else:
+                return text, event
+
+
+def gen_request(
+    prompt: list[int], max_tokens: int = 8, sink: Sink | None = None, **kw: Any
+) -> tuple[GenRequest, Sink]:
+    """A greedy request for a runner (``kw``: more GenRequest fields, ``sampling`` among them)."""
+    sink = sink or Sink()
+    kw.setdefault("sampling", Sampling(temperature=0))
+    return GenRequest(prompt, max_tokens=max_tokens, emit=sink, **kw), sink
+
+
+def start_runner(
+    path: Path, factory: EngineFactory, params: EngineParams, **options: Any
+) -> ModelRunner:
+    """A started, loaded thread runner (``options``: ModelRunner's keyword arguments)."""
+    runner = ModelRunner("test", path, params, factory, **options)
+    runner.start()
+    runner.wait_loaded(60)
+    return runner

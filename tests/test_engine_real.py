@@ -139,48 +139,15 @@ def test_interleaved_conversations_never_see_each_other(tiny_path: Path, pools: 
     assert result.usage.cached_tokens <= head
 
 
-def test_context_shift_generates_past_the_window(tiny_path: Path, pools: list[Pool]) -> None:
-    pool = Pool(tiny_path, n_ctx=192, n_keep=32, slots=1)
-    pools.append(pool)
-    no_eos = {0: -100.0, 2: -100.0, 4: -100.0}  # SmolLM2's end-of-generation tokens
-    options = GenerateOptions(max_tokens=300, sampling=Sampling(temperature=0, logit_bias=no_eos))
-    ((text, result),) = pool.chat(user("Count from one to one thousand in words."), options=options)
-    assert result.reason == "length"
-    assert result.usage.completion_tokens == 300
-    assert result.usage.prompt_tokens + 300 > 192
-    assert pool.stats()["context_shifts"] >= 1
-    assert len(text) > 300
-
-
-def test_context_shift_off_stops_at_the_window(tiny_path: Path, pools: list[Pool]) -> None:
-    pool = Pool(tiny_path, n_ctx=192, slots=1, context_shift=False)
-    pools.append(pool)
-    no_eos = {0: -100.0, 2: -100.0, 4: -100.0}
-    options = GenerateOptions(max_tokens=190, sampling=Sampling(temperature=0, logit_bias=no_eos))
-    ((_, result),) = pool.chat(user("Count from one to one thousand in words."), options=options)
-    assert result.reason == "length"
-    assert result.usage.prompt_tokens + result.usage.completion_tokens <= 192
-    assert pool.stats()["context_shifts"] == 0
-    with pytest.raises(InvalidRequest, match="at most 192"):  # more than fits: refused upfront
-        pool.chat(user("hi"), options=GenerateOptions(max_tokens=300))
-
-
-def test_evicted_conversation_is_restored_exactly_from_ram(
+def test_context_shift_off_refuses_an_answer_past_the_window(
     tiny_path: Path, pools: list[Pool]
 ) -> None:
-    pool = Pool(tiny_path, slots=1, prompt_cache_min_tokens=64)
+    """Without context shift, a max_tokens that cannot fit is refused before any work (where a
+    generation ends at the window: tests/test_runner_scenarios.py)."""
+    pool = Pool(tiny_path, n_ctx=192, slots=1, context_shift=False)
     pools.append(pool)
-    long = user(
-        "Here are my notes. "
-        + " ".join(f"Item {i} is {i * 7} grams." for i in range(40))
-        + " What is item 3?"
-    )
-    ((first, _),) = pool.chat(long)
-    pool.chat(user("Something else entirely: what is the capital of Italy?"))  # evicts it
-    ((again, result),) = pool.chat(long)
-    assert pool.stats()["prefix_restored_ram"] == 1
-    assert result.usage.cached_tokens == result.usage.prompt_tokens - 1
-    assert again == first
+    with pytest.raises(InvalidRequest, match="at most 192"):
+        pool.chat(user("hi"), options=GenerateOptions(max_tokens=300))
 
 
 def test_disk_tier_serves_a_warm_prompt_after_a_daemon_restart(tiny_path: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import queue
 import time
 from pathlib import Path
 from typing import Any
@@ -15,13 +14,13 @@ import pytest
 from edgeinfer.config.load import load_catalogue
 from edgeinfer.config.schema import Catalogue, ModelSpec
 from edgeinfer.config.watch import ConfigWatcher
-from edgeinfer.core.values import Delta, Event, Failed, Finished, Sampling
+from edgeinfer.core.values import Finished
 from edgeinfer.engine.fake import factory
 from edgeinfer.errors import ModelNotFound
-from edgeinfer.pool.events import GenRequest
 from edgeinfer.pool.reload import ReloadPlan, plan_reload
 from edgeinfer.pool.retire import Drainer
 from edgeinfer.pool.scheduler import ModelPool
+from tests.conftest import Sink, gen_request
 
 
 def spec(name: str, **kw: Any) -> ModelSpec:
@@ -62,24 +61,10 @@ def test_plan_reload(
     assert plan_reload(old, new) == plan
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.events: queue.Queue[Event] = queue.Queue()
-
-    def __call__(self, event: Event) -> None:
-        self.events.put(event)
-
-    def wait(self, timeout: float = 20.0) -> Finished | Failed:
-        while True:
-            event = self.events.get(timeout=timeout)
-            if not isinstance(event, Delta):
-                return event
-
-
 def submit(pool: ModelPool, name: str, max_tokens: int) -> Sink:
-    sink = Sink()
     _, runner = pool.get(name)
-    runner.submit(GenRequest([11, 12, 13], Sampling(temperature=0), max_tokens, sink))
+    req, sink = gen_request([11, 12, 13], max_tokens)
+    runner.submit(req)
     return sink
 
 
@@ -103,9 +88,9 @@ def test_changed_model_swaps_runner_and_in_flight_requests_finish(pool: Any) -> 
     assert p.wait_loaded(10)
     new_runner = p.get("a")[1]
     assert new_runner is not old_runner and new_runner.params.n_ctx == 512
-    done = long.wait()
+    _, done = long.wait()
     assert isinstance(done, Finished) and done.usage.completion_tokens == 200
-    assert isinstance(submit(p, "a", max_tokens=4).wait(), Finished)
+    assert isinstance(submit(p, "a", max_tokens=4).wait()[1], Finished)
     assert p.drained(10)
     assert made.made[0].closed and not made.made[1].closed
 
@@ -129,7 +114,7 @@ def test_removed_model_drains_then_closes(pool: Any) -> None:
     p.configure({"b": spec("b")})
     with pytest.raises(ModelNotFound):
         p.get("a")
-    assert isinstance(running.wait(), Finished)
+    assert isinstance(running.wait()[1], Finished)
     assert p.drained(10) and made.made[0].closed
     assert [m.name for m in p.models()] == ["b"] and p.default == "b"
 
@@ -146,9 +131,9 @@ def test_a_runner_held_by_a_preparing_request_is_not_retired_under_it(pool: Any)
         p.configure({"b": spec("b")})  # "a" is retired, with no drain grace at all
         time.sleep(0.5)  # ten drain polls
         assert not made.made[0].closed
-        sink = Sink()
-        runner.submit(GenRequest([11, 12, 13], Sampling(temperature=0), 4, sink))
-        assert isinstance(sink.wait(), Finished)
+        req, sink = gen_request([11, 12, 13], 4)
+        runner.submit(req)
+        assert isinstance(sink.wait()[1], Finished)
     assert p.drained(10) and made.made[0].closed
 
 

@@ -20,8 +20,8 @@ import httpx
 import pytest
 
 from edgeinfer.engine.extra_buffers import Verdict, VerdictStore, quant_type
+from edgeinfer.pool.channel import crash_lines, describe_exit
 from edgeinfer.pool.child import FAULT_ENV
-from edgeinfer.pool.process import crash_lines, describe_exit
 from tests.conftest import Daemon, short_socket_dir, start_daemon, wait_for
 
 LONG = {"role": "user", "content": "Write a very long story about a lighthouse keeper."}

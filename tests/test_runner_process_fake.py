@@ -17,7 +17,7 @@ from edgeinfer.core.values import Delta, Event, Failed, Finished, Sampling
 from edgeinfer.engine.base import EngineParams
 from edgeinfer.engine.fake import FakeProcessFactory
 from edgeinfer.errors import Busy, ModelCrashed
-from edgeinfer.pool import process
+from edgeinfer.pool import crashes
 from edgeinfer.pool.events import GenRequest
 from edgeinfer.pool.process import RunnerProcess
 
@@ -100,7 +100,7 @@ def test_the_queue_is_bounded_in_the_daemon(runner: RunnerProcess) -> None:
 def test_a_crash_fails_the_streamed_request_and_retries_the_queued_one(
     runner: RunnerProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(process, "BACKOFF_S", 0.05)
+    monkeypatch.setattr(crashes, "BACKOFF_S", 0.05)
     (streaming, s_out), (waiting, w_out) = request(), request(max_tokens=4)
     runner.submit(streaming)
     runner.submit(waiting)
@@ -121,7 +121,7 @@ def test_a_crash_fails_the_streamed_request_and_retries_the_queued_one(
 def test_the_third_crash_in_the_window_leaves_the_model_in_error(
     runner: RunnerProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(process, "BACKOFF_S", 0.05)
+    monkeypatch.setattr(crashes, "BACKOFF_S", 0.05)
     for n in range(3):
         deadline = time.monotonic() + 20
         while runner.pid is None or runner.restarts < n:

@@ -15,24 +15,21 @@ When the child dies (SIGSEGV, SIGILL, an abort, a kill):
 - a SIGILL (or SIGSEGV, SIGBUS) while llama.cpp's extra buffer types are on and
   ``extra_buffers = "auto"`` records the verdict "off" (``engine/extra_buffers.py``) and
   restarts without them at once.
+
+That policy is ``pool/crashes.py``'s; the table of requests the runner has taken, and the
+channel they go over, is ``pool/inflight.py``'s.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import itertools
 import logging
-import signal
 import threading
-import time
-from collections import deque
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Protocol
 
-from edgeinfer.core.values import Delta, Failed
+from edgeinfer.core.values import Failed
 from edgeinfer.engine.base import EngineInfo, EngineParams, Vocab
 from edgeinfer.errors import (
     EdgeInferError,
@@ -40,25 +37,14 @@ from edgeinfer.errors import (
     ModelUnavailable,
 )
 from edgeinfer.pool.admission import Admission, LatencyObserver, RunnerStats, runner_snapshot
-from edgeinfer.pool.channel import (
-    ChildProcess,
-    RunnerInit,
-    crash_lines,
-    describe_exit,
-    error_from_wire,
-    event_from_wire,
-)
+from edgeinfer.pool.channel import ChildProcess, RunnerInit, error_from_wire, event_from_wire
+from edgeinfer.pool.crashes import CrashPolicy
 from edgeinfer.pool.events import GenRequest, cancelled_before_start
+from edgeinfer.pool.inflight import InFlight
 from edgeinfer.pool.prefix_store import PrefixStore
 
 log = logging.getLogger("edgeinfer.runner")
 
-CRASH_LIMIT = 3  # crashes within CRASH_WINDOW_S that leave the model in error
-CRASH_WINDOW_S = 300.0
-BACKOFF_S = 0.5  # before the first restart; doubles with each recent crash
-# How llama.cpp's extra buffer types die on a CPU they do not suit: an unsupported instruction
-# (SIGILL), or, as on a 2-core Xeon with AMX in a VM, a fault in the AMX tile code (SIGSEGV).
-_EXTRA_BUFFER_DEATHS = {signal.SIGILL, signal.SIGSEGV, signal.SIGBUS}
 _STOP_GRACE_S = 30.0
 
 
@@ -77,14 +63,6 @@ class ProcessFactory(Protocol):
     def crashed(self, path: Path, reason: str) -> None:
         """Extra buffers killed the runner (SIGILL): remember them as off."""
         ...
-
-
-@dataclass(eq=False)
-class _Pending:
-    req: GenRequest
-    sent: bool = False
-    streamed: bool = False
-    retried: bool = False
 
 
 class RunnerProcess(Admission):
@@ -115,10 +93,8 @@ class RunnerProcess(Admission):
         self._observer = observer
         self._context_shift = context_shift
         self._n_keep = min(n_keep, params.n_ctx // 2)
-        self._pending: dict[int, _Pending] = {}
-        self._ids = itertools.count(1)
+        self._inflight = InFlight(self._cond)
         self._stopping = threading.Event()
-        self._conn: Connection | None = None  # set while a child is up and has loaded
         self._chan: Connection | None = None  # the child's channel from its start (for stop)
         self._child_proc: ChildProcess | None = None
         self._vocab: Vocab | None = None
@@ -131,16 +107,14 @@ class RunnerProcess(Admission):
         self._own = RunnerStats()  # counted here: busy refusals, crash failures, early cancels
         self._live: dict[str, Any] = {}  # its snapshot: the prompt cache figures
         self._rss: int | None = None
-        self._crashes: deque[float] = deque()
-        self.restarts = 0
-        self.last_crash: str | None = None
+        self._crashes = CrashPolicy(name, path, params.extra_buffers, factory.crashed)
         self._state = "starting"
         self._thread = threading.Thread(target=self._main, name=f"runner-{name}", daemon=True)
 
     # -- the Runner interface (event loop and pool threads) --------------------------------
 
     def _in_flight(self) -> int:
-        return len(self._pending)
+        return len(self._inflight)
 
     def start(self) -> None:
         self._thread.start()
@@ -172,6 +146,10 @@ class RunnerProcess(Admission):
         child = self._child_proc
         return child.pid if child is not None and child.proc.poll() is None else None
 
+    @property
+    def restarts(self) -> int:
+        return self._crashes.restarts
+
     def memory_bytes(self) -> int | None:
         return self._rss
 
@@ -183,13 +161,8 @@ class RunnerProcess(Admission):
             if self.load_error is not None:
                 raise self.load_error
             # the child's slots take the oldest requests; the rest wait
-            waiting = [p.req for p in list(self._pending.values())[self.params.slots :]]
-            self._check_queue(waiting, req)
-            rid = next(self._ids)
-            pending = _Pending(req)
-            self._pending[rid] = pending
-            if self._conn is not None:
-                self._send_submit(rid, pending)
+            self._check_queue(self._inflight.waiting(self.params.slots), req)
+            rid = self._inflight.add(req)
         req.on_cancel = lambda: self._cancel(rid)
         if req.cancelled.is_set():
             self._cancel(rid)
@@ -198,48 +171,17 @@ class RunnerProcess(Admission):
         self._own.busy_rejections += 1
         self._total()
 
-    def _send_submit(self, rid: int, pending: _Pending) -> None:
-        """Hand one request to the child (caller holds the lock)."""
-        req = pending.req
-        fields = {
-            "prompt": req.prompt,
-            "sampling": req.sampling,
-            "max_tokens": req.max_tokens,
-            "stop": req.stop,
-            "logprobs": req.logprobs,
-            "logprob_tokens": req.logprob_tokens,
-            "deadline": req.deadline,
-            "submitted": req.submitted,
-        }
-        pending.sent = True
-        self._send(("submit", rid, fields))
-
-    def _send(self, msg: Any) -> None:
-        conn = self._conn
-        if conn is None:
-            return
-        try:
-            conn.send(msg)
-        except OSError:
-            pass  # the child died: the supervisor sees the channel close and handles it
-
     def _cancel(self, rid: int) -> None:
-        with self._cond:
-            pending = self._pending.get(rid)
-            if pending is None:
-                return
-            if pending.sent:
-                self._send(("cancel", rid))
-                return
-            del self._pending[rid]  # never reached the child: it ends here
-            self._cond.notify_all()
+        req = self._inflight.cancel(rid)
+        if req is None:
+            return
         self._own.cancelled += 1
         self._total()
-        pending.req.emit(cancelled_before_start(pending.req))
+        req.emit(cancelled_before_start(req))
 
     def snapshot(self) -> dict[str, Any]:
         with self._cond:  # every request passes here: the oldest hold the slots, the rest wait
-            in_flight = len(self._pending)
+            in_flight = len(self._inflight)
         busy = min(in_flight, self.params.slots)
         snap = runner_snapshot(
             self.stats,
@@ -257,7 +199,7 @@ class RunnerProcess(Admission):
                 "state": self._state,
                 "rss_bytes": self._rss,
                 "restarts": self.restarts,
-                "last_crash": self.last_crash,
+                "last_crash": self._crashes.last_crash,
             },
         }
 
@@ -318,7 +260,7 @@ class RunnerProcess(Admission):
             loaded = False  # it died before reading its init: its exit code tells why
         finally:
             with self._cond:
-                self._conn = self._chan = None
+                self._inflight.conn = self._chan = None
         code = child.wait()
         if not loaded and code == 0:
             return None
@@ -373,18 +315,7 @@ class RunnerProcess(Admission):
         assert vocab is not None
         vocab.info = info  # the runner's: context shift, extra buffers, size in memory
         self._info, self._rss = info, rss
-        cancelled = []
-        with self._cond:
-            self._conn = conn
-            for rid, pending in list(self._pending.items()):
-                if pending.sent:
-                    continue
-                if pending.req.cancelled.is_set():  # hung up while the runner restarted
-                    del self._pending[rid]
-                    cancelled.append(pending.req)
-                else:
-                    self._send_submit(rid, pending)
-        for req in cancelled:
+        for req in self._inflight.attach(conn):  # cancelled while the runner restarted
             req.emit(cancelled_before_start(req))
         self._state = "running"
         if self.restarts:
@@ -401,83 +332,24 @@ class RunnerProcess(Admission):
                     self._observer.ttft(self.name, seconds)
                 else:
                     self._observer.inter_token(self.name, seconds)
-        with self._cond:
-            pending = self._pending.get(rid)
-            if pending is None:
-                return
-            if isinstance(event, Delta):
-                pending.streamed = True
-            else:
-                del self._pending[rid]
-                self._cond.notify_all()
-        pending.req.emit(event)
+        req = self._inflight.route(rid, event)
+        if req is not None:
+            req.emit(event)
 
     def _after_crash(self, code: int, params: EngineParams) -> tuple[EngineParams, float | None]:
-        """Fail or keep the requests the dead child held; the params and delay of the
-        restart, or ``None``: too many crashes, the model is in error."""
-        how = describe_exit(code)
-        tail = crash_lines(self._child_proc.tail if self._child_proc else ())
-        now = time.monotonic()
-        self._crashes.append(now)
-        while self._crashes and now - self._crashes[0] > CRASH_WINDOW_S:
-            self._crashes.popleft()
-        self.last_crash = f"{how} at {time.strftime('%H:%M:%S')}"
-        message = f"model {self.name!r} crashed ({how}) and is restarting"
-        if tail:
-            message += f"; the runner's last output: {tail}"
-        crash = ModelCrashed(message)
-        lost = self._settle(crash)
-        delay: float | None = BACKOFF_S * 2 ** (len(self._crashes) - 1)
-        if -code in _EXTRA_BUFFER_DEATHS and params.extra_buffers == "on":
-            if self.params.extra_buffers == "auto":
-                reason = f"{how} in the runner process with them on"
-                self._factory.crashed(self.path, reason)
-                log.warning(
-                    "model %s: llama.cpp's extra buffer types (AMX, repacked weights) were on"
-                    " when its runner died of %s; restarting with extra_buffers off, and"
-                    " remembering it for this CPU",
-                    self.name,
-                    how,
-                )
-                params = dataclasses.replace(params, extra_buffers="off")
-                delay = 0.0
-        if delay and len(self._crashes) >= CRASH_LIMIT:
-            self.load_error = ModelCrashed(
-                f"model {self.name!r} crashed {len(self._crashes)} times in"
-                f" {CRASH_WINDOW_S / 60:.0f} minutes (last: {how}); reload the config or"
-                f" POST /admin/models/{self.name}/load to try again"
-            )
-            log.error("%s", self.load_error.message)
-            self._state = "error"
-            self._loaded.set()
-            self._fail_all(self.load_error)
+        """The params and delay of the restart (``pool/crashes.py``), or ``None``: too many
+        crashes, the model is in error."""
+        tail = self._child_proc.tail if self._child_proc else ()
+        verdict = self._crashes.after_crash(code, params, tail, self._settle, self._proc_pid())
+        if isinstance(verdict, ModelCrashed):
+            self._give_up(verdict)
             return params, None
-        self.restarts += 1
-        log.error(
-            "model %s: runner process (pid %d) died with %s; %d request(s) lost,"
-            " restarting in %.1f s",
-            self.name,
-            self._proc_pid(),
-            how,
-            lost,
-            delay,
-        )
-        return params, delay
+        return verdict
 
     def _settle(self, crash: ModelCrashed) -> int:
         """After a crash: requests that streamed text, or were already retried once, fail;
         the others wait for the restarted runner. Returns how many failed."""
-        failed: list[GenRequest] = []
-        with self._cond:
-            for rid, pending in list(self._pending.items()):
-                if not pending.sent:
-                    continue
-                if pending.streamed or pending.retried:
-                    del self._pending[rid]
-                    failed.append(pending.req)
-                else:
-                    pending.sent, pending.retried = False, True
-            self._cond.notify_all()
+        failed = self._inflight.settle()
         self._own.errors += len(failed)
         self._dead, self._child = self._dead + self._child, RunnerStats()  # the next counts anew
         self._total()
@@ -486,15 +358,11 @@ class RunnerProcess(Admission):
         return len(failed)
 
     def _fail_all(self, error: EdgeInferError) -> None:
-        with self._cond:
-            pending = list(self._pending.values())
-            self._pending.clear()
-            self._cond.notify_all()
-        for p in pending:
-            p.req.emit(Failed(error))
+        for req in self._inflight.clear():
+            req.emit(Failed(error))
 
     def _give_up(self, error: EdgeInferError) -> None:
-        """The model cannot load: report it, fail what waits."""
+        """The model cannot load, or crashed too often: report it, fail what waits."""
         self.load_error = error
         self._state = "error"
         log.error("%s", error.message)

@@ -4,11 +4,12 @@ Built by the composition root (``bootstrap.py``) with an injected engine factory
 estimator and clock, so tests swap in the fake engine and drive keep-alive without sleeping.
 
 - Every served model has an entry, loaded or not; ``models()`` and ``get()`` describe them all.
-- Loads happen one at a time (``_load_lock``) on worker threads, never on the event loop; a
-  request for a model that is not loaded starts its load and gets ``model_loading`` (retry), or
-  waits for it through :meth:`ModelPool.acquire`.
+- Loads happen one at a time (``pool/loading.py``) on worker threads, never on the event loop;
+  a request for a model that is not loaded starts its load and gets ``model_loading`` (retry),
+  or waits for it through :meth:`ModelPool.acquire`.
 - Before a load the GGUF-based estimate must fit the budget, unloading idle, unpinned models in
   least-recently-used order; when it cannot fit the load is refused (``insufficient_memory``).
+  The budget, the drains and keep-alive expiry are ``pool/room.py``'s.
 - ``configure`` applies a reloaded catalogue (``pool/reload.py``): a changed model loads on a
   new runner while the old one keeps serving, then the old one drains (``pool/retire.py``).
 - A model that fails to pull or load is kept with its reason; the others keep serving.
@@ -35,19 +36,14 @@ from edgeinfer.errors import (
     ModelUnavailable,
 )
 from edgeinfer.pool.admission import LatencyObserver, Runner
+from edgeinfer.pool.loading import Estimator, ModelLoader, Resolver
 from edgeinfer.pool.maker import RunnerMaker, engine_params
-from edgeinfer.pool.memory import (
-    MemoryEstimate,
-    Resident,
-    estimate_file,
-    keep_alive_expired,
-    plan_evictions,
-    rss_bytes,
-)
+from edgeinfer.pool.memory import estimate_file, rss_bytes
 from edgeinfer.pool.reload import ReloadPlan, plan_reload
-from edgeinfer.pool.retire import Drainer, Retiring, runner_busy
+from edgeinfer.pool.retire import Drainer
+from edgeinfer.pool.room import Room, detach
 from edgeinfer.pool.runner import ModelRunner
-from edgeinfer.pool.served import Budget, Entry, ServedModel, mib, model_row
+from edgeinfer.pool.served import Budget, Entry, ServedModel, model_row
 
 log = logging.getLogger("edgeinfer.pool")
 
@@ -55,11 +51,6 @@ log = logging.getLogger("edgeinfer.pool")
 def _resolve(woken: asyncio.Future[None]) -> None:
     if not woken.done():
         woken.set_result(None)
-
-
-Resolver = Callable[[ModelSpec], tuple[Path, str | None]]
-"""Pulls (first use) and verifies a model's file: its path and sha256. Blocking."""
-Estimator = Callable[[ModelSpec, Path], MemoryEstimate]
 
 
 class ModelPool:
@@ -81,23 +72,32 @@ class ModelPool:
         reap_every: float | None = None,
         load_wait_s: float = 30.0,
     ) -> None:
-        self._make_runner = RunnerMaker(
-            factory, state_dir=state_dir, observer=observer, runner=runner
-        )
-        self._resolve = resolve
-        self._estimator = estimator
-        self.budget = budget or Budget()
         self._clock = clock
-        self._rss = rss
-        self._drainer = drainer or Drainer()
         self._lock = threading.RLock()
-        self._load_lock = threading.Lock()  # one load at a time
         self._idle = threading.Condition(self._lock)  # notified when a load ends
         # requests awaiting a load (acquire), woken on their own loop when one ends
         self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = set()
         self.load_wait_s = load_wait_s
         self._entries: dict[str, Entry] = {}
         self._stopped = threading.Event()
+        self._room = Room(
+            self._entries,
+            self._lock,
+            budget=budget or Budget(),
+            drainer=drainer or Drainer(),
+            rss=rss,
+        )
+        self._loader = ModelLoader(
+            self._entries,
+            self._lock,
+            room=self._room,
+            make_runner=RunnerMaker(factory, state_dir=state_dir, observer=observer, runner=runner),
+            resolve=resolve,
+            estimator=estimator,
+            rss=rss,
+            clock=clock,
+            stopped=self._stopped,
+        )
         self.default: str | None = None
         self._reaper: threading.Thread | None = None
         if reap_every is not None:
@@ -113,10 +113,10 @@ class ModelPool:
         replacement loads and drains run on their own threads."""
         with self._lock:
             if budget is not None:
-                self.budget = budget
+                self._room.budget = budget
             plan = plan_reload({n: e.pending or e.spec for n, e in self._entries.items()}, specs)
             for name in plan.removed:
-                self._retire(self._entries.pop(name), "removed from the config")
+                self._room.retire(self._entries.pop(name), "removed from the config")
             for name in plan.added:
                 self._entries[name] = Entry(specs[name], last_used=self._clock())
             for name in plan.updated:
@@ -164,7 +164,7 @@ class ModelPool:
         digest: str | None = None
         error: EdgeInferError | None = None
         try:
-            path, digest = self._resolve_file(spec)
+            path, digest = self._loader.resolve_file(spec)
         except EdgeInferError as exc:
             log.error("model %s is unavailable: %s", name, exc.message)
             error = exc
@@ -290,8 +290,7 @@ class ModelPool:
             name, entry = self._lookup(name)
             entry.loading = entry.loading or not started
         try:
-            with self._load_lock:
-                self._bring_up(name, evict)
+            self._loader.bring_up(name, evict)
         finally:
             with self._lock:
                 current = self._entries.get(name)
@@ -304,198 +303,22 @@ class ModelPool:
         with self._lock:
             return self._view(name, self._entries[name])
 
-    def _bring_up(self, name: str, evict: bool) -> None:
-        """Resolve, estimate, make room, start the runner, measure (holds the load lock)."""
-        with self._lock:
-            entry = self._entries.get(name)
-            if entry is None:
-                return
-            spec = entry.pending or entry.spec
-            crashed = entry.runner is not None and entry.runner.load_error is not None
-            if crashed and entry.pending is None:
-                self._retire(entry, "restarted after crashing")  # a fresh runner replaces it
-            if entry.pending is None and (entry.runner is not None or entry.error is not None):
-                return  # loaded meanwhile, or failed for a reason a retry will not fix
-            path = entry.path if entry.pending is None else None
-        try:
-            if path is None:
-                path, digest = self._resolve_file(spec)
-            else:
-                digest = entry.digest
-            estimate = self._estimator(spec, path)
-            self._make_room(name, estimate, evict)
-        except InsufficientMemory as exc:
-            with self._lock:
-                entry.refused = exc
-            raise
-        except EdgeInferError as exc:
-            self._fail(name, entry, spec, exc)
-            raise
-        self._start_runner(name, entry, spec, path, digest, estimate)
-
-    def _resolve_file(self, spec: ModelSpec) -> tuple[Path, str | None]:
-        if self._resolve is None:
-            raise ModelUnavailable(f"model {spec.name!r}: no model store to pull it from")
-        return self._resolve(spec)
-
-    def _start_runner(
-        self,
-        name: str,
-        entry: Entry,
-        spec: ModelSpec,
-        path: Path,
-        digest: str | None,
-        estimate: MemoryEstimate,
-    ) -> None:
-        before = self._rss()
-        runner = self._make_runner(spec, path, digest)
-        runner.start()
-        try:
-            runner.wait_loaded()
-        except EdgeInferError as exc:
-            runner.stop()
-            self._fail(name, entry, spec, exc)
-            raise
-        own = runner.memory_bytes()  # a runner process: its RSS; else this process's growth
-        measured = own if own is not None else max(0, self._rss() - before)
-        if measured > estimate.ram + estimate.vram:
-            log.warning(
-                "model %s holds %d MiB after loading, above its %d MiB estimate",
-                name,
-                measured >> 20,
-                (estimate.ram + estimate.vram) >> 20,
-            )
-        self._install(name, entry, spec, runner, path, digest, estimate, measured)
-
-    def _install(
-        self,
-        name: str,
-        entry: Entry,
-        spec: ModelSpec,
-        runner: Runner,
-        path: Path,
-        digest: str | None,
-        estimate: MemoryEstimate,
-        measured: int,
-    ) -> None:
-        """Swap the loaded runner in; the one it replaces drains."""
-        with self._lock:
-            if self._entries.get(name) is not entry or self._stopped.is_set():
-                runner.stop()  # removed (or shutting down) while it loaded
-                return
-            old = self._detach(entry, "replaced after a config change")
-            entry.runner, entry.path, entry.digest = runner, path, digest
-            entry.estimate, entry.measured, entry.error = estimate, measured, None
-            entry.spec, entry.last_used = spec, self._clock()
-            if entry.pending is spec:
-                entry.pending = None
-        if old is not None:
-            self._drainer.retire(*old)
-        log.info(
-            "model %s loaded (estimated %d MiB, measured %d MiB)",
-            name,
-            (estimate.ram + estimate.vram) >> 20,
-            measured >> 20,
-        )
-
-    def _fail(self, name: str, entry: Entry, spec: ModelSpec, exc: EdgeInferError) -> None:
-        """A pull or load failed: report it; a replaced runner drains (it served an old config)."""
-        with self._lock:
-            if self._entries.get(name) is not entry:
-                return
-            if entry.pending is not None:
-                entry.spec, entry.pending = spec, None
-                self._retire(entry, "replaced by a config that failed to load")
-            entry.error = exc
-
     # -- memory ----------------------------------------------------------------------------
-
-    def _make_room(self, name: str, need: MemoryEstimate, evict: bool = True) -> None:
-        """Unload idle, unpinned models (LRU first) until ``need`` fits, or refuse."""
-        with self._lock:
-            resident = self._residents(name)
-            victims = plan_evictions(
-                resident,
-                need.ram,
-                need.vram,
-                ram_budget=self.budget.ram,
-                vram_budget=self.budget.vram,
-            )
-            if victims is None or (victims and not evict):
-                raise InsufficientMemory(self._refusal(name, need, resident))
-            retiring = [self._detach(self._entries[v], "unloaded to make room") for v in victims]
-        for detached in retiring:  # their memory must be free before the new model allocates
-            if detached is not None:
-                self._drainer.retire(*detached, wait=True)
-
-    def _residents(self, loading: str) -> list[Resident]:
-        """Loaded models (and runners still draining) as the eviction plan sees them. The
-        model being replaced counts as idle: it drains before the new one loads if need be."""
-        rows = [
-            Resident(f"(draining {r.runner.name})", r.ram, r.vram, False, True, 0.0)
-            for r in self._drainer.retiring()
-        ]
-        for name, entry in self._entries.items():
-            if entry.runner is None:
-                continue
-            ram, vram = entry.held()
-            idle = name == loading or not runner_busy(entry.runner)
-            pinned = entry.spec.pin and name != loading
-            rows.append(Resident(name, ram, vram, idle, pinned, entry.last_used))
-        return rows
-
-    def _refusal(self, name: str, need: MemoryEstimate, resident: list[Resident]) -> str:
-        held = ", ".join(
-            f"{r.name} {r.ram >> 20} MiB{' (pinned)' if r.pinned else ''}"
-            f"{'' if r.idle else ' (busy)'}"
-            for r in resident
-        )
-        return (
-            f"model {name!r} needs about {need.ram >> 20} MiB RAM"
-            f"{f' and {need.vram >> 20} MiB VRAM' if need.vram else ''}; the budget is"
-            f" {mib(self.budget.ram)} RAM, {mib(self.budget.vram)} VRAM, and loaded models"
-            f" hold: {held or 'nothing'}"
-        )
-
-    def _detach(self, entry: Entry, why: str) -> tuple[Retiring, float] | None:
-        """Stop handing ``entry``'s runner out (caller holds the lock); the caller drains it
-        with the returned item and the time it was last handed out."""
-        if entry.runner is None:
-            return None
-        ram, vram = entry.held()
-        item = Retiring(entry.runner, ram, vram, why)
-        entry.runner, entry.measured = None, None
-        return item, entry.handed_out
-
-    def _retire(self, entry: Entry, why: str) -> None:
-        """Detach and drain in the background (caller holds the lock; this does not block)."""
-        detached = self._detach(entry, why)
-        if detached is not None:
-            self._drainer.retire(*detached)
 
     def unload(self, name: str, why: str = "unloaded") -> bool:
         """Unload ``name`` (it drains first); False when it was not loaded."""
         with self._lock:
             name, entry = self._lookup(name)
-            detached = self._detach(entry, why)
+            detached = detach(entry, why)
         if detached is None:
             return False
-        self._drainer.retire(*detached)
+        self._room.drainer.retire(*detached)
         return True
 
     def expire_idle(self) -> list[str]:
         """Unload models idle past their ``keep_alive`` (the reaper calls this every second;
         tests call it with an injected clock). A busy model counts as used now."""
-        now = self._clock()
-        expired: list[str] = []
-        with self._lock:
-            for name, entry in self._entries.items():
-                if entry.runner is None or entry.spec.pin:
-                    continue
-                if runner_busy(entry.runner):
-                    entry.last_used = now
-                elif keep_alive_expired(entry.spec.keep_alive, entry.last_used, now):
-                    expired.append(name)
+        expired = self._room.expired(self._clock())
         for name in expired:
             self.unload(name, "idle past keep_alive")
         return expired
@@ -522,7 +345,7 @@ class ModelPool:
 
     def drained(self, timeout: float | None = None) -> bool:
         """Block until every retired runner stopped (tests)."""
-        return self._drainer.wait(timeout)
+        return self._room.drainer.wait(timeout)
 
     def snapshot(self) -> dict[str, Any]:
         """Per model: status, memory (estimated and measured bytes) and the runner's figures."""
@@ -532,17 +355,7 @@ class ModelPool:
 
     def memory(self) -> dict[str, Any]:
         """The budget and what is held against it, for ``/stats`` and ``/health``."""
-        with self._lock:
-            held = [e.held() for e in self._entries.values()]
-        retiring = self._drainer.retiring()
-        return {
-            "budget_bytes": self.budget.ram,
-            "vram_budget_bytes": self.budget.vram,
-            "used_bytes": sum(r for r, _ in held) + sum(r.ram for r in retiring),
-            "used_vram_bytes": sum(v for _, v in held) + sum(r.vram for r in retiring),
-            "draining": len(retiring),
-            "rss_bytes": self._rss(),
-        }
+        return self._room.figures()
 
     def stop(self) -> None:
         self._stopped.set()
@@ -552,7 +365,7 @@ class ModelPool:
             runners = [e.runner for e in self._entries.values() if e.runner is not None]
         for runner in runners:
             runner.stop()
-        self._drainer.stop()
+        self._room.drainer.stop()
 
 
-__all__ = ["Budget", "Estimator", "ModelPool", "Resolver", "ServedModel", "engine_params"]
+__all__ = ["Budget", "ModelPool", "ServedModel", "engine_params"]

@@ -1,0 +1,217 @@
+"""Choose the router's classifier and cascade settings on the dev split, never on test.
+
+Reads labelled outcomes (``scripts/eval_router.py --phases tiers --logprobs --outcomes``: each
+prompt answered by each tier alone, with whether it was right, its time and its token
+logprobs), fits the per-tier classifier on the train outcomes, predicts the dev prompts, and
+replays the cascade offline on dev for every setting in a grid: the start tier (the cheapest
+predicted within ``margin`` of the best), drafts skipped when the start tier's predicted
+P(correct) is under ``min_draft_p``, and a draft kept when its confidence reaches
+``confidence_threshold`` (stopped early once it cannot). Each replayed request costs what the
+tiers really took on it (their measured seconds; a draft stopped early, its share of them).
+
+It prints the settings that answer with the least time while keeping at least ``--floor`` of
+large-only accuracy on dev, and can write the classifier's weights. The test split is then
+measured once with ``scripts/eval_router.py`` through the real daemon.
+
+    python scripts/tune_router.py --train tests/data/router/train_outcomes.jsonl \\
+        --dev dev_outcomes.jsonl --weights edgeinfer/routing/weights.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeinfer.paths import resolve
+from edgeinfer.routing.classifier import Classifier, Outcome, feature_vector, train
+from edgeinfer.routing.policy import CONFIDENCE_WINDOW
+
+TIERS = ("tiny", "small", "large")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One tier's answer to one prompt."""
+
+    correct: bool
+    seconds: float
+    tokens: int
+    logprobs: tuple[float, ...]  # of the answer's non-blank tokens, in order
+
+
+def load_runs(paths: Sequence[Path]) -> dict[str, dict[str, Run]]:
+    """prompt -> tier -> run, from eval_router outcome files (the last line of a pair wins)."""
+    runs: dict[str, dict[str, Run]] = {}
+    for path in paths:
+        for line in path.read_text().splitlines():
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            tier = row.get("tier") or row.get("phase")
+            lps = tuple(lp for lp, _top, tok in row.get("logprobs", []) if str(tok).strip())
+            runs.setdefault(row["prompt"], {})[tier] = Run(
+                bool(row["correct"]),
+                float(row.get("seconds", 0.0)),
+                int(row.get("completion_tokens", 0)),
+                lps,
+            )
+    return {p: r for p, r in runs.items() if all(t in r for t in TIERS)}
+
+
+def draft_verdict(run: Run, threshold: float) -> tuple[bool, float]:
+    """Whether the cascade keeps this draft, and the share of its time it ran (a draft that
+    can no longer reach the threshold is stopped: routing.policy.doomed)."""
+    head = run.logprobs[:CONFIDENCE_WINDOW]
+    if not head:
+        return False, 1.0
+    floor = CONFIDENCE_WINDOW * math.log(threshold) if threshold > 0 else -math.inf
+    total = 0.0
+    for n, lp in enumerate(head, 1):
+        total += lp
+        if total < floor:
+            return False, min(1.0, n / max(run.tokens, 1))
+    return math.exp(total / len(head)) >= threshold, 1.0
+
+
+@dataclass(frozen=True)
+class Setting:
+    margin: float
+    threshold: float
+    min_draft_p: float
+
+
+def replay(
+    setting: Setting, prompts: Sequence[str], runs: dict[str, dict[str, Run]],
+    predicted: dict[str, dict[str, float]],
+) -> tuple[float, float]:  # fmt: skip
+    """Accuracy and seconds of the cascade over ``prompts`` with ``setting``."""
+    right = seconds = 0.0
+    for prompt in prompts:
+        p, r = predicted[prompt], runs[prompt]
+        top = max(p.values())
+        start = next(t for t in TIERS if p[t] >= top - setting.margin)
+        if start != "large" and p[start] < setting.min_draft_p:
+            start = "large"
+        if start == "large":
+            right += r["large"].correct
+            seconds += r["large"].seconds
+            continue
+        kept, share = draft_verdict(r[start], setting.threshold)
+        seconds += r[start].seconds * share
+        if kept:
+            right += r[start].correct
+        else:
+            right += r["large"].correct
+            seconds += r["large"].seconds
+    return right / len(prompts), seconds
+
+
+def fit(
+    train_runs: dict[str, dict[str, Run]], embed: Callable[[list[str]], Any], l2: float
+) -> Classifier:
+    outcomes = [
+        Outcome(p, t, run.correct) for p, tiers in train_runs.items() for t, run in tiers.items()
+    ]
+    return train(outcomes, embed, l2=l2, meta={"l2": l2, "examples": len(train_runs)})
+
+
+def predictions(
+    classifier: Classifier, prompts: Sequence[str], embed: Callable[[list[str]], Any]
+) -> dict[str, dict[str, float]]:
+    vectors = np.asarray(embed(list(prompts)))
+    return {
+        p: classifier.predict(feature_vector(p, v)) for p, v in zip(prompts, vectors, strict=True)
+    }
+
+
+def log_loss(predicted: dict[str, dict[str, float]], runs: dict[str, dict[str, Run]]) -> float:
+    total = n = 0.0
+    for prompt, p in predicted.items():
+        for tier in TIERS:
+            q = min(max(p[tier], 1e-6), 1 - 1e-6)
+            total -= math.log(q if runs[prompt][tier].correct else 1 - q)
+            n += 1
+    return total / n
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--train", type=Path, nargs="+", required=True)
+    parser.add_argument("--dev", type=Path, nargs="+", required=True)
+    parser.add_argument("--floor", type=float, default=0.975, help="of large-only accuracy")
+    parser.add_argument("--weights", type=Path, help="write the chosen classifier here")
+    parser.add_argument("--models-dir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    from edgeinfer.embed.onnx import open_minilm
+
+    embedder = open_minilm(args.models_dir or resolve().models_dir)
+    train_runs, dev_runs = load_runs(args.train), load_runs(args.dev)
+    dev = sorted(dev_runs)
+    print(f"train: {len(train_runs)} prompts; dev: {len(dev)} prompts")
+    fitted = {}
+    for l2 in (0.5, 1.0, 2.0, 4.0, 8.0):
+        classifier = fit(train_runs, embedder.embed, l2)
+        pred = predictions(classifier, dev, embedder.embed)
+        fitted[l2] = (log_loss(pred, dev_runs), classifier, pred)
+        print(f"l2 {l2}: dev log-loss {fitted[l2][0]:.4f}")
+    l2 = min(fitted, key=lambda k: fitted[k][0])
+    _, classifier, pred = fitted[l2]
+    large_acc = sum(dev_runs[p]["large"].correct for p in dev) / len(dev)
+    large_s = sum(dev_runs[p]["large"].seconds for p in dev)
+    for tier in TIERS:
+        acc = sum(dev_runs[p][tier].correct for p in dev) / len(dev)
+        secs = sum(dev_runs[p][tier].seconds for p in dev)
+        print(f"{tier:>6} alone: accuracy {acc:.3f}, time {secs / large_s:.3f} of large")
+    oracle = [
+        min((t for t in TIERS if dev_runs[p][t].correct), key=TIERS.index, default="large")
+        for p in dev
+    ]
+    o_acc = sum(dev_runs[p][t].correct for p, t in zip(dev, oracle, strict=True)) / len(dev)
+    o_s = sum(dev_runs[p][t].seconds for p, t in zip(dev, oracle, strict=True))
+    print(
+        f"oracle: accuracy {o_acc:.3f} ({o_acc / large_acc:.3f} of large)"
+        f" at {o_s / large_s:.3f} of its time"
+    )
+    grid = [
+        Setting(m, t, d)
+        for m, t, d in itertools.product(
+            (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.6),
+            (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+            (0.0, 0.2, 0.3, 0.4, 0.5, 0.6),
+        )
+    ]
+    results = []
+    for s in grid:
+        acc, secs = replay(s, dev, dev_runs, pred)
+        results.append((s, acc / large_acc, secs / large_s))
+    ok = [r for r in results if r[1] >= args.floor]
+    ok.sort(key=lambda r: r[2])
+    print(f"best settings on dev keeping >= {args.floor} of large-only accuracy (l2 {l2}):")
+    for s, acc, t in ok[:8]:
+        print(
+            f"  margin {s.margin:.2f} threshold {s.threshold:.2f} min_draft_p {s.min_draft_p:.2f}:"
+            f" {acc:.3f} of large's accuracy at {t:.3f} of its time"
+        )
+    current = next(r for r in results if r[0] == Setting(0.2, 0.5, 0.0))
+    print(f"current defaults (0.20, 0.50, 0.00): {current[1]:.3f} at {current[2]:.3f}")
+    if args.weights:
+        sources = [str(p) for p in args.train]
+        meta = {**classifier.meta, "l2": l2, "sources": sources}
+        Classifier(classifier.tiers, classifier.dim, meta).save(args.weights)
+        print(f"weights written to {args.weights}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -119,6 +119,21 @@ def test_plan_picks_start_and_ladder(
     assert chosen.reason
 
 
+@pytest.mark.parametrize(
+    ("floor", "expect"), [(0.0, ["tiny", "large"]), (0.5, ["tiny", "large"]), (0.7, ["large"])]
+)
+def test_a_draft_likely_to_be_escalated_is_skipped(floor: float, expect: list[str]) -> None:
+    """draft_floor: under it the start tier's draft would most likely be thrown away, so the
+    best tier answers at once instead of after it."""
+    predicted = {"tiny": 0.6, "small": 0.55, "large": 0.7}
+    chosen = plan(ALL, Constraints(route="cascade"), predicted, margin=0.2, draft_floor=floor)
+    assert [t.name for t in chosen.tiers] == expect
+    assert ("draft_floor" in chosen.reason) is (expect == ["large"])
+    # the floor only shapes a cascade: "cheapest" still takes the cheap tier
+    cheapest = plan(ALL, Constraints(route="cheapest"), predicted, margin=0.2, draft_floor=floor)
+    assert [t.name for t in cheapest.tiers] == ["tiny"]
+
+
 def test_a_cascade_never_climbs_to_a_tier_no_better_than_its_start() -> None:
     """Two tiers of equal quality (tiny and its Q8 build): the one the classifier knows nothing
     about counts with its configured quality, which may make it the start; with nothing of

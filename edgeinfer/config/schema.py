@@ -262,6 +262,12 @@ class RouterSettings(_Strict):
     # cascade keeps ~96% of large-only accuracy at ~73% of its compute time.
     margin: float = Field(default=0.2, ge=0.0, le=1.0, description="cheapest-within-margin")
     confidence_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    draft_floor: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="a cascade skips its draft when the start tier's predicted P(correct) is lower",
+    )
     classifier: str | None = Field(default=None, description="trained weights; none = bundled")
     output_length: bool = Field(default=True, description="default max_tokens by request type")
     max_continuations: int = Field(default=2, ge=0, le=16)

@@ -69,13 +69,16 @@ def plan(
     predicted: Mapping[str, float],
     *,
     margin: float = 0.1,
+    draft_floor: float = 0.0,
 ) -> Plan:
     """Pick the starting tier, and for a cascade the ladder above it.
 
     ``predicted`` is the classifier's P(correct) per tier (may be empty or partial; a tier
     without a prediction counts with its configured quality). ``cheapest`` takes the cheapest
     tier predicted within ``margin`` of the best prediction; ``cascade`` starts there and may
-    climb to the best tier; ``best`` takes the highest-quality tier.
+    climb to the best tier, unless the start tier's prediction is under ``draft_floor``: a
+    draft that will most likely be thrown away only adds its time, so the best tier answers
+    at once. ``best`` takes the highest-quality tier.
     """
     ladder = eligible(tiers, want)
     best = max(ladder, key=lambda t: (t.quality, -t.cost_per_1k))
@@ -90,6 +93,12 @@ def plan(
     )
     if want.route == "cheapest" or best.quality <= start.quality:  # nothing better to climb to
         return Plan((start,), want.route, reason, predicted)
+    if score[start.name] < draft_floor:
+        reason = (
+            f"{best.name}: {start.name}'s draft would likely be escalated"
+            f" (p={score[start.name]:.2f} < draft_floor {draft_floor:.2f})"
+        )
+        return Plan((best,), want.route, reason, predicted)
     # Climb straight to the best tier: a middle rung that also fails costs twice.
     return Plan((start, best), "cascade", reason, predicted)
 

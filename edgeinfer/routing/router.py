@@ -177,7 +177,10 @@ class Router:
         route = cast(Route, options.route or self.settings.default_route)
         want = Constraints(route=route, min_quality=options.min_quality, max_cost=options.max_cost)
         predicted = await self.predict(text)
-        return plan(cards, want, predicted, margin=self.settings.margin)
+        settings = self.settings
+        return plan(
+            cards, want, predicted, margin=settings.margin, draft_floor=settings.draft_floor
+        )
 
     async def chat(
         self, messages: Sequence[Mapping[str, Any]], options: GenerateOptions

@@ -516,3 +516,17 @@ def _ready(sock: Path, models: list[str]) -> bool:
         if status.get(name, {}).get("status") in ("error", "unavailable"):
             raise BenchError(f"model {name} failed: {status[name].get('reason')}")
     return all(status.get(name, {}).get("status") == "ready" for name in models)
+
+
+def post_chat(
+    client: httpx.Client, body: Mapping[str, Any], what: str
+) -> tuple[dict[str, Any], str, float]:
+    """POST a chat completion; the reply, its text and the seconds it took. Anything but a 200
+    is a BenchError naming ``what`` was asked."""
+    t0 = time.perf_counter()
+    resp = client.post("/v1/chat/completions", json=body)
+    elapsed = time.perf_counter() - t0
+    if resp.status_code != 200:
+        raise BenchError(f"{what}: HTTP {resp.status_code}: {resp.text[:300]}")
+    reply: dict[str, Any] = resp.json()
+    return reply, reply["choices"][0]["message"]["content"] or "", elapsed

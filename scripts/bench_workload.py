@@ -77,6 +77,7 @@ from _benchutil import (  # noqa: E402
     fmt,
     note,
     physical_cores,
+    post_chat,
     print_table,
     proc_cpu_s,
     process_tree,
@@ -347,13 +348,7 @@ def ask(
         "max_tokens": max_tokens,
         "temperature": 0,
     }
-    t = time.perf_counter()
-    resp = client.post("/v1/chat/completions", json=body)
-    seconds = time.perf_counter() - t
-    if resp.status_code != 200:
-        raise BenchError(f"{session.id} turn {turn}: HTTP {resp.status_code}: {resp.text[:300]}")
-    reply = resp.json()
-    text = reply["choices"][0]["message"]["content"] or ""
+    reply, text, seconds = post_chat(client, body, f"{session.id} turn {turn}")
     answer = Answer(session.id, session.kind, turn, text, seconds)
     answer.info = {"model": reply["model"], "usage": reply["usage"], **reply.get("edgeinfer", {})}
     return answer

@@ -26,7 +26,6 @@ import re
 import signal
 import sys
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
@@ -39,7 +38,7 @@ import httpx
 from edgeinfer import paths
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _benchutil import BenchError, edgeinfer_daemon, note, print_table  # noqa: E402
+from _benchutil import BenchError, edgeinfer_daemon, note, post_chat, print_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -102,13 +101,7 @@ def ask(client: httpx.Client, phase: Phase, item: Item, max_tokens: int, logprob
     }
     if logprobs:
         body |= {"logprobs": True, "top_logprobs": 5}
-    t0 = time.perf_counter()
-    resp = client.post("/v1/chat/completions", json=body)
-    elapsed = time.perf_counter() - t0
-    if resp.status_code != 200:
-        raise BenchError(f"{item.id}: HTTP {resp.status_code}: {resp.text[:300]}")
-    reply = resp.json()
-    text = reply["choices"][0]["message"]["content"]
+    reply, text, elapsed = post_chat(client, body, item.id)
     ok = bool(item.answer.search(text))
     with _LOCK:
         _record(phase, item, reply, text, ok, elapsed, logprobs)
@@ -234,7 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--data", type=Path, default=ROOT / "tests/data/router/test.jsonl")
     parser.add_argument("--tiers", default="tiny,small,large", help="tiers, cheapest first")
-    parser.add_argument("--phases", default="tiers,router,cascade")
+    parser.add_argument(
+        "--phases", default="tiers,router,cascade", help="tiers, router, cascade, or tier names"
+    )
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--limit", type=int, help="only the first N prompts")
     parser.add_argument("--logprobs", action="store_true", help="record token logprobs (tiers)")
@@ -270,8 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     tiers = args.tiers.split(",")
     wanted = set(args.phases.split(","))
     planned: list[tuple[Phase, str]] = []
-    if "tiers" in wanted:
-        planned += [(Phase(t, t), t) for t in tiers]
+    # "tiers" runs every tier alone; a tier's own name runs just that one (e.g. "large,cascade")
+    planned += [(Phase(t, t), t) for t in tiers if "tiers" in wanted or t in wanted]
     for route in ("router", "cascade"):
         if route in wanted:
             mode = "cheapest" if route == "router" else "cascade"

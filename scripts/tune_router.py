@@ -6,8 +6,10 @@ logprobs), fits the per-tier classifier on the train outcomes, predicts the dev 
 replays the cascade offline on dev for every setting in a grid: the start tier (the cheapest
 predicted within ``margin`` of the best), drafts skipped when the start tier's predicted
 P(correct) is under ``min_draft_p``, and a draft kept when its confidence reaches
-``confidence_threshold`` (stopped early once it cannot). Each replayed request costs what the
-tiers really took on it (their measured seconds; a draft stopped early, its share of them).
+``confidence_threshold`` (stopped early once it cannot). Each replayed request costs its tokens
+at each tier's measured rates on this machine (``RATES``, from MODELS.md: prefill and generation
+tokens per second, one stream): the outcome files' own seconds are skewed when the tiers' runs
+shared the machine with other work. A draft stopped early costs its share.
 
 It prints the settings that answer with the least time while keeping at least ``--floor`` of
 large-only accuracy on dev, and can write the classifier's weights. The test split is then
@@ -36,6 +38,8 @@ from edgeinfer.routing.classifier import Classifier, Outcome, feature_vector, tr
 from edgeinfer.routing.policy import CONFIDENCE_WINDOW
 
 TIERS = ("tiny", "small", "large")
+RATES = {"tiny": (450.0, 160.0), "small": (280.0, 64.0), "large": (145.0, 36.0)}
+"""Prefill and generation tokens per second of each tier, one stream, on the 2-core box."""
 
 
 @dataclass(frozen=True)
@@ -58,11 +62,11 @@ def load_runs(paths: Sequence[Path]) -> dict[str, dict[str, Run]]:
             row = json.loads(line)
             tier = row.get("tier") or row.get("phase")
             lps = tuple(lp for lp, _top, tok in row.get("logprobs", []) if str(tok).strip())
+            tokens = int(row.get("completion_tokens", 0))
+            prefill, generate = RATES.get(tier, (1.0, 1.0))
+            seconds = len(row["prompt"]) / 4 / prefill + tokens / generate  # ~4 chars a token
             runs.setdefault(row["prompt"], {})[tier] = Run(
-                bool(row["correct"]),
-                float(row.get("seconds", 0.0)),
-                int(row.get("completion_tokens", 0)),
-                lps,
+                bool(row["correct"]), seconds, tokens, lps
             )
     return {p: r for p, r in runs.items() if all(t in r for t in TIERS)}
 

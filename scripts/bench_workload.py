@@ -58,6 +58,7 @@ import argparse
 import json
 import random
 import re
+import resource
 import sys
 import threading
 import time
@@ -256,8 +257,6 @@ def messages_for(session: Session, history: list[str], turn: int) -> list[dict[s
 
 def run_baseline(trace: list[Session], args: argparse.Namespace) -> SideRun:
     """``large`` through llama-cpp-python's ``Llama``, one request at a time, no cache."""
-    import resource
-
     from llama_cpp import Llama
 
     from edgeinfer.engine.llama import llama_defaults
@@ -275,7 +274,7 @@ def run_baseline(trace: list[Session], args: argparse.Namespace) -> SideRun:
             verbose=False,
         )
     run = SideRun()
-    cpu0 = _self_cpu(resource)
+    cpu0 = _self_cpu()
     t0 = time.perf_counter()
     for n, session in enumerate(trace):
         history: list[str] = []
@@ -294,11 +293,11 @@ def run_baseline(trace: list[Session], args: argparse.Namespace) -> SideRun:
         if (n + 1) % 20 == 0:
             note(f"baseline: {n + 1}/{len(trace)} sessions, {time.perf_counter() - t0:.0f} s")
     run.wall_s = time.perf_counter() - t0
-    run.cpu_s = _self_cpu(resource) - cpu0
+    run.cpu_s = _self_cpu() - cpu0
     return run
 
 
-def _self_cpu(resource: Any) -> float:
+def _self_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return float(usage.ru_utime + usage.ru_stime)
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
+from edgeinfer.config.schema import ModelSpec
 from edgeinfer.core.generation import Generation
 from edgeinfer.core.options import GenerateOptions
 from edgeinfer.core.tier import TierCard
@@ -103,7 +105,7 @@ class LocalTier:
         the settings the generation will really use."""
         runner = self._served.runner
         path = runner.path if runner is not None else None
-        return with_defaults(options, model_defaults(self._served.spec, path))
+        return _settled(options, self._served.spec, path)
 
     async def answer(
         self, messages: Sequence[Mapping[str, Any]], options: GenerateOptions
@@ -115,7 +117,7 @@ class LocalTier:
     async def complete(self, prompt: str, options: GenerateOptions) -> Generation:
         """A raw completion: the prompt's own tokens, no template, prompt layer or continuation."""
         served, runner = await self._pool.acquire(self.card.name)
-        options = with_defaults(options, model_defaults(served.spec, runner.path))
+        options = _settled(options, served.spec, runner.path)
         with runner.held():
             tokens = await asyncio.to_thread(runner.engine.tokenize, prompt, add_special=True)
             if not tokens:
@@ -129,7 +131,7 @@ class LocalTier:
         messages: Sequence[Mapping[str, Any]],
         options: GenerateOptions,
     ) -> Generation:
-        options = with_defaults(options, model_defaults(served.spec, runner.path))
+        options = _settled(options, served.spec, runner.path)
         engine = runner.engine
 
         def count(text: str) -> int:
@@ -159,6 +161,14 @@ class LocalTier:
 
         rounds = self._max_continuations
         return continuing(first, restart, rounds=rounds, hold=runner.held(), prompt=shown)
+
+
+def _settled(options: GenerateOptions, spec: ModelSpec, path: Path | None) -> GenerateOptions:
+    """``options`` with the model's default sampling; an already settled request (the cache
+    lookup settled it before ``answer``) skips reading the model's defaults again."""
+    if not options.default_sampling:
+        return options
+    return with_defaults(options, model_defaults(spec, path))
 
 
 async def _start(

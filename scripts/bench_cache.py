@@ -38,6 +38,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edgeinfer.cache.entry import CacheEntry  # noqa: E402
+from edgeinfer.cache.filler import core, same_question  # noqa: E402
 from edgeinfer.cache.guard import guard  # noqa: E402
 from edgeinfer.cache.store import GUARDED, CacheStore  # noqa: E402
 from edgeinfer.cache.verifier import PairModel, Verifier  # noqa: E402
@@ -54,7 +55,9 @@ def quality(pairs: list[dict[str, str]], sims: np.ndarray, verifier: Verifier) -
     model = verifier.model
     assert model is not None
     same = np.array([p["label"] == "same" for p in pairs])
-    passed = np.array([guard(p["a"], p["b"]) is None for p in pairs])
+    passed = np.array(
+        [same_question(p["a"], p["b"]) or guard(core(p["a"]), core(p["b"])) is None for p in pairs]
+    )
     probs = np.array(
         [verifier.probability(p["a"], p["b"], float(s)) for p, s in zip(pairs, sims, strict=True)]
     )

@@ -36,6 +36,7 @@ from numpy.typing import NDArray
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from edgeinfer.cache.filler import core, same_question  # noqa: E402
 from edgeinfer.cache.guard import guard  # noqa: E402
 from edgeinfer.cache.pair_features import pair_features  # noqa: E402
 from edgeinfer.cache.verifier import MODEL_PATH, PairModel  # noqa: E402
@@ -83,13 +84,18 @@ def split_raw(seed: str = "edgeinfer-cache-pairs-v1") -> None:
 
 
 def featurise(embedder: OnnxEmbedder, pairs: Pairs) -> tuple[NDArray[np.float32], NDArray[Any]]:
-    """Feature matrix, and each pair's cosine (column 0) for the threshold."""
+    """Feature matrix (each pair's cosine in column 0, for the threshold) and labels."""
     texts = sorted({p["a"] for p in pairs} | {p["b"] for p in pairs})
     vectors = dict(zip(texts, embedder.embed(texts), strict=True))
-    words = dict(zip(texts, embedder.words(texts), strict=True))
+    cores = {t: core(t) for t in texts}  # as the Verifier compares them
+    words = dict(zip(texts, embedder.words([cores[t] for t in texts]), strict=True))
     rows = [
         pair_features(
-            p["a"], p["b"], words[p["a"]], words[p["b"]], float(vectors[p["a"]] @ vectors[p["b"]])
+            cores[p["a"]],
+            cores[p["b"]],
+            words[p["a"]],
+            words[p["b"]],
+            float(vectors[p["a"]] @ vectors[p["b"]]),
         )
         for p in pairs
     ]
@@ -125,14 +131,28 @@ def fit(x: NDArray[Any], y: NDArray[Any], leaf: int, features: float, rules: boo
     )  # fmt: skip
 
 
+def identical(pairs: Pairs) -> NDArray[Any]:
+    """Pairs that are one question in different small talk: the Verifier serves them as p = 1."""
+    return np.array([same_question(p["a"], p["b"]) for p in pairs])
+
+
+def probabilities(model: PairModel, x: NDArray[Any], same: NDArray[Any]) -> NDArray[Any]:
+    probs = np.array([model.probability(row) for row in x])
+    return np.where(same, 1.0, probs)
+
+
 def serve(
-    model: PairModel | None, x: NDArray[Any], vetoed: NDArray[Any], threshold: float, cutoff: float
+    model: PairModel | None,
+    x: NDArray[Any],
+    vetoed: NDArray[Any],
+    same: NDArray[Any],
+    threshold: float,
+    cutoff: float,
 ) -> NDArray[Any]:
     """Which pairs a lookup would serve with these settings."""
     served = (x[:, 0] >= threshold) & ~vetoed
     if model is not None:
-        probs = np.array([model.probability(row) for row in x])
-        served &= probs >= cutoff
+        served &= probabilities(model, x, same) >= cutoff
     return served
 
 
@@ -144,13 +164,13 @@ def score(served: NDArray[Any], y: NDArray[Any]) -> tuple[float, float, int]:
 
 def choose(
     models: list[PairModel], x: NDArray[Any], y: NDArray[Any], vetoed: NDArray[Any],
-    target: float,
+    same: NDArray[Any], target: float,
 ) -> tuple[PairModel, float, float]:  # fmt: skip
     """The model, cosine threshold and cutoff with the most dev recall at ``target`` precision."""
     best: tuple[PairModel, float, float] = (models[0], 0.95, 1.0)
     best_recall = -1.0
     for model in models:
-        probs = np.array([model.probability(row) for row in x])
+        probs = probabilities(model, x, same)
         veto = vetoed if model.rules else np.zeros_like(vetoed)
         for threshold in THRESHOLDS:
             for cutoff in np.unique(np.round(probs, 3)):
@@ -162,8 +182,8 @@ def choose(
 
 
 def curve(model: PairModel, x: NDArray[Any], y: NDArray[Any], vetoed: NDArray[Any],
-          threshold: float) -> list[tuple[float, float, float, int]]:  # fmt: skip
-    probs = np.array([model.probability(row) for row in x])
+          same: NDArray[Any], threshold: float) -> list[tuple[float, float, float, int]]:  # noqa: E501  # fmt: skip
+    probs = probabilities(model, x, same)
     veto = vetoed if model.rules else np.zeros_like(vetoed)
     out = []
     for cutoff in (0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99):
@@ -186,8 +206,10 @@ def main() -> None:
     embedder = open_minilm(args.models)
     data = {name: load(name) for name in ("train", "dev", "test")}
     feats = {name: featurise(embedder, pairs) for name, pairs in data.items()}
+    sames = {name: identical(pairs) for name, pairs in data.items()}
     vetoes = {
-        name: np.array([guard(p["a"], p["b"]) is not None for p in pairs])
+        name: np.array([guard(core(p["a"]), core(p["b"])) is not None for p in pairs])
+        & ~sames[name]
         for name, pairs in data.items()
     }
     x_train, y_train = feats["train"]
@@ -198,7 +220,9 @@ def main() -> None:
             for fraction in FRACTIONS:
                 models.append(fit(x_train[keep], y_train[keep], leaf, fraction, rules))
     x_dev, y_dev = feats["dev"]
-    chosen, threshold, cutoff = choose(models, x_dev, y_dev, vetoes["dev"], args.precision)
+    chosen, threshold, cutoff = choose(
+        models, x_dev, y_dev, vetoes["dev"], sames["dev"], args.precision
+    )
     model = dataclasses.replace(chosen, cutoff=cutoff, cosine=threshold)
     index = next(i for i, m in enumerate(models) if m is chosen)
     leaf = LEAVES[index // len(FRACTIONS) % len(LEAVES)]
@@ -217,12 +241,13 @@ def main() -> None:
             ("cosine ≥ 0.80 alone", x[:, 0] >= 0.80),
             ("cosine ≥ 0.80 + rule guard", (x[:, 0] >= 0.80) & ~vetoes[name]),
             (f"shipped: cosine ≥ {threshold} + verifier ≥ {cutoff:.2f}",
-             serve(model, x, vetoes[name] if model.rules else np.zeros_like(y), threshold, cutoff)),
+             serve(model, x, vetoes[name] if model.rules else np.zeros_like(y), sames[name],
+                   threshold, cutoff)),
         ):  # fmt: skip
             p, r, wrong = score(served, y)
             print(f"| {label} | {p:.3f} | {r:.3f} | {wrong} |")
         print(f"\ncurve at threshold {threshold}: cutoff precision recall wrong")
-        for row in curve(model, x, y, vetoes[name], threshold):
+        for row in curve(model, x, y, vetoes[name], sames[name], threshold):
             print("  {:.2f}  {:.3f}  {:.3f}  {}".format(*row))
 
 

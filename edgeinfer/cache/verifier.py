@@ -4,6 +4,8 @@ The semantic layer's KNN finds stored questions whose embedding is close to the 
 closeness is not sameness ("Is a list bigger than a tuple?" and its reverse sit at cosine 0.99).
 For each candidate above the cosine threshold the store asks :meth:`Verifier.check`:
 
+0. greetings, thanks and polite frames are taken off both questions' ends (filler.py): two
+   questions equal without them are served, and the steps below compare what is left;
 1. the rule guard (guard.py) refuses pairs that differ in a number, unit, time, negation,
    direction, comparison, language, scope or named thing, when ``rules`` is on;
 2. a random forest over the pair's features (pair_features.py: the words the two questions do
@@ -29,6 +31,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from edgeinfer.cache.filler import core, same_question
 from edgeinfer.cache.guard import guard
 from edgeinfer.cache.pair_features import NAMES, pair_features
 from edgeinfer.core.embedding import Words
@@ -161,17 +164,23 @@ class Verifier:
         return [known[t] for t in texts]
 
     def probability(self, stored: str, incoming: str, similarity: float) -> float:
-        """The model's probability that ``stored``'s answer serves ``incoming``."""
+        """The model's probability that ``stored``'s answer serves ``incoming``: 1 when the two
+        are one question in different small talk, else the model's over the cores."""
         assert self.model is not None
-        words_a, words_b = self.words([stored, incoming])
-        return self.model.probability(pair_features(stored, incoming, words_a, words_b, similarity))
+        if same_question(stored, incoming):
+            return 1.0
+        a, b = core(stored), core(incoming)
+        words_a, words_b = self.words([a, b])
+        return self.model.probability(pair_features(a, b, words_a, words_b, similarity))
 
     def check(self, stored: str, incoming: str, similarity: float) -> str | None:
         """Why ``incoming`` must not get ``stored``'s answer, or None to serve it.
 
         Reasons start with the refusing part: a guard rule's name, or ``verifier``.
         """
-        if self.rules and (reason := guard(stored, incoming)) is not None:
+        if same_question(stored, incoming):
+            return None
+        if self.rules and (reason := guard(core(stored), core(incoming))) is not None:
             return reason
         if self.model is None:
             return None

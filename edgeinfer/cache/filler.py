@@ -1,0 +1,82 @@
+"""The question inside a message: greetings, thanks and polite frames taken off its ends.
+
+People wrap the same question in different small talk ("Hi there, how do I ...", "Quick
+question: ...", "... Thanks in advance!"). The words of a wrapper say nothing about the answer,
+yet to the verifier's features they are unmatched words, the very signal of a near-miss: on the
+workload benchmark no wrapped repeat of a cached question was served. :func:`core` strips
+wrappers from both ends, one known phrase at a time, and only there: a word inside the question
+is never touched, and a message that is nothing but a wrapper is kept whole. The verifier
+compares the cores; two messages whose cores are equal up to case, spacing and end punctuation
+ask the same thing.
+
+Pure; the phrase lists are English (other languages keep their wrappers, and the verifier
+treats those as it always did).
+"""
+
+from __future__ import annotations
+
+import re
+
+_GREETING = r"(?:hi|hello|hey|hiya|howdy|greetings|good (?:morning|afternoon|evening)|dear \w+)"
+_OPENERS = (
+    rf"{_GREETING}(?: there| all| everyone| team| again)?",
+    r"(?:ok(?:ay)?|so|um+|uh+|alright)",
+    r"(?:well|right)(?=[,.!])",  # "well water", "right angle" start questions too
+    r"(?:a |one |just a |another )?(?:quick|simple|small|random|short|silly|dumb)? ?"
+    r"question(?: for you)?",
+    r"(?:i was|i am|i'm|just) wondering(?: if you (?:could|can) (?:tell me|help))?",
+    r"(?:can|could|would|will) you (?:please |kindly )?"
+    r"help me(?: out)?(?: with this| with something| here)?",
+    r"(?:can|could|would|will) you (?:please |kindly )?(?:tell|let) me(?: know)?",
+    r"(?:do|would) you (?:happen to )?know",
+    r"(?:i'?d|i would) (?:like|love) to know",
+    r"i (?:want|need) to know",
+    r"(?:please |kindly )?(?:tell|let) me(?: know)?",
+    r"(?:please|kindly|pls|plz)",
+    r"(?:i have|i've got|got) a (?:quick |simple )?question",
+    r"help me(?: out)?(?: with this)?",
+    r"sorry to bother you",
+)
+_CLOSERS = (
+    r"(?:thanks|thank you|thx|ty|cheers|many thanks)(?: (?:so|very) much)?(?: in advance)?"
+    r"(?: for (?:your|the) help)?",
+    r"(?:much )?appreciated",
+    r"(?:i'?d )?appreciate (?:it|any help|your help)",
+    r"(?:please|pls|plz)",
+    r"(?:please )?(?:keep it|be) (?:short|brief|concise)(?: please)?",
+    r"(?:in short|briefly|short answer(?: please)?)",
+    r"any help (?:is|would be) (?:appreciated|great)",
+    r"[:;]-?[)D]",
+)
+_PUNCT = r"[\s,.:;!?\-–—]*"
+_LEAD = re.compile(rf"^\s*(?:{'|'.join(_OPENERS)})(?=[\s,.:;!?\-–—]|$){_PUNCT}", re.IGNORECASE)
+_TAIL = re.compile(rf"(?:^|(?<=[\s,.:;!?]))(?:{'|'.join(_CLOSERS)}){_PUNCT}$", re.IGNORECASE)
+_ROUNDS = 6  # phrases taken from each end at most
+_MIN_CHARS = 3  # a "question" shorter than this after stripping was nothing but a wrapper
+_PLAIN_SPACES = re.compile(r"\s+")
+_END_PUNCT = re.compile(r"[\s.?!,;:]+$")
+
+
+def core(text: str) -> str:
+    """``text`` without the greetings, thanks and polite frames at its start and end."""
+    out = text.strip()
+    for _ in range(_ROUNDS):
+        before = out
+        out = _LEAD.sub("", out, count=1)
+        out = _TAIL.sub("", out, count=1).rstrip(" ,;:-–—")
+        if out == before:
+            break
+    if len(_plain(out)) < _MIN_CHARS:
+        return text.strip()
+    if out != text.strip() and out[:1].islower():
+        out = out[:1].upper() + out[1:]  # the question now starts the sentence
+    return out
+
+
+def _plain(text: str) -> str:
+    return _END_PUNCT.sub("", _PLAIN_SPACES.sub(" ", text.strip().lower()))
+
+
+def same_question(a: str, b: str) -> bool:
+    """Whether ``a`` and ``b`` are one question in different small talk."""
+    return _plain(core(a)) == _plain(core(b))

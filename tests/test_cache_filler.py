@@ -1,0 +1,82 @@
+"""Small talk around a question: what :func:`core` takes off, what it must never take, and the
+verifier serving a wrapped repeat while still refusing a wrapped near-miss (real MiniLM)."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgeinfer.cache.filler import core, same_question
+from edgeinfer.cache.verifier import PairModel, Verifier
+from edgeinfer.embed.onnx import OnnxEmbedder
+from tests.cache_fixtures import minilm_fixture  # noqa: F401
+
+QUESTION = "How do I reset my password?"
+
+
+@pytest.mark.parametrize(
+    "wrapped",
+    [
+        "Hi there, how do I reset my password?",
+        "Hey! How do I reset my password? Thanks in advance!",
+        "Quick question: how do I reset my password",
+        "I was wondering, how do I reset my password?",
+        "Could you help me with this? How do I reset my password?",
+        "Good morning team - how do I reset my password? Much appreciated :)",
+        "How do I reset my password? Please keep it short.",
+        "  how do I reset   my password?? thank you so much",
+        "Sorry to bother you. Can you tell me how do I reset my password? Cheers",
+    ],
+)
+def test_a_wrapped_question_has_the_same_core(wrapped: str) -> None:
+    assert same_question(QUESTION, wrapped), core(wrapped)
+    assert same_question(wrapped, QUESTION)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("Hi, how do I reset my password?", "Hi, how do I delete my account?"),
+        ("Please don't delete the branch", "Delete the branch"),  # a negation is content
+        ("Well water is safe to drink?", "Water is safe to drink?"),  # "well" without a comma
+        ("Is it right to left?", "Is it left to right?"),
+        ("What is 2 + 2? Thanks", "What is 2 + 3? Thanks"),
+        ("Hi there, translate 'thank you' to French", "Translate 'thank you' to German"),
+    ],
+)
+def test_words_inside_the_question_are_never_taken(a: str, b: str) -> None:
+    assert not same_question(a, b), (core(a), core(b))
+
+
+def test_a_message_that_is_only_small_talk_stays_whole() -> None:
+    for text in ("Thanks!", "Hi there", "Please", "  hello  "):
+        assert core(text) == text.strip()
+    assert not same_question("Thanks!", "Hi there")
+    assert core("Thanks so much for the help!") == "Thanks so much for the help!"
+
+
+def test_the_core_keeps_the_question_as_written() -> None:
+    assert core("Hi there, how do I reset my password?") == "How do I reset my password?"
+    assert core("Question: what does `git rebase -i` do? Thanks!") == (
+        "What does `git rebase -i` do?"
+    )
+    assert core(QUESTION) == QUESTION  # nothing to take: unchanged, case and all
+
+
+def test_the_verifier_serves_wrapped_repeats_and_refuses_wrapped_near_misses(
+    minilm: OnnxEmbedder,
+) -> None:
+    verifier = Verifier(minilm.words, PairModel.load())
+
+    def decide(a: str, b: str) -> str | None:
+        va, vb = minilm.embed([a, b])
+        return verifier.check(a, b, float(va @ vb))
+
+    stored = "Does a list use more memory than a tuple in Python?"
+    assert decide(stored, f"Quick question: {stored[0].lower()}{stored[1:]} Thanks!") is None
+    assert verifier.probability(stored, f"Hi there, {stored}", 0.98) == 1.0
+    for near_miss in (
+        "Quick question: does a tuple use more memory than a list in Python? Thanks!",
+        "Hi there, does a list use less memory than a tuple in Python?",
+        "Could you help me with this? Does a list use more memory than a tuple in Rust?",
+    ):
+        assert decide(stored, near_miss) is not None, near_miss

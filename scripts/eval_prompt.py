@@ -8,7 +8,9 @@ answer, a question and an answer regex) is answered twice by the same model, gre
 * ``compressed``: the same messages through the prompt layer first: ``compress_messages``
   (whitespace, repeated paragraphs, abbreviations with ``--abbreviations``), then
   ``optimise_messages`` (chunk, embed with MiniLM, keep the chunks most relevant to the question
-  under ``--budget`` tokens, in their original order).
+  under ``--budget`` tokens, in their original order); with ``--documents``, the default-on cut
+  ``optimise_document`` instead (lookup questions only: an item whose question needs the whole
+  text, ``"kind": "whole"``, must come through unchanged, and the table shows it did).
 
 Reported: prompt tokens (message contents, the model's own tokenizer) before and after; answer
 agreement between the two sides (same regex verdict; identical text) and each side's accuracy;
@@ -49,7 +51,7 @@ from edgeinfer.engine.base import BatchItem, EngineParams
 from edgeinfer.engine.llama import LlamaEngine, load, quantize  # noqa: E402
 from edgeinfer.models.store import ModelStore  # noqa: E402
 from edgeinfer.prompt.compress import compress_messages  # noqa: E402
-from edgeinfer.prompt.context import optimise_messages  # noqa: E402
+from edgeinfer.prompt.context import optimise_document, optimise_messages  # noqa: E402
 from edgeinfer.prompt.report import PromptReport  # noqa: E402
 from edgeinfer.prompt.template import render_chat  # noqa: E402
 
@@ -137,13 +139,23 @@ def layered(
     compressed, first = compress_messages(
         messages, abbreviations=args.abbreviations, count_tokens=model.count
     )
-    selected, second = optimise_messages(
-        compressed,
-        budget_tokens=args.budget,
-        count_tokens=model.count,
-        embed=embedder.embed,
-        chunk_tokens=args.chunk_tokens,
-    )
+    if args.documents:  # the default-on path: [prompt] documents
+        selected, second = optimise_document(
+            compressed,
+            min_tokens=args.document_tokens,
+            budget_tokens=args.budget,
+            count_tokens=model.count,
+            embed=embedder.embed,
+            chunk_tokens=args.chunk_tokens,
+        )
+    else:
+        selected, second = optimise_messages(
+            compressed,
+            budget_tokens=args.budget,
+            count_tokens=model.count,
+            embed=embedder.embed,
+            chunk_tokens=args.chunk_tokens,
+        )
     return selected, first.then(second)
 
 
@@ -186,9 +198,10 @@ def report(rows: list[Row], args: argparse.Namespace) -> dict[str, Any]:
 
     print_table(
         f"Per item (budget {args.budget} tokens; TTFT in ms; layer = prompt layer's own time)",
-        ["item", "tokens", "kept", "TTFT plain", "TTFT layered", "layer", "ok plain",
+        ["item", "tokens", "kept", "actions", "TTFT plain", "TTFT layered", "layer", "ok plain",
          "ok layered", "same text"],
-        [[r.id, r.tokens_before, r.tokens_after, r.plain.ttft_s * 1e3, r.layered.ttft_s * 1e3,
+        [[r.id, r.tokens_before, r.tokens_after, ",".join(r.actions) or "-",
+          r.plain.ttft_s * 1e3, r.layered.ttft_s * 1e3,
           r.layered.layer_s * 1e3, r.plain_correct, r.layered_correct,
           r.plain.text == r.layered.text] for r in rows],
     )  # fmt: skip
@@ -235,6 +248,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--limit", type=int, help="only the first N items")
     parser.add_argument("--budget", type=int, default=512, help="token budget of the messages")
     parser.add_argument("--chunk-tokens", type=int, default=128)
+    parser.add_argument(
+        "--documents",
+        action="store_true",
+        help="the default document cut ([prompt] documents: lookup questions only, --budget "
+        "tokens of the document) instead of context_budget",
+    )
+    parser.add_argument("--document-tokens", type=int, default=1024, help="with --documents")
+    parser.add_argument(
+        "--retrieval",
+        metavar="BUDGETS",
+        help="no answers: for each comma-separated budget, how often the kept text still holds "
+        "the item's evidence and answer (and a whole-text item is left whole)",
+    )
     parser.add_argument("--abbreviations", action="store_true", help="also abbreviate")
     parser.add_argument("--max-tokens", type=int, default=24, help="answer length cap")
     parser.add_argument("--n-ctx", type=int, default=4096)
@@ -249,6 +275,38 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def load_items(path: Path, limit: int | None) -> list[dict[str, str]]:
     items = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
     return items[:limit] if limit else items
+
+
+def retrieval(
+    items: list[dict[str, str]], model: Model, embedder: OnnxEmbedder, args: argparse.Namespace
+) -> None:
+    """Per budget: lookup items whose evidence and answer survive the cut, whole-text items left
+    whole, tokens kept. Evidence may name several passages (``" | "``-separated): all must stay."""
+    rows = []
+    for budget in [int(b) for b in args.retrieval.split(",")]:
+        args.budget = budget
+        kept = whole_ok = lookups = wholes = 0
+        after = []
+        for item in items:
+            shorter, report = layered(messages_for(item), model, embedder, args)
+            text = " ".join(shorter[-1]["content"].split())
+            if item.get("kind") == "whole":
+                wholes += 1
+                whole_ok += not ({"document", "context"} & set(report.actions))
+                continue
+            lookups += 1
+            after.append(report.tokens_after)
+            evidence = [" ".join(e.split()) for e in item["evidence"].split(" | ")]
+            answer = re.search(item["answer"], text, re.IGNORECASE)
+            kept += all(e in text for e in evidence) and answer is not None
+        rows.append([budget, f"{kept}/{lookups}", f"{whole_ok}/{wholes}",
+                     statistics.fmean(after) if after else 0])  # fmt: skip
+    mode = "document cut (--documents)" if args.documents else "context_budget"
+    print_table(
+        f"Retrieval, {mode}: what the model would read, per budget",
+        ["budget", "lookups keeping evidence", "whole-text items left whole", "tokens after"],
+        rows,
+    )
 
 
 def warm_up(model: Model, embed: Callable[[list[str]], Any]) -> None:
@@ -266,6 +324,10 @@ def main(argv: list[str] | None = None) -> int:
     note(f"model {args.model}: resolving in {args.models_dir} (pulled on first use)")
     model = Model(store.ensure(args.model), args.n_ctx, args.threads)
     embedder = open_minilm(args.models_dir, threads=args.embed_threads)
+    if args.retrieval:
+        retrieval(items, model, embedder, args)
+        model.engine.close()
+        return 0
     warm_up(model, embedder.embed)
     rows = []
     t0 = time.perf_counter()

@@ -64,3 +64,17 @@ def test_context_budget_keeps_the_chunk_that_answers(daemon: Daemon) -> None:
     assert report["tokens_before"] > 1500 and report["tokens_after"] <= 400 + 64
     assert reply["usage"]["prompt_tokens"] < 600
     assert report["chunks_kept"] < report["chunks_total"]
+
+
+def test_a_pasted_document_is_cut_to_its_relevant_part_by_default(daemon: Daemon) -> None:
+    item = json.loads(DATA.read_text().splitlines()[3])
+    user = f"{item['document']}\n\nQuestion: {item['question']}"
+    reply = _chat(daemon, [{"role": "user", "content": user}])
+    report = reply["edgeinfer"]["prompt"]
+    assert "document" in report["actions"]
+    assert report["tokens_before"] > 1500 and report["tokens_after"] <= 512 + 64
+    assert reply["usage"]["prompt_tokens"] < 700
+
+    whole = _chat(daemon, [{"role": "user", "content": f"{item['document']}\n\nSummarise this."}])
+    assert "document" not in whole["edgeinfer"]["prompt"]["actions"]
+    assert whole["usage"]["prompt_tokens"] > 1500

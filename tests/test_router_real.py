@@ -377,7 +377,7 @@ def test_router_prompt_and_remotes_reload_without_a_restart(model_store: ModelSt
             home,
             "[models.tiny]\nslots = 1\n"
             '[router]\ndefault_route = "best"\n'
-            "[prompt]\ncompress = false\n"
+            "[prompt]\ncompress = false\ndocuments = false\n"
             '[remotes.up]\nurl = "http://127.0.0.1:9/v1"\nmodel = "m"\nquality = 0.9\n'
             "retries = 0\ntimeout = 5\ncost_per_1k = 1000\n",
         )
@@ -393,6 +393,6 @@ def test_router_prompt_and_remotes_reload_without_a_restart(model_store: ModelSt
         assert cheap_reply.status_code == 200, cheap_reply.text
         cheap = cheap_reply.json()
         assert cheap["model"] == "tiny" and cheap["edgeinfer"]["route"]["route"] == "best"
-        assert "prompt" not in cheap["edgeinfer"]  # compress is off now
+        assert "prompt" not in cheap["edgeinfer"]  # the prompt layer is off now
     finally:
         d.stop()

@@ -289,6 +289,16 @@ class PromptSettings(_Strict):
     history_budget: int | None = Field(
         default=None, ge=64, description="tokens; summarise older turns with the cheapest tier"
     )
+    documents: bool = Field(
+        default=True,
+        description="a long pasted document with a lookup question keeps its most relevant part",
+    )
+    document_tokens: int = Field(
+        default=1024, ge=128, description="tokens a last user turn needs for documents to apply"
+    )
+    document_budget: int = Field(
+        default=512, ge=128, description="tokens of a document that documents keeps"
+    )
 
 
 class RemoteSpec(_Strict):

@@ -7,6 +7,12 @@ similar chunks that fit a token budget, in their original order, with ``[…]`` 
 left out. :func:`optimise_messages` finds the question and the document in a chat and applies it;
 the service calls it after compression when the conversation is over its budget.
 
+:func:`optimise_document` is the default-on variant (``[prompt] documents``): it touches only a
+last user turn that is a long pasted document followed (or preceded) by a *lookup* question, one
+that asks for a fact the document states. A request to summarise, translate, rewrite, count or
+compare needs all of the text, and so does a turn whose "question" is just the document's last
+line: both are left whole (:func:`lookup_question`). Measured by scripts/eval_prompt.py.
+
 Pure apart from the injected callables: ``count_tokens`` is the target model's tokenizer and
 ``embed`` returns L2-normalised rows (``Embedder.embed``), a blocking call the service runs in a
 worker thread.
@@ -39,6 +45,29 @@ GAP = f"\n\n{MARKER}\n\n"
 CHUNK_TOKENS = 128  # MiniLM reads at most 256 of its own tokens; a chunk must fit whole
 QUESTION_TOKENS = 64  # a trailing paragraph at most this long is taken for the question
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_WHOLE = re.compile(
+    r"\b(?:summar(?:y|ies|ise|ize|ising|izing)|tl;?dr|translat\w*|rewrit\w*|rephras\w*|"
+    r"paraphras\w*|proofread\w*|edit|shorten|condense|simplify|outline|overview|gist|"
+    r"(?:key|main|important) (?:points?|ideas?|takeaways?|themes?|facts|arguments?)|"
+    r"themes?|tone|style|structure|critique|review|improve|"
+    r"list (?:all|every|each|the)|all (?:the )?\w+ (?:mentioned|listed|named|discussed)|"
+    r"every (?:time|mention|instance|occurrence|one)|each (?:of|time|mention)|"
+    r"how many (?:times|mentions|instances)|count|compare|contrast|differences?|similarit\w+|"
+    r"entire|whole|overall|throughout|(?:this|the) (?:document|text|article|email|passage) "
+    r"(?:is|as a whole)|what (?:is|'s) (?:this|the) (?:document|text|article|email) about)\b",
+    re.IGNORECASE,
+)
+_WHOLE_TASK = re.compile(  # what a system prompt may ask of every pasted text
+    r"\b(?:summar(?:y|ies|ise|ize|ising|izing)|tl;?dr|translat\w*|rewrit\w*|rephras\w*|"
+    r"paraphras\w*|proofread\w*|shorten|condense|simplify|critique|review the)\b",
+    re.IGNORECASE,
+)
+_ASKS = re.compile(
+    r"^(?:question\s*[:\-]\s*)?(?:what|who|whom|whose|when|where|which|why|how|is|are|was|were|"
+    r"does|do|did|can|could|should|will|would|has|have|had|find|tell|give|name|state|identify|"
+    r"according|based on|look up|quote|from the (?:document|text)|in the (?:document|text))\b",
+    re.IGNORECASE,
+)
 
 
 def chunk_text(document: str, *, count_tokens: CountTokens, chunk_tokens: int) -> list[str]:
@@ -244,3 +273,56 @@ def _locate(
     if longest is None or sizes[longest] <= chunk_tokens or too_long(messages[longest]):
         return users[-1], None
     return longest, Split("", messages[longest]["content"], "", last)
+
+
+def lookup_question(question: str, instructions: str = "") -> bool:
+    """Whether ``question`` asks for a fact a part of the document holds: it reads as a question
+    (ends in ``?`` or opens like one) and neither it nor the chat's ``instructions`` (system
+    messages, the turn's text around the document) ask for the whole text."""
+    text = question.strip()
+    if not text or _WHOLE.search(text) or _WHOLE_TASK.search(instructions):
+        return False
+    return text.endswith("?") or _ASKS.match(text) is not None
+
+
+def optimise_document(
+    messages: Sequence[Mapping[str, Any]],
+    *,
+    min_tokens: int,
+    budget_tokens: int,
+    count_tokens: CountTokens,
+    embed: Embed,
+    chunk_tokens: int = CHUNK_TOKENS,
+) -> tuple[list[Message], PromptReport]:
+    """Keep the ``budget_tokens`` most relevant tokens of a pasted document in the last user turn
+    when that turn has at least ``min_tokens`` and asks a lookup question (:func:`lookup_question`).
+    Anything else comes back unchanged: earlier turns, system messages, whole-text requests.
+    """
+    out = [dict(m) for m in messages]
+    total = content_tokens(messages, count_tokens)
+    unchanged = PromptReport(total, total, too_long=count_too_long(messages))
+    users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
+    if not users or not editable(messages[users[-1]]) or too_long(messages[users[-1]]):
+        return out, unchanged
+    turn = messages[users[-1]]["content"]
+    if count_tokens(turn) < min_tokens:
+        return out, unchanged
+    split = split_question(turn, count_tokens)
+    system = " ".join(
+        str(m.get("content")) for m in messages if m.get("role") in ("system", "developer")
+    )
+    if split is None or not lookup_question(split.question, f"{system} {split.prefix}"):
+        return out, unchanged
+    document, report = select_context(
+        split.document,
+        split.question,
+        budget_tokens=budget_tokens,
+        count_tokens=count_tokens,
+        embed=embed,
+        chunk_tokens=chunk_tokens,
+    )
+    if not report.actions:
+        return out, unchanged
+    out[users[-1]]["content"] = split.prefix + document + split.suffix
+    after = content_tokens(out, count_tokens)
+    return out, PromptReport(total, after, ["document"], report.details, unchanged.too_long)

@@ -1,7 +1,8 @@
 """Step 3 of the request flow: the prompt layer, run on a local model's messages before its chat
 template is rendered.
 
-Chains the pure transforms (compress → keep relevant context → summarise old history) under
+Chains the pure transforms (compress → keep relevant context, or the relevant part of a pasted
+document → summarise old history) under
 the [prompt] settings and the request's own ``edgeinfer`` options, counts tokens with the
 target model's tokenizer, and keeps running totals for /stats. Blocking work (tokenizing,
 embedding) runs in threads; the summariser is injected by the service (the cheapest tier).
@@ -18,7 +19,7 @@ from typing import Any
 
 from edgeinfer.config.schema import PromptSettings
 from edgeinfer.prompt.compress import compress_messages
-from edgeinfer.prompt.context import Embed, optimise_messages
+from edgeinfer.prompt.context import Embed, optimise_document, optimise_messages
 from edgeinfer.prompt.history import summarise_history
 from edgeinfer.prompt.report import CountTokens, Message, PromptReport, content_tokens
 
@@ -50,7 +51,14 @@ class PromptLayer:
         s = self.settings
         compress = s.compress if wish.compress is None else wish.compress
         budget = wish.context_budget or s.context_budget
-        return compress or s.abbreviations or budget is not None or s.history_budget is not None
+        documents = s.documents and wish.compress is not False
+        return (
+            compress
+            or s.abbreviations
+            or budget is not None
+            or documents
+            or s.history_budget is not None
+        )
 
     async def apply(
         self,
@@ -75,6 +83,16 @@ class PromptLayer:
                 optimise_messages,
                 out,
                 budget_tokens=budget,
+                count_tokens=count_tokens,
+                embed=self._embed,
+            )
+            report = step if report is None else report.then(step)
+        elif s.documents and wish.compress is not False and self._embed is not None:
+            out, step = await asyncio.to_thread(
+                optimise_document,
+                out,
+                min_tokens=s.document_tokens,
+                budget_tokens=s.document_budget,
                 count_tokens=count_tokens,
                 embed=self._embed,
             )

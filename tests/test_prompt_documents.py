@@ -1,0 +1,127 @@
+"""The prompt layer's default document cut (``[prompt] documents``): a long pasted document with
+a lookup question keeps its relevant part; anything that needs the whole text stays whole.
+
+Real MiniLM and the real long-context items (tests/data/long_context.jsonl) for what is kept;
+the layer's switches with a word counter.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgeinfer.config.schema import PromptSettings
+from edgeinfer.embed.onnx import OnnxEmbedder
+from edgeinfer.prompt.context import lookup_question, optimise_document
+from edgeinfer.prompt.layer import PromptLayer, PromptWish
+from tests.cache_fixtures import minilm_fixture  # noqa: F401
+
+ITEMS = [
+    json.loads(line)
+    for line in (Path(__file__).parent / "data" / "long_context.jsonl").read_text().splitlines()
+    if line.strip()
+]
+
+
+def words(text: str) -> int:
+    return len(text.split())
+
+
+@pytest.mark.parametrize(
+    ("question", "instructions", "lookup"),
+    [
+        ("Question: What is the name of the starter?", "", True),
+        ("Who chaired the meeting", "", True),
+        ("I'm checking the invoice. What was the total?", "", True),
+        ("Find the ferry's crossing time.", "", True),
+        ("Tell me the price of the 2023 model.", "", True),
+        ("What was the total?", "You are a helpful assistant. Tone: friendly.", True),
+        ("Summarise this.", "", False),
+        ("Give me the key points", "", False),
+        ("How many times is the ferry late?", "", False),
+        ("List every speaker who objected.", "", False),
+        ("Translate the second paragraph to French", "", False),
+        ("What is this document about?", "", False),
+        ("Compare the two offers.", "", False),
+        ("Contact: press@example.com", "", False),  # the document's last line, not a question
+        ("What was the total?", "Summarise every document the user pastes.", False),
+    ],
+)
+def test_lookup_question(question: str, instructions: str, lookup: bool) -> None:
+    assert lookup_question(question, instructions) is lookup
+
+
+def _turn(item: dict[str, Any], question: str | None = None) -> str:
+    return f"{item['document']}\n\nQuestion: {question or item['question']}"
+
+
+def _document(messages: list[dict[str, Any]], embed: Any, **kw: Any) -> tuple[Any, Any]:
+    return optimise_document(
+        messages,
+        min_tokens=kw.get("min_tokens", 1000),
+        budget_tokens=kw.get("budget", 300),
+        count_tokens=words,
+        embed=embed,
+    )
+
+
+@pytest.mark.real
+def test_a_lookup_keeps_the_part_that_answers(minilm: OnnxEmbedder) -> None:
+    for item in ITEMS[:8]:
+        messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": ""}]
+        messages[1]["content"] = _turn(item)
+        out, report = _document(messages, minilm.embed)
+        assert report.actions == ["document"], item["id"]
+        assert out[0] == messages[0]
+        text = out[1]["content"]
+        assert text.endswith(f"\n\nQuestion: {item['question']}")
+        assert re.search(item["answer"], text), item["id"]
+        assert report.tokens_after < report.tokens_before / 3
+        assert report.details["chunks_kept"] < report.details["chunks_total"]
+
+
+@pytest.mark.real
+@pytest.mark.parametrize(
+    "question",
+    ["Summarise the document in two sentences.", "How many times is a bakery mentioned?"],
+)
+def test_a_request_for_the_whole_text_is_left_whole(minilm: OnnxEmbedder, question: str) -> None:
+    messages = [{"role": "user", "content": _turn(ITEMS[0], question)}]
+    out, report = _document(messages, minilm.embed)
+    assert out == messages and report.actions == []
+
+
+@pytest.mark.real
+def test_short_turns_and_earlier_documents_are_not_touched(minilm: OnnxEmbedder) -> None:
+    item = ITEMS[0]
+    short = [{"role": "user", "content": _turn(item)}]
+    out, report = _document(short, minilm.embed, min_tokens=words(short[0]["content"]) + 1)
+    assert out == short and report.actions == []
+    follow_up = [
+        {"role": "user", "content": item["document"]},
+        {"role": "assistant", "content": "I have read it."},
+        {"role": "user", "content": item["question"]},
+    ]
+    out, report = _document(follow_up, minilm.embed)
+    assert out == follow_up and report.actions == []  # its KV prefix is the conversation's
+
+
+async def test_the_layer_cuts_by_default_and_a_request_can_opt_out(minilm: OnnxEmbedder) -> None:
+    item = ITEMS[1]
+    messages = [{"role": "user", "content": _turn(item)}]
+    settings = PromptSettings(document_tokens=1000, document_budget=300)
+    layer = PromptLayer(settings, embed=minilm.embed)
+    out, report = await layer.apply(messages, words, PromptWish())
+    assert report is not None and "document" in report.actions
+    assert re.search(item["answer"], out[0]["content"])
+    assert layer.snapshot()["tokens_removed"] == report.tokens_removed > 0
+
+    kept, off = await layer.apply(messages, words, PromptWish(compress=False))
+    assert kept == messages and off is None
+    layer = PromptLayer(PromptSettings(compress=False, documents=False), embed=minilm.embed)
+    kept, off = await layer.apply(messages, words, PromptWish())
+    assert kept == messages and off is None

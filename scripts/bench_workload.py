@@ -19,8 +19,10 @@ The trace (``build_trace``; ``--write-trace`` saves it, ``--trace`` replays your
   whole history (the system's own earlier answers included). Multi-turn chats are common in
   public chat logs (LMSYS-Chat-1M, arXiv:2309.11998, averages about two turns a conversation);
   three turns exercise KV prefix reuse.
-- **Long documents** (14%): a pasted ~1,900-token document with one fact to find
-  (``tests/data/long_context.jsonl``), the "summarise/answer from this" traffic of assistants.
+- **Long documents** (14%): a pasted 1,700–2,000-token document with one fact to find, the
+  "answer from this" traffic of assistants: the lookup items of ``tests/data/documents/test.jsonl``
+  (one topic per document, with distractor passages; styles the prompt layer's settings were
+  not chosen on).
 
 Sessions are shuffled once (``--seed``); a repeat or rewording always comes at least
 ``--gap`` sessions after its original, so concurrent clients do not race it.
@@ -171,6 +173,9 @@ def build_trace(
     n_conv = round(sessions * 0.14)
     n_doc = round(sessions * 0.14)
     n_again = sessions - n_faq - n_conv - n_doc
+    lookups = [d for d in docs if d.get("kind", "lookup") == "lookup"]  # one fact to find
+    if n_doc and not lookups:
+        raise BenchError("no lookup documents for the document sessions")
     if len(pool) < n_faq + 3 * n_conv:
         raise BenchError(f"{len(pool)} labelled prompts: too few for {sessions} sessions")
     firsts: list[Session] = []
@@ -186,9 +191,9 @@ def build_trace(
         ]
         firsts.append(Session(f"conv{i:03d}", "conversation", turns))
     for i in range(n_doc):
-        doc = docs[i % len(docs)]
+        doc = lookups[i % len(lookups)]
         content = f"{doc['document']}\n\nQuestion: {doc['question']}"
-        answer = doc["answer"]  # already a regex (tests/data/long_context.jsonl)
+        answer = doc["answer"]  # already a regex
         firsts.append(Session(f"doc{i:03d}", "document", [Turn(content, answer)]))
     rng.shuffle(firsts)
     order: list[Session] = list(firsts)
@@ -494,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
         default=DATA / "router" / "test.jsonl",
         help="labelled prompts (JSONL: prompt, answer regex)",
     )
-    parser.add_argument("--docs", type=Path, default=DATA / "long_context.jsonl")
+    parser.add_argument("--docs", type=Path, default=DATA / "documents" / "test.jsonl")
     parser.add_argument("--trace", type=Path, help="replay this trace instead (see docstring)")
     parser.add_argument("--write-trace", type=Path, help="save the trace built here")
     parser.add_argument("--sessions", type=int, default=105)

@@ -91,7 +91,6 @@ class Setting:
     margin: float
     threshold: float
     min_draft_p: float
-    hopeless: float = 0.0  # best prediction under this: the cheapest tier answers alone
 
 
 def replay(
@@ -103,10 +102,6 @@ def replay(
     for prompt in prompts:
         p, r = predicted[prompt], runs[prompt]
         top = max(p.values())
-        if top < setting.hopeless:  # no tier is likely right: the cheapest answers, no cascade
-            right += r[TIERS[0]].correct
-            seconds += r[TIERS[0]].seconds
-            continue
         start = next(t for t in TIERS if p[t] >= top - setting.margin)
         if start != "large" and p[start] < setting.min_draft_p:
             start = "large"
@@ -193,12 +188,11 @@ def main(argv: list[str] | None = None) -> int:
         f" at {o_s / large_s:.3f} of its time"
     )
     grid = [
-        Setting(m, t, d, h)
-        for m, t, d, h in itertools.product(
+        Setting(m, t, d)
+        for m, t, d in itertools.product(
             (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.6),
             (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
             (0.0, 0.2, 0.3, 0.4, 0.5, 0.6),
-            (0.0, 0.2, 0.3, 0.4, 0.5),
         )
     ]
     results = []
@@ -210,12 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"best settings on dev keeping >= {args.floor} of large-only accuracy (l2 {l2}):")
     for s, acc, t in ok[:8]:
         print(
-            f"  margin {s.margin:.2f} threshold {s.threshold:.2f} min_draft_p {s.min_draft_p:.2f}"
-            f" hopeless {s.hopeless:.2f}:"
+            f"  margin {s.margin:.2f} threshold {s.threshold:.2f} min_draft_p {s.min_draft_p:.2f}:"
             f" {acc:.3f} of large's accuracy at {t:.3f} of its time"
         )
     current = next(r for r in results if r[0] == Setting(0.15, 0.6, 0.0))
-    print(f"current defaults (0.15, 0.60, 0.00, 0.00): {current[1]:.3f} at {current[2]:.3f}")
+    print(f"current defaults (0.15, 0.60, 0.00): {current[1]:.3f} at {current[2]:.3f}")
     if args.weights:
         sources = [str(p) for p in args.train]
         meta = {**classifier.meta, "l2": l2, "sources": sources}

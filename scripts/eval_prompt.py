@@ -139,23 +139,16 @@ def layered(
     compressed, first = compress_messages(
         messages, abbreviations=args.abbreviations, count_tokens=model.count
     )
+    common: dict[str, Any] = {
+        "budget_tokens": args.budget,
+        "count_tokens": model.count,
+        "embed": embedder.embed,
+        "chunk_tokens": args.chunk_tokens,
+    }
     if args.documents:  # the default-on path: [prompt] documents
-        selected, second = optimise_document(
-            compressed,
-            min_tokens=args.document_tokens,
-            budget_tokens=args.budget,
-            count_tokens=model.count,
-            embed=embedder.embed,
-            chunk_tokens=args.chunk_tokens,
-        )
+        selected, second = optimise_document(compressed, min_tokens=args.document_tokens, **common)
     else:
-        selected, second = optimise_messages(
-            compressed,
-            budget_tokens=args.budget,
-            count_tokens=model.count,
-            embed=embedder.embed,
-            chunk_tokens=args.chunk_tokens,
-        )
+        selected, second = optimise_messages(compressed, **common)
     return selected, first.then(second)
 
 

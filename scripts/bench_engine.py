@@ -1,7 +1,9 @@
 """Benchmark edgeinfer's engine against the baseline, side by side, in one run.
 
 Same model file, same machine, same prompts (ChatML formatted here and sent raw as completions, so
-every side evaluates identical tokens), greedy decoding. The sides never run at the same time:
+every side evaluates identical tokens), plain greedy decoding (temperature 0, repeat_penalty 1.0
+on every side: the daemon would otherwise apply the model's default penalty). The sides never
+run at the same time:
 
 * ``baseline``: llama-cpp-python's high-level ``llama_cpp.Llama`` in this process, one sequence
   serving requests one at a time (on one worker thread), with its own prefix reuse of the
@@ -199,6 +201,9 @@ class HttpSide:
             "prompt": prompt,
             "max_tokens": max_tokens,
             "temperature": 0.0,
+            # Plain greedy on every side, as the baseline's Llama does: without it the daemon
+            # applies the model's default repeat_penalty (a sampler chain on every token).
+            "repeat_penalty": 1.0,
             "stream": stream,
         }
         if stream:

@@ -182,6 +182,59 @@ def test_logprobs_travel_with_their_text(model_file: Path) -> None:
         runner.stop()
 
 
+def events_of(sink: Sink) -> tuple[list[Delta], Finished | Failed]:
+    deltas = []
+    while isinstance(event := sink.events.get(timeout=5), Delta):
+        deltas.append(event)
+    return deltas, event
+
+
+def test_a_whole_request_gets_its_answer_in_one_delta(model_file: Path) -> None:
+    """A non-streamed answer (``whole``): the same text, stop strings and all, handed over in
+    one event at the end instead of one per token."""
+    runner, _ = make_runner(model_file)
+    try:
+        for stop in ((), ("zz-never",)):
+            streamed, s_sink = gen_request([5, 6, 7], max_tokens=12, stop=stop)
+            whole, w_sink = gen_request([5, 6, 7], max_tokens=12, stop=stop, whole=True)
+            runner.submit(streamed)
+            runner.submit(whole)
+            s_deltas, s_done = events_of(s_sink)
+            w_deltas, w_done = events_of(w_sink)
+            assert len(s_deltas) == 12
+            assert len(w_deltas) == 1
+            assert w_deltas[0].text == "".join(d.text for d in s_deltas)
+            assert isinstance(w_done, Finished) and isinstance(s_done, Finished)
+            assert w_done.reason == s_done.reason == "length"
+            assert w_done.usage.completion_tokens == 12
+        words = "".join(d.text for d in s_deltas).split()
+        word = next(w for k, w in enumerate(words) if k >= 2 and w not in words[:k])
+        cut, sink = gen_request([5, 6, 7], max_tokens=12, stop=(word,), whole=True)
+        runner.submit(cut)
+        deltas, done = events_of(sink)
+        assert isinstance(done, Finished) and done.reason == "stop"
+        assert len(deltas) == 1 and deltas[0].text and word not in deltas[0].text
+    finally:
+        runner.stop()
+
+
+def test_a_whole_request_still_streams_the_head_whose_logprobs_are_read(
+    model_file: Path,
+) -> None:
+    """A cascade judges a draft's head token by token, even for a non-streaming client: the
+    tokens with logprobs come as generated, the rest in one delta at the end."""
+    runner, _ = make_runner(model_file)
+    try:
+        req, sink = gen_request([1, 2], max_tokens=10, logprobs=0, logprob_tokens=3, whole=True)
+        runner.submit(req)
+        deltas, done = events_of(sink)
+        assert isinstance(done, Finished) and done.usage.completion_tokens == 10
+        assert [len(d.logprobs) for d in deltas] == [1, 1, 1, 0]
+        assert len(deltas[-1].text.split()) == 7
+    finally:
+        runner.stop()
+
+
 def test_a_sampler_the_engine_refuses_fails_only_that_request(model_file: Path) -> None:
     runner, _ = make_runner(model_file)
     try:

@@ -162,6 +162,41 @@ def test_a_request_queued_behind_the_crash_is_answered_by_the_restarted_runner(
         d.stop()
 
 
+def test_a_non_streamed_answer_cut_by_a_crash_is_generated_again(tiny_path: Path) -> None:
+    """A non-streaming client has read nothing when the runner dies mid-answer (its text comes
+    in one piece at the end), so the request is retried on the restarted runner: the client
+    gets the whole answer, not an error."""
+    d = start_daemon("--models", "tiny")
+    try:
+        with d.client() as c:
+            pid = runner(c)["pid"]
+            body = {
+                "model": "tiny",
+                "messages": [LONG],
+                "max_tokens": 300,
+                "temperature": 0,
+                "logit_bias": NO_EOS,
+                "edgeinfer": {"cache": "off"},
+            }
+            out: dict[str, httpx.Response] = {}
+            client = threading.Thread(
+                target=lambda: out.setdefault("r", c.post("/v1/chat/completions", json=body))
+            )
+            client.start()
+            wait_for(
+                lambda: c.get("/stats").json()["models"]["tiny"]["generated_tokens"] >= 20,
+                "the answer under way",
+            )
+            os.kill(pid, signal.SIGKILL)
+            client.join(180)
+            answer = out["r"]
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["usage"]["completion_tokens"] == 300
+            assert c.get("/health").json()["models"]["tiny"]["restarts"] == 1
+    finally:
+        d.stop()
+
+
 def test_three_crashes_in_five_minutes_leave_the_model_in_error_until_a_load(
     tiny_path: Path,
 ) -> None:

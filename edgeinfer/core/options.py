@@ -72,6 +72,9 @@ class GenerateOptions:
     max_cost: float | None = None
     request_type: str | None = None  # inferred from the last user turn when None
     continue_on_length: bool = False  # extend an answer cut at max_tokens from its KV state
+    # the reader takes the answer as it is generated; False (a non-streamed response): only
+    # the whole answer is read, so a runner hands its text over once, at the end
+    stream: bool = True
     # prompt layer: None = the [prompt] settings
     compress: bool | None = None
     context_budget: int | None = None

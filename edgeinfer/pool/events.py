@@ -22,6 +22,9 @@ class GenRequest:
     logprobs: int | None = None  # None: off; n: the sampled token's logprob and the top n
     logprob_tokens: int | None = None  # None: every token; n: only the first n
     deadline: float | None = None  # monotonic seconds
+    # only the whole answer is read: text comes in one Delta at the end, not one per token
+    # (deltas carrying logprobs still come as generated; a cascade judges a draft's head)
+    whole: bool = False
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.monotonic)
     # set by a runner that must forward a cancel (a runner process); called once, any thread

@@ -66,6 +66,7 @@ class InFlight:
             "logprobs": req.logprobs,
             "logprob_tokens": req.logprob_tokens,
             "deadline": req.deadline,
+            "whole": req.whole,
             "submitted": req.submitted,
         }
         pending.sent = True

@@ -231,6 +231,7 @@ class MessagesRequest(StrictModel):
             identity=who,
             **ext.options(),
             tools=self.tool_spec(),
+            stream=self.stream,
         )
 
 

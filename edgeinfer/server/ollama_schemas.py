@@ -161,6 +161,7 @@ class _Generating(StrictModel):
             response_format=kind,
             json_schema=schema,
             identity=identity,
+            stream=self.stream,
             sampling=Sampling(
                 temperature=opts.temperature,
                 top_p=opts.top_p,

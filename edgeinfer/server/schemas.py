@@ -253,6 +253,7 @@ class _Sampling(StrictModel):
             **ext.options(),
             sampling=sampling_of(self.model_dump(include=set(DEFAULTABLE)), self.seed, bias),
             default_sampling=frozenset(n for n in DEFAULTABLE if getattr(self, n) is None),
+            stream=self.stream,
         )
 
 

@@ -227,6 +227,7 @@ async def _start(
         logprobs=options.logprobs,
         logprob_tokens=options.logprob_tokens,
         deadline=options.deadline,
+        whole=not options.stream,
     )
     runner.submit(request)
     return Generation(

@@ -79,4 +79,9 @@ def _plain(text: str) -> str:
 
 def same_question(a: str, b: str) -> bool:
     """Whether ``a`` and ``b`` are one question in different small talk."""
-    return _plain(core(a)) == _plain(core(b))
+    return same_core(core(a), core(b))
+
+
+def same_core(a: str, b: str) -> bool:
+    """Whether two questions' :func:`core` are the same words (case and punctuation aside)."""
+    return _plain(a) == _plain(b)

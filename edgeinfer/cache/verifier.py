@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from edgeinfer.cache.filler import core, same_question
+from edgeinfer.cache.filler import core, same_core
 from edgeinfer.cache.guard import guard
 from edgeinfer.cache.pair_features import NAMES, pair_features
 from edgeinfer.core.embedding import Words
@@ -166,10 +166,11 @@ class Verifier:
     def probability(self, stored: str, incoming: str, similarity: float) -> float:
         """The model's probability that ``stored``'s answer serves ``incoming``: 1 when the two
         are one question in different small talk, else the model's over the cores."""
-        assert self.model is not None
-        if same_question(stored, incoming):
-            return 1.0
         a, b = core(stored), core(incoming)
+        return 1.0 if same_core(a, b) else self._model_p(a, b, similarity)
+
+    def _model_p(self, a: str, b: str, similarity: float) -> float:
+        assert self.model is not None
         words_a, words_b = self.words([a, b])
         return self.model.probability(pair_features(a, b, words_a, words_b, similarity))
 
@@ -178,13 +179,14 @@ class Verifier:
 
         Reasons start with the refusing part: a guard rule's name, or ``verifier``.
         """
-        if same_question(stored, incoming):
+        a, b = core(stored), core(incoming)  # once: both the guard and the model read them
+        if same_core(a, b):
             return None
-        if self.rules and (reason := guard(core(stored), core(incoming))) is not None:
+        if self.rules and (reason := guard(a, b)) is not None:
             return reason
         if self.model is None:
             return None
-        p = self.probability(stored, incoming, similarity)
+        p = self._model_p(a, b, similarity)
         if p < self.cutoff:
             return f"verifier: p(same) {p:.2f} < {self.cutoff:.2f}"
         return None

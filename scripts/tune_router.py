@@ -187,6 +187,21 @@ def main(argv: list[str] | None = None) -> int:
         f"oracle: accuracy {o_acc:.3f} ({o_acc / large_acc:.3f} of large)"
         f" at {o_s / large_s:.3f} of its time"
     )
+    # The same oracle, but a prompt no tier answers goes to tiny: how much of the oracle's time
+    # is large working on prompts it gets wrong anyway (a floor no quality-first policy beats).
+    hopeless = sum(
+        dev_runs[p]["tiny"].seconds if t == "large" and not dev_runs[p]["large"].correct else 0
+        for p, t in zip(dev, oracle, strict=True)
+    )
+    wasted = sum(
+        dev_runs[p]["large"].seconds
+        for p, t in zip(dev, oracle, strict=True)
+        if t == "large" and not dev_runs[p]["large"].correct
+    )
+    print(
+        f"oracle sending unanswerable prompts to tiny: {(o_s - wasted + hopeless) / large_s:.3f}"
+        " of large's time (the one above spends large's time on them)"
+    )
     grid = [
         Setting(m, t, d)
         for m, t, d in itertools.product(

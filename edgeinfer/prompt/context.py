@@ -242,46 +242,49 @@ def optimise_messages(
         return out, unchanged
     others = total - count_tokens(messages[target]["content"])
     room = budget_tokens - others - count_tokens(split.prefix + split.suffix)
-    cut = _Cut(count_tokens, embed, chunk_tokens)
-    return cut(messages, target, split, max(room, chunk_tokens), unchanged)
+    return _cut(
+        messages,
+        target,
+        split,
+        unchanged,
+        budget_tokens=max(room, chunk_tokens),
+        count_tokens=count_tokens,
+        embed=embed,
+        chunk_tokens=chunk_tokens,
+    )
 
 
-@dataclass(frozen=True)
-class _Cut:
-    """How both cuts shrink a document: :func:`select_context` on its chunks."""
-
-    count_tokens: CountTokens
-    embed: Embed
-    chunk_tokens: int
-
-    def __call__(
-        self,
-        messages: Sequence[Mapping[str, Any]],
-        target: int,
-        split: Split,
-        budget_tokens: int,
-        unchanged: PromptReport,
-        action: str | None = None,
-    ) -> tuple[list[Message], PromptReport]:
-        """``messages`` with ``split`` (message ``target``'s) document cut to ``budget_tokens``;
-        ``unchanged`` when nothing was cut. ``action`` names the cut in the report (else
-        select_context's own actions)."""
-        out = [dict(m) for m in messages]
-        document, report = select_context(
-            split.document,
-            split.question,
-            budget_tokens=budget_tokens,
-            count_tokens=self.count_tokens,
-            embed=self.embed,
-            chunk_tokens=self.chunk_tokens,
-        )
-        if not report.actions:
-            return out, unchanged
-        out[target]["content"] = split.prefix + document + split.suffix
-        after = content_tokens(out, self.count_tokens)
-        actions = [action] if action else report.actions
-        before = unchanged.tokens_before
-        return out, PromptReport(before, after, actions, report.details, unchanged.too_long)
+def _cut(
+    messages: Sequence[Mapping[str, Any]],
+    target: int,
+    split: Split,
+    unchanged: PromptReport,
+    *,
+    budget_tokens: int,
+    count_tokens: CountTokens,
+    embed: Embed,
+    chunk_tokens: int,
+    action: str | None = None,
+) -> tuple[list[Message], PromptReport]:
+    """``messages`` with ``split`` (message ``target``'s) document cut to ``budget_tokens`` by
+    :func:`select_context`; ``unchanged`` when nothing was cut. ``action`` names the cut in the
+    report (else select_context's own actions). Both cuts end here."""
+    out = [dict(m) for m in messages]
+    document, report = select_context(
+        split.document,
+        split.question,
+        budget_tokens=budget_tokens,
+        count_tokens=count_tokens,
+        embed=embed,
+        chunk_tokens=chunk_tokens,
+    )
+    if not report.actions:
+        return out, unchanged
+    out[target]["content"] = split.prefix + document + split.suffix
+    after = content_tokens(out, count_tokens)
+    actions = [action] if action else report.actions
+    before = unchanged.tokens_before
+    return out, PromptReport(before, after, actions, report.details, unchanged.too_long)
 
 
 def _locate(
@@ -341,5 +344,14 @@ def optimise_document(
     )
     if split is None or not lookup_question(split.question, f"{system} {split.prefix}"):
         return out, unchanged
-    cut = _Cut(count_tokens, embed, chunk_tokens)
-    return cut(messages, users[-1], split, budget_tokens, unchanged, action="document")
+    return _cut(
+        messages,
+        users[-1],
+        split,
+        unchanged,
+        budget_tokens=budget_tokens,
+        count_tokens=count_tokens,
+        embed=embed,
+        chunk_tokens=chunk_tokens,
+        action="document",
+    )

@@ -15,6 +15,13 @@ It prints the settings that answer with the least time while keeping at least ``
 large-only accuracy on dev, and can write the classifier's weights. The test split is then
 measured once with ``scripts/eval_router.py`` through the real daemon.
 
+Picking the best of a few hundred settings on 343 prompts flatters the winner. So the script
+also prints what the same rule scores on prompts it did not pick on: dev is halved at random 30
+times, the rule picks on one half and is scored on the other. Choosing at ``--floor 0.975``
+scored 0.961 of large's accuracy there at 0.822 of its time (the daemon's test split said 0.95,
+a held-out set 0.94); at the default ``--floor 0.995``, 0.975 at 0.887: the shipped defaults
+are chosen with that margin.
+
     python scripts/tune_router.py --train tests/data/router/train_outcomes.jsonl \\
         --dev dev_outcomes.jsonl --weights edgeinfer/routing/weights.json
 """
@@ -93,6 +100,10 @@ class Setting:
     min_draft_p: float
 
 
+DEFAULTS = Setting(0.15, 0.7, 0.0)
+"""The shipped [router] margin, confidence_threshold and draft_floor."""
+
+
 def replay(
     setting: Setting, prompts: Sequence[str], runs: dict[str, dict[str, Run]],
     predicted: dict[str, dict[str, float]],
@@ -117,6 +128,37 @@ def replay(
             right += r["large"].correct
             seconds += r["large"].seconds
     return right / len(prompts), seconds
+
+
+def held_halves(
+    grid: Sequence[Setting], prompts: Sequence[str], runs: dict[str, dict[str, Run]],
+    predicted: dict[str, dict[str, float]], floor: float, rounds: int = 30,
+) -> tuple[float, float]:  # fmt: skip
+    """Accuracy and time (of large's) of "the cheapest setting keeping ``floor``", chosen on one
+    random half of ``prompts`` and scored on the other, averaged over ``rounds`` halvings."""
+    right = np.array([[replay(s, [p], runs, predicted)[0] for p in prompts] for s in grid])
+    secs = np.array([[replay(s, [p], runs, predicted)[1] for p in prompts] for s in grid])
+    large_right = np.array([runs[p]["large"].correct for p in prompts], dtype=float)
+    large_secs = np.array([runs[p]["large"].seconds for p in prompts])
+    rng = np.random.default_rng(0)
+    scores = []
+    for _ in range(rounds):
+        order = rng.permutation(len(prompts))
+        pick, held = order[: len(order) // 2], order[len(order) // 2 :]
+        ok = right[:, pick].sum(axis=1) >= floor * large_right[pick].sum()
+        cost = np.where(ok, secs[:, pick].sum(axis=1), np.inf)
+        best = int(np.argmin(cost)) if ok.any() else None
+        if best is None:  # nothing keeps the floor: large alone
+            scores.append((1.0, 1.0))
+            continue
+        scores.append(
+            (
+                right[best, held].sum() / large_right[held].sum(),
+                secs[best, held].sum() / large_secs[held].sum(),
+            )
+        )
+    mean = np.mean(scores, axis=0)
+    return float(mean[0]), float(mean[1])
 
 
 def fit(
@@ -153,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--train", type=Path, nargs="+", required=True)
     parser.add_argument("--dev", type=Path, nargs="+", required=True)
-    parser.add_argument("--floor", type=float, default=0.975, help="of large-only accuracy")
+    parser.add_argument("--floor", type=float, default=0.995, help="of large-only accuracy")
     parser.add_argument("--weights", type=Path, help="write the chosen classifier here")
     parser.add_argument("--models-dir", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -210,8 +252,16 @@ def main(argv: list[str] | None = None) -> int:
             f"  margin {s.margin:.2f} threshold {s.threshold:.2f} min_draft_p {s.min_draft_p:.2f}:"
             f" {acc:.3f} of large's accuracy at {t:.3f} of its time"
         )
-    current = next(r for r in results if r[0] == Setting(0.15, 0.6, 0.0))
-    print(f"current defaults (0.15, 0.60, 0.00): {current[1]:.3f} at {current[2]:.3f}")
+    current = next(r for r in results if r[0] == DEFAULTS)
+    print(
+        f"current defaults ({DEFAULTS.margin:.2f}, {DEFAULTS.threshold:.2f},"
+        f" {DEFAULTS.min_draft_p:.2f}): {current[1]:.3f} at {current[2]:.3f}"
+    )
+    acc, t = held_halves(grid, dev, dev_runs, pred, args.floor)
+    print(
+        f"the same choice on held-out halves of dev (30 random halvings): {acc:.3f} of large's"
+        f" accuracy at {t:.3f} of its time"
+    )
     if args.weights:
         sources = [str(p) for p in args.train]
         meta = {**classifier.meta, "l2": l2, "sources": sources}

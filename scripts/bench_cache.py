@@ -250,13 +250,16 @@ def end_to_end(models_dir: Path, model: str, rounds: int) -> dict[str, Any]:
                         q = f"{question} (round {i})" if i else question
                         p = f"{paraphrase} (round {i})" if i else paraphrase
                         for kind, text in (("generation", q), ("exact", q), ("semantic", p)):
-                            times[kind].append(_timed_ask(client, model, text, kind))
+                            elapsed, layer = _timed_ask(client, model, text, kind)
+                            bucket = kind if layer == kind else f"{kind}: missed, {layer}"
+                            times.setdefault(bucket, []).append(elapsed)
         finally:
             server.stop()
-    return {k: _pcts(v) for k, v in times.items() if v}
+    return {k: {**_pcts(v), "n": len(v)} for k, v in times.items() if v}
 
 
-def _timed_ask(client: Any, model: str, text: str, expect: str) -> float:
+def _timed_ask(client: Any, model: str, text: str, expect: str) -> tuple[float, str]:
+    """The request's latency (ms) and what served it: generation, exact or semantic."""
     body = {
         "model": model,
         "messages": [{"role": "user", "content": text}],
@@ -266,19 +269,19 @@ def _timed_ask(client: Any, model: str, text: str, expect: str) -> float:
     t0 = time.perf_counter()
     reply = client.post("/v1/chat/completions", json=body).json()
     elapsed = (time.perf_counter() - t0) * 1000
-    layer = reply["edgeinfer"]["cache"]["layer"]
-    if (layer or "generation") != expect:
-        print(f"  note: {text!r} expected {expect}, got {layer or 'generation'}", file=sys.stderr)
-    return elapsed
+    layer = reply["edgeinfer"]["cache"]["layer"] or "generation"
+    if layer != expect:
+        print(f"  note: {text!r} expected {expect}, got {layer}", file=sys.stderr)
+    return elapsed, layer
 
 
 def print_end_to_end(e2e: dict[str, Any]) -> None:
     gen = e2e["generation"]["p50"]
     print("\nEnd to end over the socket: the same answer generated vs served from the cache (ms)")
-    print(f"  {'served by':<12}{'p50':>10}{'p99':>10}{'vs generation':>16}")
+    print(f"  {'served by':<28}{'requests':>9}{'p50':>10}{'p99':>10}{'vs generation':>16}")
     for kind, row in e2e.items():
         share = row["p50"] / gen if gen else float("nan")
-        print(f"  {kind:<12}{row['p50']:>10.1f}{row['p99']:>10.1f}{share:>15.1%}")
+        print(f"  {kind:<28}{row['n']:>9}{row['p50']:>10.1f}{row['p99']:>10.1f}{share:>15.1%}")
 
 
 def main(argv: list[str] | None = None) -> int:

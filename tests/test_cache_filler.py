@@ -47,6 +47,39 @@ def test_words_inside_the_question_are_never_taken(a: str, b: str) -> None:
     assert not same_question(a, b), (core(a), core(b))
 
 
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("What's the capital of Australia?", "whats the capital of australia"),
+        ("Is it bad to work out on an empty stomach?", "is it bad to workout on an empty stomach"),
+        ("How do I change my e-mail address?", "How do I change my email address"),
+        ("What's the capital of Australia?", "What is the capital of Australia"),
+        ("Why can't I log in?", "why cannot I log in"),
+        ("How do I reset my password?", "How can I reset my password?"),
+        ("How do I reverse a list in Python?", "how to reverse a list in python"),
+        ("How do I exit vim?", "how do you exit vim"),
+        ("Why doesn’t my phone charge?", "why doesnt my phone charge"),
+    ],
+)
+def test_spelling_and_how_to_openers_do_not_make_another_question(a: str, b: str) -> None:
+    assert same_question(a, b)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("What is 1 2 in binary?", "What is 12 in binary?"),  # digits are never joined
+        ("Is 3-4 cups enough?", "Is 34 cups enough?"),
+        ("Can I work out on an empty stomach?", "Can I work on an empty stomach?"),
+        ("Can I reset my password?", "Should I reset my password?"),  # modality is content
+        ("How do I reset my password?", "Why do I reset my password?"),
+        ("Why can I log in?", "Why can't I log in?"),
+    ],
+)
+def test_joining_words_never_joins_numbers_or_drops_a_word(a: str, b: str) -> None:
+    assert not same_question(a, b)
+
+
 def test_a_message_that_is_only_small_talk_stays_whole() -> None:
     for text in ("Thanks!", "Hi there", "Please", "  hello  "):
         assert core(text) == text.strip()

@@ -6,8 +6,12 @@ yet to the verifier's features they are unmatched words, the very signal of a ne
 workload benchmark no wrapped repeat of a cached question was served. :func:`core` strips
 wrappers from both ends, one known phrase at a time, and only there: a word inside the question
 is never touched, and a message that is nothing but a wrapper is kept whole. The verifier
-compares the cores; two messages whose cores are equal up to case, spacing and end punctuation
-ask the same thing.
+compares the cores; two messages whose cores are equal up to case, spacing, end punctuation,
+contractions and apostrophes ("What's" / "what is" / "whats"), the space or hyphen inside a word
+("work out" / "workout", "e-mail" / "email") and the way a how-to question opens ("How do I" /
+"How can I" / "how to" / "What's the way to") ask the same thing. Digits are never joined: "1 2"
+is not "12". Each of these equivalences was checked on the labelled pairs: none makes a
+near-miss look the same.
 
 Pure; the phrase lists are English (other languages keep their wrappers, and the verifier
 treats those as it always did).
@@ -55,6 +59,21 @@ _ROUNDS = 6  # phrases taken from each end at most
 _MIN_CHARS = 3  # a "question" shorter than this after stripping was nothing but a wrapper
 _PLAIN_SPACES = re.compile(r"\s+")
 _END_PUNCT = re.compile(r"[\s.?!,;:]+$")
+_APOSTROPHES = re.compile(r"['’`´]")
+_LETTER_GAP = re.compile(r"(?<=[^\W\d_])[\s\-‐]+(?=[^\W\d_])")  # between two letters
+_SPELLED = {
+    **{f"{w}s": f"{w} is" for w in "what who where how when it that there here".split()},
+    **{f"{w}nt": f"{w} not" for w in "do does did is are was were should could would has have had"
+       " must need".split()},  # fmt: skip
+    "cant": "can not", "cannot": "can not", "wont": "will not", "aint": "is not",
+    "im": "i am", "ive": "i have", "youre": "you are", "theyre": "they are",
+}  # fmt: skip
+"""Contractions as typed without their apostrophe, spelled out."""
+_CONTRACTION = re.compile(r"\b(?:" + "|".join(sorted(_SPELLED, key=len, reverse=True)) + r")\b")
+_HOW_TO = re.compile(
+    r"^(?:how (?:do|can|could|would|should) (?:i|you|we|one)|how does one|how to"
+    r"|what is the way to)\b"
+)
 
 
 def core(text: str) -> str:
@@ -77,11 +96,18 @@ def _plain(text: str) -> str:
     return _END_PUNCT.sub("", _PLAIN_SPACES.sub(" ", text.strip().lower()))
 
 
+def _canonical(text: str) -> str:
+    """:func:`_plain` with contractions spelled out, one how-to opener, no apostrophes and no
+    gaps between letters: two questions with the same canonical form ask the same thing."""
+    out = _CONTRACTION.sub(lambda m: _SPELLED[m[0]], _APOSTROPHES.sub("", _plain(text)))
+    return _LETTER_GAP.sub("", _HOW_TO.sub("how do i", out))
+
+
 def same_question(a: str, b: str) -> bool:
     """Whether ``a`` and ``b`` are one question in different small talk."""
     return same_core(core(a), core(b))
 
 
 def same_core(a: str, b: str) -> bool:
-    """Whether two questions' :func:`core` are the same words (case and punctuation aside)."""
-    return _plain(a) == _plain(b)
+    """Whether two questions' :func:`core` have the same :func:`_canonical` form."""
+    return _canonical(a) == _canonical(b)

@@ -57,7 +57,7 @@ def test_words_inside_the_question_are_never_taken(a: str, b: str) -> None:
         ("Why can't I log in?", "why cannot I log in"),
         ("How do I reset my password?", "How can I reset my password?"),
         ("How do I reverse a list in Python?", "how to reverse a list in python"),
-        ("How do I exit vim?", "how do you exit vim"),
+        ("How do I exit vim?", "how can we exit vim"),
         ("Why doesn’t my phone charge?", "why doesnt my phone charge"),
     ],
 )
@@ -74,6 +74,8 @@ def test_spelling_and_how_to_openers_do_not_make_another_question(a: str, b: str
         ("Can I reset my password?", "Should I reset my password?"),  # modality is content
         ("How do I reset my password?", "Why do I reset my password?"),
         ("Why can I log in?", "Why can't I log in?"),
+        ("How do I feel about Rust?", "How do you feel about Rust?"),  # the assistant's view
+        ("How do I rate this essay?", "How would you rate this essay?"),
     ],
 )
 def test_joining_words_never_joins_numbers_or_drops_a_word(a: str, b: str) -> None:

@@ -71,9 +71,10 @@ _SPELLED = {
 """Contractions as typed without their apostrophe, spelled out."""
 _CONTRACTION = re.compile(r"\b(?:" + "|".join(sorted(_SPELLED, key=len, reverse=True)) + r")\b")
 _HOW_TO = re.compile(
-    r"^(?:how (?:do|can|could|would|should) (?:i|you|we|one)|how does one|how to"
-    r"|what is the way to)\b"
+    r"^(?:how (?:do|can|could|should) (?:i|we|one)|how does one|how to|what is the way to)\b"
 )
+"""How-to openers that ask for the same steps. Not "how do you" or "how would you": "How do you
+feel about Rust?" asks the assistant's view, "How do I feel about Rust?" is another question."""
 
 
 def core(text: str) -> str:

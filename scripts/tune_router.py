@@ -130,27 +130,32 @@ def replay(
     return right / len(prompts), seconds
 
 
-def held_halves(
+def per_prompt(
     grid: Sequence[Setting], prompts: Sequence[str], runs: dict[str, dict[str, Run]],
-    predicted: dict[str, dict[str, float]], floor: float, rounds: int = 30,
+    predicted: dict[str, dict[str, float]],
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Each setting's replay of each prompt: right answers and seconds, (settings, prompts)."""
+    both = np.array([[replay(s, [p], runs, predicted) for p in prompts] for s in grid])
+    return both[..., 0], both[..., 1]
+
+
+def held_halves(
+    right: np.ndarray, secs: np.ndarray, large_right: np.ndarray, large_secs: np.ndarray,
+    floor: float, rounds: int = 30,
 ) -> tuple[float, float]:  # fmt: skip
     """Accuracy and time (of large's) of "the cheapest setting keeping ``floor``", chosen on one
-    random half of ``prompts`` and scored on the other, averaged over ``rounds`` halvings."""
-    right = np.array([[replay(s, [p], runs, predicted)[0] for p in prompts] for s in grid])
-    secs = np.array([[replay(s, [p], runs, predicted)[1] for p in prompts] for s in grid])
-    large_right = np.array([runs[p]["large"].correct for p in prompts], dtype=float)
-    large_secs = np.array([runs[p]["large"].seconds for p in prompts])
+    random half of the prompts and scored on the other, averaged over ``rounds`` halvings.
+    ``right`` and ``secs`` are :func:`per_prompt`'s; ``large_*`` large alone's per prompt."""
     rng = np.random.default_rng(0)
     scores = []
     for _ in range(rounds):
-        order = rng.permutation(len(prompts))
+        order = rng.permutation(right.shape[1])
         pick, held = order[: len(order) // 2], order[len(order) // 2 :]
         ok = right[:, pick].sum(axis=1) >= floor * large_right[pick].sum()
-        cost = np.where(ok, secs[:, pick].sum(axis=1), np.inf)
-        best = int(np.argmin(cost)) if ok.any() else None
-        if best is None:  # nothing keeps the floor: large alone
+        if not ok.any():  # nothing keeps the floor: large alone
             scores.append((1.0, 1.0))
             continue
+        best = int(np.argmin(np.where(ok, secs[:, pick].sum(axis=1), np.inf)))
         scores.append(
             (
                 right[best, held].sum() / large_right[held].sum(),
@@ -240,10 +245,10 @@ def main(argv: list[str] | None = None) -> int:
             (0.0, 0.2, 0.3, 0.4, 0.5, 0.6),
         )
     ]
-    results = []
-    for s in grid:
-        acc, secs = replay(s, dev, dev_runs, pred)
-        results.append((s, acc / large_acc, secs / large_s))
+    right, seconds = per_prompt(grid, dev, dev_runs, pred)
+    results = [
+        (s, right[i].mean() / large_acc, seconds[i].sum() / large_s) for i, s in enumerate(grid)
+    ]
     ok = [r for r in results if r[1] >= args.floor]
     ok.sort(key=lambda r: r[2])
     print(f"best settings on dev keeping >= {args.floor} of large-only accuracy (l2 {l2}):")
@@ -257,7 +262,9 @@ def main(argv: list[str] | None = None) -> int:
         f"current defaults ({DEFAULTS.margin:.2f}, {DEFAULTS.threshold:.2f},"
         f" {DEFAULTS.min_draft_p:.2f}): {current[1]:.3f} at {current[2]:.3f}"
     )
-    acc, t = held_halves(grid, dev, dev_runs, pred, args.floor)
+    large_right = np.array([dev_runs[p]["large"].correct for p in dev], dtype=float)
+    large_secs = np.array([dev_runs[p]["large"].seconds for p in dev])
+    acc, t = held_halves(right, seconds, large_right, large_secs, args.floor)
     print(
         f"the same choice on held-out halves of dev (30 random halvings): {acc:.3f} of large's"
         f" accuracy at {t:.3f} of its time"

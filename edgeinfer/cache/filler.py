@@ -65,7 +65,7 @@ _SPELLED = {
     **{f"{w}s": f"{w} is" for w in "what who where how when it that there here".split()},
     **{f"{w}nt": f"{w} not" for w in "do does did is are was were should could would has have had"
        " must need".split()},  # fmt: skip
-    "cant": "can not", "cannot": "can not", "wont": "will not", "aint": "is not",
+    "cant": "can not", "wont": "will not", "aint": "is not",  # "can not" joins to "cannot"
     "im": "i am", "ive": "i have", "youre": "you are", "theyre": "they are",
 }  # fmt: skip
 """Contractions as typed without their apostrophe, spelled out."""

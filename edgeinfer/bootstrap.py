@@ -21,7 +21,7 @@ from edgeinfer.cache.savings import (
     load_encoding,
 )
 from edgeinfer.cache.store import CacheStore, default_path
-from edgeinfer.cache.verifier import PairModel, Verifier
+from edgeinfer.cache.verifier import WEIGHTS_PATH, Calibration, Verifier
 from edgeinfer.config.load import bundled_catalogue_path, load_catalogue
 from edgeinfer.config.schema import (
     CacheSettings,
@@ -330,29 +330,31 @@ def build_cache(
     except EdgeInferError as exc:
         log.error("response cache disabled: %s", exc.message)
         return None
-    verifier = build_verifier(settings, embedder)
+    verifier = build_verifier(settings, paths)
     store.verify = verifier.check
     for served in pool.models():
         if served.digest:  # entries of a model file that changed can never be served again
             store.purge_model(served.name, served.digest)
     threshold = settings.threshold
     if threshold is None:
-        threshold = verifier.model.cosine if verifier.model else DEFAULT_THRESHOLD
+        threshold = verifier.calibration.cosine if verifier.calibration else DEFAULT_THRESHOLD
     return ResponseCache(store, embedder, threshold=threshold, estimator=estimator)
 
 
-def build_verifier(settings: CacheSettings, embedder: Embedder) -> Verifier:
-    """The semantic layer's verifier; a missing or stale model file falls back to the rules."""
+def build_verifier(settings: CacheSettings, paths: Paths) -> Verifier:
+    """The semantic layer's verifier; a missing or unusable pair model falls back to the rules."""
     if settings.verifier == "rules":
         return Verifier()
+    from edgeinfer.embed.onnx import open_pair_scorer  # onnxruntime loads only for the daemon
+
     try:
-        model = PairModel.load()
-    except (OSError, ValueError, KeyError) as exc:
-        log.error(
-            "cache verifier model unreadable (%s); semantic hits use the rule guard alone", exc
-        )
+        calibration = Calibration.load()
+        scorer = open_pair_scorer(paths.models_dir, WEIGHTS_PATH)
+    except (OSError, ValueError, KeyError, EdgeInferError) as exc:
+        reason = exc.message if isinstance(exc, EdgeInferError) else str(exc)
+        log.error("cache verifier unavailable (%s); semantic hits use the rule guard alone", reason)
         return Verifier()
-    return Verifier(embedder.words, model, cutoff=settings.verifier_cutoff)
+    return Verifier(scorer.same, calibration, cutoff=settings.verifier_cutoff)
 
 
 def cost_estimator(paths: Paths, catalogue: Catalogue) -> CostEstimator | None:

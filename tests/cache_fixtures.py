@@ -19,8 +19,9 @@ import pytest
 from edgeinfer.cache.entry import CacheEntry
 from edgeinfer.cache.key import exact_key, namespace_key, semantic_question
 from edgeinfer.cache.store import CacheStore
+from edgeinfer.cache.verifier import WEIGHTS_PATH, Verifier
 from edgeinfer.core.embedding import Embedder
-from edgeinfer.embed.onnx import OnnxEmbedder, open_minilm
+from edgeinfer.embed.onnx import OnnxEmbedder, OnnxPairScorer, open_minilm, open_pair_scorer
 from tests.conftest import MODELS_DIR
 
 PAIRS = Path(__file__).parent / "data" / "semantic_pairs.jsonl"
@@ -31,6 +32,18 @@ DIGEST = "d" * 64
 def minilm_fixture() -> OnnxEmbedder:
     """The real all-MiniLM-L6-v2 int8 ONNX embedder."""
     return open_minilm(MODELS_DIR)
+
+
+@pytest.fixture(scope="session", name="pair_scorer")
+def pair_scorer_fixture() -> OnnxPairScorer:
+    """The shipped cross-encoder over the real MiniLM files."""
+    return open_pair_scorer(MODELS_DIR, WEIGHTS_PATH)
+
+
+@pytest.fixture(scope="session", name="shipped_verifier")
+def shipped_verifier_fixture(pair_scorer: OnnxPairScorer) -> Verifier:
+    """The verifier as the daemon builds it: the cross-encoder at its shipped calibration."""
+    return Verifier(pair_scorer.same)
 
 
 def load_pairs() -> list[dict[str, str]]:

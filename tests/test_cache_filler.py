@@ -6,9 +6,13 @@ from __future__ import annotations
 import pytest
 
 from edgeinfer.cache.filler import core, same_question
-from edgeinfer.cache.verifier import PairModel, Verifier
+from edgeinfer.cache.verifier import Verifier
 from edgeinfer.embed.onnx import OnnxEmbedder
-from tests.cache_fixtures import minilm_fixture  # noqa: F401
+from tests.cache_fixtures import (  # noqa: F401
+    minilm_fixture,
+    pair_scorer_fixture,
+    shipped_verifier_fixture,
+)
 
 QUESTION = "How do I reset my password?"
 
@@ -59,6 +63,8 @@ def test_words_inside_the_question_are_never_taken(a: str, b: str) -> None:
         ("How do I reverse a list in Python?", "how to reverse a list in python"),
         ("How do I exit vim?", "how can we exit vim"),
         ("Why doesn’t my phone charge?", "why doesnt my phone charge"),
+        ("Explain what a hash table is.", "Can you explain what a hash table is?"),
+        ("List the planets in order.", "Could you please list the planets in order?"),
     ],
 )
 def test_spelling_and_how_to_openers_do_not_make_another_question(a: str, b: str) -> None:
@@ -76,6 +82,8 @@ def test_spelling_and_how_to_openers_do_not_make_another_question(a: str, b: str
         ("Why can I log in?", "Why can't I log in?"),
         ("How do I feel about Rust?", "How do you feel about Rust?"),  # the assistant's view
         ("How do I rate this essay?", "How would you rate this essay?"),
+        ("Can you swim?", "Swim?"),  # "can you" before a verb that is not a request
+        ("Can you explain what a hash table is?", "Can you explain what a hash map is?"),
     ],
 )
 def test_joining_words_never_joins_numbers_or_drops_a_word(a: str, b: str) -> None:
@@ -98,9 +106,9 @@ def test_the_core_keeps_the_question_as_written() -> None:
 
 
 def test_the_verifier_serves_wrapped_repeats_and_refuses_wrapped_near_misses(
-    minilm: OnnxEmbedder,
+    minilm: OnnxEmbedder, shipped_verifier: Verifier
 ) -> None:
-    verifier = Verifier(minilm.words, PairModel.load())
+    verifier = shipped_verifier
 
     def decide(a: str, b: str) -> str | None:
         va, vb = minilm.embed([a, b])
@@ -108,7 +116,7 @@ def test_the_verifier_serves_wrapped_repeats_and_refuses_wrapped_near_misses(
 
     stored = "Does a list use more memory than a tuple in Python?"
     assert decide(stored, f"Quick question: {stored[0].lower()}{stored[1:]} Thanks!") is None
-    assert verifier.probability(stored, f"Hi there, {stored}", 0.98) == 1.0
+    assert verifier.probability(stored, f"Hi there, {stored}") == 1.0
     for near_miss in (
         "Quick question: does a tuple use more memory than a list in Python? Thanks!",
         "Hi there, does a list use less memory than a tuple in Python?",

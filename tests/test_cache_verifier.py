@@ -1,5 +1,5 @@
-"""The semantic cache's verifier: the labelled pairs, the shipped model, the real embedder's word
-vectors, the store asking it, and questions longer than the embedder reads.
+"""The semantic cache's verifier: the labelled pairs, the shipped cross-encoder over the real
+MiniLM files, the store asking it, and questions longer than the embedder reads.
 
 The figures the shipped model reaches are measured by scripts/bench_cache.py on the test split;
 these tests check the machinery and the decisions that must never go wrong.
@@ -7,24 +7,31 @@ these tests check the machinery and the decisions that must never go wrong.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from edgeinfer.cache.pair_features import NAMES, pair_features
+from edgeinfer import bootstrap
 from edgeinfer.cache.store import CacheStore
-from edgeinfer.cache.verifier import MODEL_PATH, PairModel, Verifier
-from edgeinfer.embed.fake import FakeEmbedder
-from edgeinfer.embed.onnx import OnnxEmbedder
+from edgeinfer.cache.verifier import MODEL_PATH, WEIGHTS_PATH, Calibration, Verifier
+from edgeinfer.config.schema import CacheSettings
+from edgeinfer.embed.onnx import OnnxEmbedder, OnnxPairScorer, open_pair_scorer
+from edgeinfer.errors import ModelUnavailable
+from edgeinfer.paths import resolve
 from tests.cache_fixtures import (  # noqa: F401
     chat,
     entry_for,
     make_store_fixture,
     minilm_fixture,
+    pair_scorer_fixture,
+    shipped_verifier_fixture,
 )
+from tests.conftest import MODELS_DIR
 
 PAIRS = Path(__file__).parent / "data" / "cache_pairs"
 NEAR_MISS_KINDS = {
@@ -55,73 +62,89 @@ def test_the_labelled_pairs_are_split_once_by_question() -> None:
     assert len(langs) >= 6, langs
 
 
-def test_the_shipped_model_loads_and_names_its_calibration() -> None:
-    model = PairModel.load()
-    assert 0.5 <= model.cosine <= 1.0 and 0.0 < model.cutoff < 1.0
+def test_the_shipped_calibration_names_its_weights_and_splits() -> None:
+    cal = Calibration.load()
+    assert 0.5 <= cal.cosine <= 1.0 and 0.0 < cal.cutoff < 1.0
     data = json.loads(MODEL_PATH.read_text(encoding="utf-8"))
-    assert data["names"] == list(NAMES)
     assert data["pairs"]["test"] > 0  # trained with a test split held back
-    x = np.zeros(len(NAMES), dtype=np.float32)
-    assert 0.0 <= model.probability(x) <= 1.0
+    assert data["weights_sha256"] == hashlib.sha256(WEIGHTS_PATH.read_bytes()).hexdigest()
 
 
-def test_a_model_for_other_features_is_refused(tmp_path: Path) -> None:
-    data = json.loads(MODEL_PATH.read_text(encoding="utf-8"))
-    data["names"] = data["names"][:-1]
-    stale = tmp_path / "model.json"
-    stale.write_text(json.dumps(data))
-    with pytest.raises(ValueError, match="retrain"):
-        PairModel.load(stale)
-
-
-def test_the_forest_walk_matches_a_plain_per_tree_walk() -> None:
-    """The vectorised walk over all trees at once gives each tree's own leaf."""
-    model = PairModel.load()
-    rng = np.random.default_rng(7)
-    for _ in range(20):
-        x = rng.uniform(0, 1, len(NAMES)).astype(np.float32)
-        leaves = []
-        for root in model.roots:
-            node = int(root)
-            while model.feature[node] >= 0:
-                go_left = x[model.feature[node]] <= model.threshold[node]
-                node = int(model.left[node] if go_left else model.right[node])
-            leaves.append(model.value[node])
-        assert model.probability(x) == pytest.approx(float(np.mean(leaves)))
+def test_a_calibration_out_of_range_is_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "model.json"
+    bad.write_text(json.dumps({"cutoff": 1.5, "cosine": 0.8, "rules": False}))
+    with pytest.raises(ValueError, match="out of range"):
+        Calibration.load(bad)
 
 
 @pytest.mark.real
-def test_words_come_from_the_same_pass_as_the_sentence(minilm: OnnxEmbedder) -> None:
-    (words,) = minilm.words(["Is a tuple smaller than a list in Python?"])
-    assert words.names == ("Is", "a", "tuple", "smaller", "than", "a", "list", "in", "Python", "?")
-    assert words.vectors.shape == (len(words.names), minilm.dim)
-    assert np.allclose(np.linalg.norm(words.vectors, axis=1), 1.0, atol=1e-5)
-    alone = minilm.words(["list"])[0].vectors[0]
-    in_batch = minilm.words(["list", "a much longer text that pads the batch"])[0].vectors[0]
-    assert np.allclose(alone, in_batch, atol=1e-5)
+def test_weights_made_for_another_model_file_are_refused(tmp_path: Path) -> None:
+    with np.load(WEIGHTS_PATH) as shipped:
+        arrays = {name: shipped[name] for name in shipped.files}
+    name = next(k for k in arrays if k.endswith("_q"))
+    for label, broken in (
+        ("shape", {**arrays, name: arrays[name][:-1]}),
+        ("name", {**arrays, "init/no_such_tensor": arrays[name]}),
+    ):
+        path = tmp_path / f"{label}.npz"
+        np.savez(path, **broken)  # type: ignore[arg-type]
+        with pytest.raises(ModelUnavailable, match="another model file"):
+            open_pair_scorer(MODELS_DIR, path)
+    with pytest.raises(ModelUnavailable, match="pair model"):
+        open_pair_scorer(MODELS_DIR, tmp_path / "missing.npz")
 
 
 @pytest.mark.real
-def test_features_are_symmetric(minilm: OnnxEmbedder) -> None:
-    for a, b in [
+def test_the_daemon_falls_back_to_the_rules_without_the_pair_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    paths = resolve({"EDGEINFER_HOME": str(tmp_path), "EDGEINFER_MODELS_DIR": str(MODELS_DIR)})
+    assert bootstrap.build_verifier(CacheSettings(), paths).scorer is not None
+    monkeypatch.setattr(bootstrap, "WEIGHTS_PATH", tmp_path / "missing.npz")
+    with caplog.at_level(logging.ERROR):
+        verifier = bootstrap.build_verifier(CacheSettings(), paths)
+    assert verifier.scorer is None and verifier.rules
+    assert "rule guard alone" in caplog.text and "missing.npz" in caplog.text
+
+
+@pytest.mark.real
+def test_the_scorer_reads_a_pair_the_same_in_either_order_and_in_any_batch(
+    pair_scorer: OnnxPairScorer,
+) -> None:
+    pairs = [
         ("Does a list use more memory than a tuple in Python?",
          "Does a tuple use more memory than a list in Python?"),
         ("How do I reset my password?", "I forgot my password, how can I change it?"),
         ("Convert 5 km to miles", "how many miles is 5 kilometres"),
-    ]:  # fmt: skip
-        wa, wb = minilm.words([a, b])
-        va, vb = minilm.embed([a, b])
-        cos = float(va @ vb)
-        assert np.allclose(pair_features(a, b, wa, wb, cos), pair_features(b, a, wb, wa, cos))
+    ]  # fmt: skip
+    together = pair_scorer.same(pairs)
+    assert together.shape == (3,) and ((together >= 0) & (together <= 1)).all()
+    swapped = pair_scorer.same([(b, a) for a, b in pairs])
+    alone = np.array([pair_scorer.same([pair])[0] for pair in pairs])
+    assert np.allclose(together, swapped, atol=1e-5)
+    assert np.allclose(together, alone, atol=1e-4)
+    assert pair_scorer.same([]).shape == (0,)
 
 
 @pytest.mark.real
-def test_verifier_serves_a_rewording_and_refuses_a_reversal(minilm: OnnxEmbedder) -> None:
-    verifier = Verifier(minilm.words, PairModel.load())
+def test_a_pair_longer_than_the_model_reads_is_never_served(pair_scorer: OnnxPairScorer) -> None:
+    """Two questions of ~300 tokens each overflow MiniLM's 512 positions: p = 0, no forward
+    pass that would read positions the model does not have."""
+    long = " ".join(["word"] * 300)
+    p = pair_scorer.same([
+        (f"{long} reset my password?", f"{long} reset my password?"),
+        ("How do I reset my password?", "How can I reset my password?"),
+    ])  # fmt: skip
+    assert p[0] == 0.0 and p[1] > 0.5
 
+
+@pytest.mark.real
+def test_verifier_serves_a_rewording_and_refuses_a_reversal(
+    minilm: OnnxEmbedder, shipped_verifier: Verifier
+) -> None:
     def decide(a: str, b: str) -> str | None:
         va, vb = minilm.embed([a, b])
-        return verifier.check(a, b, float(va @ vb))
+        return shipped_verifier.check(a, b, float(va @ vb))
 
     rewordings = [
         ("How do I reset my password?", "How can I reset my password?"),
@@ -138,29 +161,40 @@ def test_verifier_serves_a_rewording_and_refuses_a_reversal(minilm: OnnxEmbedder
         ("How do I reset my password?", "How do I delete my account?"),
         ("Convert 100°C to Fahrenheit", "Convert 100°F to Celsius"),
     ]:  # fmt: skip
-        assert decide(a, b) is not None, (a, b)
+        reason = decide(a, b)
+        assert reason is not None and reason.startswith("verifier: p(same)"), (a, b)
 
 
-def test_rules_alone_when_asked_and_the_word_cache_is_bounded() -> None:
+def test_rules_alone_when_asked() -> None:
     rules = Verifier()
-    assert rules.model is None and rules.rules
+    assert rules.scorer is None and rules.calibration is None and rules.rules
     assert rules.check("convert 5 km to miles", "convert 10 km to miles", 0.99) is not None
     assert rules.check("how do I reset my password", "how can I reset my password", 0.99) is None
-    fake = FakeEmbedder()
-    calls: list[list[str]] = []
 
-    def words_of(texts: list[str]) -> list:  # type: ignore[type-arg]
-        calls.append(texts)
-        return fake.words(texts)
 
-    verifier = Verifier(words_of, PairModel.load())
-    verifier.words(["a b", "c d"])
-    verifier.words(["a b", "e f"])
-    assert calls == [["a b", "c d"], ["e f"]]  # a text met again costs no second pass
-    long = " ".join(f"w{i}" for i in range(250))
-    for i in range(500):
-        verifier.words([f"{long} {i}"])  # the longest texts the embedder reads
-    assert sum(len(w.names) for w in verifier._words.values()) <= 32_768
+def test_the_cutoff_and_rules_follow_the_calibration_unless_set() -> None:
+    calls: list[list[tuple[str, str]]] = []
+
+    def scorer(pairs: list[tuple[str, str]]) -> np.ndarray:
+        calls.append(pairs)
+        return np.full(len(pairs), 0.5, dtype=np.float32)
+
+    cal = Calibration(cutoff=0.6, cosine=0.7, rules=False)
+    verifier = Verifier(scorer, cal)
+    assert verifier.cutoff == 0.6 and not verifier.rules
+    reason = verifier.check("how do I reset my password", "how do I delete my account", 0.9)
+    assert reason == "verifier: p(same) 0.50 < 0.60"
+    assert calls == [[("how do I reset my password", "how do I delete my account")]]
+    assert Verifier(scorer, cal, cutoff=0.4).check("a b c", "a b d", 0.9) is None
+    # the rules, when asked for, veto before the model is run
+    ruled = Verifier(scorer, cal, cutoff=0.4, rules=True)
+    assert ruled.check("convert 5 km to miles", "convert 10 km to miles", 0.99) is not None
+    assert len(calls) == 2
+    # one question in different small talk is served without asking the model
+    assert (
+        verifier.check("How do I reset my password?", "Hi! How do I reset my password?", 1) is None
+    )
+    assert len(calls) == 2
 
 
 @pytest.mark.real

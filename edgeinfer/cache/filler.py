@@ -4,7 +4,9 @@ People wrap the same question in different small talk ("Hi there, how do I ...",
 question: ...", "... Thanks in advance!"). The words of a wrapper say nothing about the answer,
 yet to the verifier's features they are unmatched words, the very signal of a near-miss: on the
 workload benchmark no wrapped repeat of a cached question was served. :func:`core` strips
-wrappers from both ends, one known phrase at a time, and only there: a word inside the question
+wrappers from both ends, one known phrase at a time, and only there ("Can you explain X?" is
+"Explain X?": a request verb after "can you" marks a polite frame, while "Can you swim?" keeps
+it): a word inside the question
 is never touched, and a message that is nothing but a wrapper is kept whole. The verifier
 compares the cores; two messages whose cores are equal up to case, spacing, end punctuation,
 contractions and apostrophes ("What's" / "what is" / "whats"), the space or hyphen inside a word
@@ -32,6 +34,8 @@ _OPENERS = (
     r"(?:can|could|would|will) you (?:please |kindly )?"
     r"help me(?: out)?(?: with this| with something| here)?",
     r"(?:can|could|would|will) you (?:please |kindly )?(?:tell|let) me(?: know)?",
+    r"(?:can|could|would|will) you(?: please| kindly)?(?= (?:please )?(?:explain|describe|show|"
+    r"list|give|define|summari[sz]e|outline|clarify|translate|compare|recommend|suggest)\b)",
     r"(?:do|would) you (?:happen to )?know",
     r"(?:i'?d|i would) (?:like|love) to know",
     r"i (?:want|need) to know",

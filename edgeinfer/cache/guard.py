@@ -54,12 +54,6 @@ def guard(question_a: str, question_b: str) -> str | None:
     return None
 
 
-def guard_kinds(question_a: str, question_b: str) -> frozenset[str]:
-    """The kind of every rule that refuses the pair (not just the first): verifier features."""
-    fa, fb = features(question_a), features(question_b)
-    return frozenset(reason_kind(r) for rule in RULES if (r := rule(fa, fb)) is not None)
-
-
 def reason_kind(reason: str) -> str:
     """The rule name at the start of a reason (``"number"``), for counters."""
     return reason.split(":", 1)[0]
@@ -241,10 +235,6 @@ def _swap(fa: Features, fb: Features) -> str | None:
         return None
     return f"entity: {x!r} vs {y!r}"
 
-
-RULE_KINDS = ("language", "number", "unit", "time", "comparison", "negation", "direction", "scope",
-              "entity")  # fmt: skip
-"""Every kind a reason can start with (:func:`reason_kind`)."""
 
 RULES: tuple[Rule, ...] = (
     _language,

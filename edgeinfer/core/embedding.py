@@ -7,7 +7,7 @@ blocking native call: the service runs it in a worker thread, never on the event
 
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -18,13 +18,6 @@ Vectors = NDArray[np.float32]
 # without loading onnxruntime.
 MINILM_NAME = "all-MiniLM-L6-v2-int8"
 MINILM_DIM = 384
-
-
-class Words(NamedTuple):
-    """A text's words and one unit contextual vector per word (row ``i`` is ``names[i]``)."""
-
-    names: tuple[str, ...]
-    vectors: Vectors
 
 
 class Embedder(Protocol):
@@ -48,10 +41,6 @@ class Embedder(Protocol):
 
     def fits(self, texts: list[str]) -> list[bool]:
         """Whether the model reads each text whole (False: it was truncated to the window)."""
-        ...
-
-    def words(self, texts: list[str]) -> list[Words]:
-        """Each text's words with contextual unit vectors (the cache's verifier aligns them)."""
         ...
 
 

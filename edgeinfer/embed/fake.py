@@ -11,7 +11,7 @@ import re
 
 import numpy as np
 
-from edgeinfer.core.embedding import Vectors, Words, normalise
+from edgeinfer.core.embedding import Vectors, normalise
 
 _WORD = re.compile(r"[\w']+")
 
@@ -41,15 +41,6 @@ class FakeEmbedder:
 
     def fits(self, texts: list[str]) -> list[bool]:
         return [n <= self.window for n in self.token_counts(texts)]
-
-    def words(self, texts: list[str]) -> list[Words]:
-        out = []
-        for text in texts:
-            names = tuple(_WORD.findall(text))
-            rows = [self._direction(w.lower()) for w in names]
-            vectors = normalise(np.array(rows)) if rows else np.zeros((0, self.dim), np.float32)
-            out.append(Words(names, vectors))
-        return out
 
     def _direction(self, word: str) -> Vectors:
         seed = int.from_bytes(hashlib.sha256(word.encode()).digest()[:8], "little")

@@ -256,14 +256,15 @@ def torch_minilm(model_file: Path) -> Any:
 
 
 def fine_tune(
-    model_file: Path, tokenizer_file: Path, train: Split, dev: Split, target: float, out: Path
-) -> tuple[Calibration, dict[str, Any]]:
-    """Fine-tune for EPOCHS; keep the epoch (and calibration) with the most dev recall."""
+    model_file: Path, tokenizer_file: Path, train: Split, dev: Split, target: float, out: Path,
+    epochs: int = EPOCHS, lr: float = LEARNING_RATE, seed: int = SEED,
+) -> tuple[Calibration, dict[str, Any]]:  # fmt: skip
+    """Fine-tune for ``epochs``; keep the epoch (and calibration) with the most dev recall."""
     import torch
     from tokenizers import Tokenizer
 
-    torch.manual_seed(SEED)
-    rng = random.Random(SEED)
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
     torch.set_num_threads(2)
     tokenizer = Tokenizer.from_file(str(tokenizer_file))
     tokenizer.no_padding()
@@ -271,10 +272,10 @@ def fine_tune(
     model, export = torch_minilm(model_file)
     rows = [(a, b, float(y)) for (a, b), y in zip(train.cores, train.y, strict=True)]
     rows += [(b, a, y) for a, b, y in rows]  # both orders: the scorer averages them
-    steps = EPOCHS * math.ceil(len(rows) / BATCH)
+    steps = epochs * math.ceil(len(rows) / BATCH)
     encoder = [p for n, p in model.named_parameters() if p.requires_grad and "head" not in n]
     optimiser = torch.optim.AdamW(
-        [{"params": encoder, "lr": LEARNING_RATE},
+        [{"params": encoder, "lr": lr},
          {"params": model.head.parameters(), "lr": HEAD_RATE}], weight_decay=0.01,
     )  # fmt: skip
     warmup = 0.1 * steps
@@ -295,7 +296,7 @@ def fine_tune(
 
     best: tuple[float, Calibration, dict[str, Any]] = (-1.0, Calibration(1.0, 0.95, False), {})
     started = time.monotonic()
-    for epoch in range(1, EPOCHS + 1):
+    for epoch in range(1, epochs + 1):
         rng.shuffle(rows)
         model.train()
         for i in range(0, len(rows), BATCH):
@@ -313,8 +314,10 @@ def fine_tune(
         print(f"epoch {epoch} ({minutes:.0f} min): dev recall {recall:.3f} at precision "
               f"≥ {target} (cosine ≥ {threshold}, p ≥ {cutoff:.4f}, rules {rules})")  # fmt: skip
         if recall > best[0]:
-            setting = {"epochs": epoch, "learning_rate": LEARNING_RATE, "batch": BATCH,
-                       "frozen": ["word_embeddings", "position_embeddings"]}  # fmt: skip
+            setting = {
+                "epochs": epoch, "of": epochs, "learning_rate": lr, "batch": BATCH, "seed": seed,
+                "frozen": ["word_embeddings", "position_embeddings"],
+            }  # fmt: skip
             best = (recall, Calibration(cutoff, threshold, rules), setting)
             candidate.replace(out)
         else:
@@ -339,6 +342,9 @@ def main() -> None:
         help="calibrate: keep the shipped weights, choose the cosine and cutoff on dev again",
     )  # fmt: skip
     parser.add_argument("--precision", type=float, default=0.995, help="dev precision to hold")
+    parser.add_argument("--epochs", type=int, default=EPOCHS, help="the schedule's length")
+    parser.add_argument("--lr", type=float, default=LEARNING_RATE, help="the encoder's rate")
+    parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--models", type=Path, default=REPO / ".edgeinfer-test" / "models")
     parser.add_argument("--write", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--test", action="store_true", help="also score test (after choosing)")
@@ -364,8 +370,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             weights = Path(tmp) / "weights.npz"
             cal, setting = fine_tune(
-                model_file, tokenizer_file, splits["train"], splits["dev"], args.precision, weights
-            )
+                model_file, tokenizer_file, splits["train"], splits["dev"], args.precision, weights,
+                args.epochs, args.lr, args.seed,
+            )  # fmt: skip
             print(f"chosen on dev: {setting} cosine ≥ {cal.cosine} p ≥ {cal.cutoff:.4f} "
                   f"rules {cal.rules}")  # fmt: skip
             scorer = OnnxPairScorer(model_file, tokenizer_file, weights)

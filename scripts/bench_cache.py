@@ -88,6 +88,29 @@ def quality(pairs: list[dict[str, str]], sims: np.ndarray, verifier: Verifier) -
             "threshold": cal.cosine, "rules": verifier.rules}  # fmt: skip
 
 
+def unrelated_served(
+    embedder: OnnxEmbedder, pairs: list[dict[str, str]], verifier: Verifier
+) -> dict[str, Any]:
+    """How many "unrelated" pairs the shipped defaults serve: two different base questions of
+    the set on a nearby topic (cosine 0.45-0.85; train_verifier.unrelated), all wrong hits."""
+    from train_verifier import unrelated
+
+    texts = sorted({p["a"] for p in pairs} | {p["b"] for p in pairs})
+    vectors = dict(zip(texts, embedder.embed(texts), strict=True))
+    mined = unrelated(pairs, vectors)  # type: ignore[arg-type]
+    cal = verifier.calibration
+    assert cal is not None
+    served = [
+        (a, b) for a, b in mined
+        if float(vectors[a] @ vectors[b]) >= cal.cosine and verifier.check(a, b, 1.0) is None
+    ]  # fmt: skip
+    print(f"\nUnrelated pairs mined from the set (different questions on a nearby topic): "
+          f"{len(served)} of {len(mined)} served at the shipped defaults")  # fmt: skip
+    for a, b in served[:5]:
+        print(f"  served: {a!r} / {b!r}")
+    return {"mined": len(mined), "served": len(served)}
+
+
 def print_quality(q: dict[str, Any], pairs: list[dict[str, str]], source: Path) -> None:
     same = sum(p["label"] == "same" for p in pairs)
     print(f"\n## Semantic hits on {len(pairs)} pairs ({same} paraphrases) from {source.name}\n")
@@ -320,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     b = embedder.embed([p["b"] for p in pairs])
     rows = quality(pairs, (a * b).sum(axis=1), verifier)
     print_quality(rows, pairs, args.pairs)
+    rows["unrelated"] = unrelated_served(embedder, pairs, verifier)
     lat = latency(embedder, pairs, args.sizes, queries, threshold, verifier)
     print_latency(lat, threshold)
     e2e = {} if args.skip_e2e else end_to_end(args.models_dir, args.model, 4 if args.quick else 8)

@@ -198,6 +198,34 @@ def test_the_cutoff_and_rules_follow_the_calibration_unless_set() -> None:
 
 
 @pytest.mark.real
+def test_shipped_defaults_never_serve_a_neighbouring_question(
+    make_store: object, minilm: OnnxEmbedder, shipped_verifier: Verifier
+) -> None:
+    """Different questions on one topic: the first cross-encoder served these with p near 1
+    at cosine 0.5 (one came from the workload benchmark); the calibration now counts such
+    pairs, and the store must refuse every one at the shipped threshold and cutoff."""
+    assert shipped_verifier.calibration is not None
+    store: CacheStore = make_store(minilm.dim, embedder=minilm.name)  # type: ignore[operator]
+    store.verify = shipped_verifier.check
+    pairs = [
+        ("Tell me the capital city of Australia", "What ocean lies between Africa and Australia?"),
+        ("What is 3/4 + 2/3, written as a single fraction?",
+         "Python 3: what does print(type(3 / 1)) show?"),
+        ("Can dogs eat cat food?", "which human foods are dogs allowed to eat"),
+        ("How do I declare a constant in Go?", "golang reverse string"),
+    ]  # fmt: skip
+    store.put_many([entry_for(minilm, chat(stored), "an answer") for stored, _ in pairs])
+    for _, asked in pairs:
+        probe = entry_for(minilm, chat(asked), "")
+        assert probe.embedding is not None and probe.question is not None
+        threshold = shipped_verifier.calibration.cosine
+        assert (
+            store.lookup_semantic(probe.namespace, probe.embedding, probe.question, threshold)
+            is None
+        ), asked
+
+
+@pytest.mark.real
 def test_the_store_asks_the_verifier_and_counts_its_refusals(
     make_store: object, minilm: OnnxEmbedder
 ) -> None:

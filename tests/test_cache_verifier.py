@@ -20,7 +20,8 @@ from edgeinfer import bootstrap
 from edgeinfer.cache.store import CacheStore
 from edgeinfer.cache.verifier import MODEL_PATH, WEIGHTS_PATH, Calibration, Verifier
 from edgeinfer.config.schema import CacheSettings
-from edgeinfer.embed.onnx import OnnxEmbedder, OnnxPairScorer, open_pair_scorer
+from edgeinfer.embed import onnx as onnx_module
+from edgeinfer.embed.onnx import OnnxEmbedder, OnnxPairScorer, minilm_files, open_pair_scorer
 from edgeinfer.errors import ModelUnavailable
 from edgeinfer.paths import resolve
 from tests.cache_fixtures import (  # noqa: F401
@@ -92,6 +93,48 @@ def test_weights_made_for_another_model_file_are_refused(tmp_path: Path) -> None
             open_pair_scorer(MODELS_DIR, path)
     with pytest.raises(ModelUnavailable, match="pair model"):
         open_pair_scorer(MODELS_DIR, tmp_path / "missing.npz")
+
+
+@pytest.mark.real
+def test_the_built_network_is_kept_and_a_damaged_copy_is_built_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The int8 network is built once per weights file and loaded from the folder after that,
+    scoring exactly as a fresh build does; a copy cut short is rebuilt, never loaded; a copy
+    built from other weights is removed when a new one is kept."""
+    model, tokenizer = minilm_files(MODELS_DIR)
+    cache = tmp_path / "built"
+    cache.mkdir()
+    (cache / "pair-int8-old.onnx").write_bytes(b"from other weights")
+    pairs = [("How do I reset my password?", "I forgot my password, how can I change it?")]
+    first = OnnxPairScorer(model, tokenizer, WEIGHTS_PATH, cache=cache).same(pairs)
+    kept = sorted(p.name for p in cache.iterdir())
+    assert len(kept) == 2 and kept[0].endswith(".onnx") and kept[1].endswith(".sha256")
+
+    def no_build(graph: object) -> bytes:
+        raise AssertionError("built again")
+
+    with monkeypatch.context() as m:
+        m.setattr(onnx_module, "_dynamic_int8", no_build)
+        loaded = OnnxPairScorer(model, tokenizer, WEIGHTS_PATH, cache=cache).same(pairs)
+    assert loaded.tolist() == first.tolist()
+    network = cache / kept[0]
+    network.write_bytes(network.read_bytes()[:1000])  # a copy cut short
+    rebuilt = OnnxPairScorer(model, tokenizer, WEIGHTS_PATH, cache=cache).same(pairs)
+    assert rebuilt.tolist() == first.tolist() and network.stat().st_size > 1_000_000
+
+
+@pytest.mark.real
+def test_a_cache_folder_that_cannot_be_written_only_costs_the_build(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    model, tokenizer = minilm_files(MODELS_DIR)
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    with caplog.at_level(logging.WARNING):
+        scorer = OnnxPairScorer(model, tokenizer, WEIGHTS_PATH, cache=blocked / "built")
+    assert scorer.same([("How do I reset my password?", "How can I reset my password?")])[0] > 0.5
+    assert "cannot keep the cache's pair model" in caplog.text
 
 
 @pytest.mark.real

@@ -16,7 +16,9 @@ blocks for a few milliseconds per sentence, so callers run it in a worker thread
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import tempfile
 from pathlib import Path
 
@@ -30,9 +32,13 @@ from tokenizers import Tokenizer
 
 from edgeinfer.core.embedding import MINILM_NAME, Vectors, normalise
 from edgeinfer.errors import ModelUnavailable
-from edgeinfer.models.assets import ensure_asset
+from edgeinfer.models.assets import ASSETS_DIR, ensure_asset
 
 MAX_TOKENS = 256
+PAIR_CACHE = "pair-int8"
+"""The asset store's folder (under ``_assets``) for the built int8 cross-encoder."""
+
+log = logging.getLogger(__name__)
 
 
 class OnnxEmbedder:
@@ -124,20 +130,39 @@ class OnnxPairScorer:
     5.6 ms a pair against 14.8 ms in float on a 2-core CPU; the cutoff is calibrated on this
     path (scripts/train_verifier.py scores dev through this class).
 
+    Building the int8 network takes about a second; with ``cache`` the result is kept there,
+    named by what it was built from (model file, weights, onnx and onnxruntime versions), and
+    the next start loads it in a tenth of that.
+
     Args:
         model: the embedder's ``.onnx`` file.
         tokenizer: its ``tokenizer.json``.
         weights: the fine-tuned initializers and head.
         threads: onnxruntime intra-op threads.
+        cache: a folder to keep the built network in; None builds it every time.
     """
 
-    def __init__(self, model: Path, tokenizer: Path, weights: Path, *, threads: int = 1) -> None:
+    def __init__(
+        self,
+        model: Path,
+        tokenizer: Path,
+        weights: Path,
+        *,
+        threads: int = 1,
+        cache: Path | None = None,
+    ) -> None:
         try:
             with np.load(weights) as tuned:
                 arrays = {name: tuned[name] for name in tuned.files}
-            graph = onnx.load(str(model))
-            _overlay(graph, {k[5:]: v for k, v in arrays.items() if k.startswith("init/")})
-            self._session = _session(_dynamic_int8(graph), threads)
+            built = _built(cache, model, weights) if cache is not None else None
+            network = built.read() if built is not None else None
+            if network is None:
+                graph = onnx.load(str(model))
+                _overlay(graph, {k[5:]: v for k, v in arrays.items() if k.startswith("init/")})
+                network = _dynamic_int8(graph)
+                if built is not None:
+                    built.write(network)
+            self._session = _session(network, threads)
             self._tokenizer = Tokenizer.from_file(str(tokenizer))
             self._head = arrays["head/weight"].astype(np.float32).reshape(-1)
             self._bias = float(arrays["head/bias"].reshape(-1)[0])
@@ -166,6 +191,55 @@ class OnnxPairScorer:
         states = self._session.run(None, feeds)[0]
         logits = states.mean(axis=1) @ self._head + self._bias
         return float(1.0 / (1.0 + np.exp(-logits.mean())))
+
+
+class _Built:
+    """One built network in the cache folder: ``<key>.onnx`` and its sha256 beside it, so a
+    file cut short or damaged is built again, never loaded."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.digest = path.with_suffix(".sha256")
+
+    def read(self) -> bytes | None:
+        try:
+            data = self.path.read_bytes()
+            if hashlib.sha256(data).hexdigest() == self.digest.read_text(encoding="ascii").strip():
+                return data
+        except OSError:
+            pass
+        return None
+
+    def write(self, data: bytes) -> None:
+        """Best effort: each file is written aside and renamed into place (two daemons starting
+        together both write whole files), networks built from other weights are removed, and a
+        folder that cannot be written only costs the next start its second."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            for target, body in (
+                (self.path, data),
+                (self.digest, hashlib.sha256(data).hexdigest().encode("ascii")),
+            ):
+                fd, aside = tempfile.mkstemp(dir=self.path.parent, prefix=".part-")
+                try:
+                    with os.fdopen(fd, "wb") as f:
+                        f.write(body)
+                    os.replace(aside, target)
+                finally:
+                    Path(aside).unlink(missing_ok=True)
+            for old in self.path.parent.glob("pair-int8-*"):  # built from older weights
+                if old.stem != self.path.stem:
+                    old.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("cannot keep the cache's pair model in %s: %s", self.path.parent, exc)
+
+
+def _built(cache: Path, model: Path, weights: Path) -> _Built:
+    key = hashlib.sha256()
+    for part in (model.read_bytes(), weights.read_bytes()):
+        key.update(hashlib.sha256(part).digest())
+    key.update(f"onnx {onnx.__version__} onnxruntime {ort.__version__}".encode())
+    return _Built(cache / f"pair-int8-{key.hexdigest()[:32]}.onnx")
 
 
 def _session(model: str | bytes, threads: int) -> ort.InferenceSession:
@@ -248,8 +322,10 @@ def minilm_files(models_dir: Path) -> tuple[Path, Path]:
 
 
 def open_pair_scorer(models_dir: Path, weights: Path, *, threads: int = 1) -> OnnxPairScorer:
-    """The cache's cross-encoder over the bundled MiniLM files."""
-    return OnnxPairScorer(*minilm_files(models_dir), weights, threads=threads)
+    """The cache's cross-encoder over the bundled MiniLM files, its built network kept in the
+    asset store."""
+    cache = Path(models_dir) / ASSETS_DIR / PAIR_CACHE
+    return OnnxPairScorer(*minilm_files(models_dir), weights, threads=threads, cache=cache)
 
 
 def open_minilm(models_dir: Path, *, threads: int = 1) -> OnnxEmbedder:

@@ -92,9 +92,13 @@ def unrelated_served(
     embedder: OnnxEmbedder, pairs: list[dict[str, str]], verifier: Verifier
 ) -> dict[str, Any]:
     """How many "unrelated" pairs the shipped defaults serve: two different base questions of
-    the set on a nearby topic (cosine 0.45-0.85; train_verifier.unrelated), all wrong hits."""
+    one batch of the set on a nearby topic (cosine 0.45-0.85; train_verifier.unrelated), all
+    wrong hits. Needs the pairs' ``group`` (``<batch>-<id>``); a set without it is skipped."""
     from train_verifier import unrelated
 
+    if not all("group" in p for p in pairs):
+        print("\nUnrelated pairs: not mined (the pairs have no group)")
+        return {"mined": 0, "served": 0}
     texts = sorted({p["a"] for p in pairs} | {p["b"] for p in pairs})
     vectors = dict(zip(texts, embedder.embed(texts), strict=True))
     mined = unrelated(pairs, vectors)  # type: ignore[arg-type]

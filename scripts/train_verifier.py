@@ -24,7 +24,9 @@ This script
 
 What came before, measured on the same dev split: a random forest over word-alignment features
 (kept 0.42 of the paraphrases at precision 0.99; test 0.39 at 0.989) and rules alone. The
-cross-encoder sees both questions at once and kept 0.72-0.75.
+cross-encoder sees both questions at once; trained on the hand-written pairs alone it kept
+0.72-0.75 of them, but served a quarter of the unrelated pairs, so the dev choice counts those
+and training learns from them (shipped: dev 0.539 at precision 0.995).
 
     .venv/bin/python scripts/train_verifier.py            # train, choose, write, report
     .venv/bin/python scripts/train_verifier.py split      # (once) split raw/*.jsonl
@@ -56,11 +58,12 @@ from edgeinfer.embed.onnx import OnnxPairScorer, dequantised, minilm_files, open
 REPO = Path(__file__).resolve().parents[1]
 PAIRS = REPO / "tests" / "data" / "cache_pairs"
 THRESHOLDS = [round(0.50 + 0.05 * i, 2) for i in range(10)]  # 0.50 (the floor) .. 0.95
-EPOCHS = 3
+EPOCHS = 4  # the shipped run's schedule (3: dev 0.498, 4: 0.539, 6: 0.486)
 LEARNING_RATE = 4e-5  # the encoder's; the head's is HEAD_RATE
 HEAD_RATE = 1e-3
 MINED_LOW, MINED_HIGH = 0.45, 0.85  # the cosine band of unrelated() pairs
 BATCH = 16
+LEGACY_GROUP = "guard-dev"  # the old guard set's pairs, in train only
 SEED = 0
 Pairs = list[dict[str, Any]]
 
@@ -87,7 +90,7 @@ def split_raw(seed: str = "edgeinfer-cache-pairs-v1") -> None:
     legacy = REPO / "tests" / "data" / "semantic_pairs.jsonl"
     for line in legacy.read_text(encoding="utf-8").splitlines():
         row = json.loads(line)
-        out["train"].append({**row, "domain": "mixed", "lang": "en", "group": "guard-dev"})
+        out["train"].append({**row, "domain": "mixed", "lang": "en", "group": LEGACY_GROUP})
     for name, rows in out.items():
         with open(PAIRS / f"{name}.jsonl", "w", encoding="utf-8") as f:
             for row in rows:
@@ -134,18 +137,36 @@ def unrelated(
     the capital city of Australia" / "What ocean lies between Africa and Australia?"); the
     hand-written near-misses change one thing of ONE question, so without these the network
     never sees two questions that merely share a topic (the first cross-encoder served 22% of
-    them on dev). Above ``high`` two groups may hold the same question."""
-    group: dict[str, str] = {}
+    them on dev).
+
+    Labelled "different" without a reader, so only where that holds:
+    - questions only: a group's base questions and their paraphrases, never its near-misses
+      (one edit of a base question may be another group's question: "What is 100 degrees
+      Fahrenheit in Celsius?");
+    - within one batch of the raw set (group ``p3-62`` is batch ``p3``): one author wrote a
+      batch's base questions to differ, while batches, and the old guard set (never mined),
+      repeat questions: read across batches, many mined pairs at cosine >= 0.74 were one
+      question ("Can I use baking powder instead of baking soda?" in p3 and p6, moving PayPal
+      money to a bank in p2, p4 and p5);
+    - never a text two groups share, nor above ``high``, where a batch may repeat itself.
+    """
+    owners: dict[str, set[str]] = {}
     for p in pairs:
-        group.setdefault(p["a"], p["group"])
-        group.setdefault(p["b"], p["group"])
+        if p["group"] == LEGACY_GROUP:
+            continue
+        for text in (p["a"], p["b"]) if p["label"] == "same" else (p["a"],):
+            owners.setdefault(text, set()).add(p["group"])
+    group = {text: next(iter(gs)) for text, gs in owners.items() if len(gs) == 1}
     texts = sorted(group)
+    if not texts:
+        return []
     matrix = np.stack([vectors[t] for t in texts])
     sims = matrix @ matrix.T
     groups = np.array([group[t] for t in texts])
+    batches = np.array([g.split("-")[0] for g in groups])
     out: set[tuple[str, str]] = set()
     for i, text in enumerate(texts):
-        band = (groups != group[text]) & (sims[i] >= low) & (sims[i] < high)
+        band = (groups != groups[i]) & (batches == batches[i]) & (sims[i] >= low) & (sims[i] < high)
         if band.any():
             j = int(np.argmax(np.where(band, sims[i], -1.0)))
             out.add((text, texts[j]) if text < texts[j] else (texts[j], text))

@@ -1,5 +1,6 @@
-"""scripts/train_verifier.py's mined "unrelated" pairs: two questions of different groups on a
-nearby topic, never two of one group, never above the band where groups may repeat a question."""
+"""scripts/train_verifier.py's mined "unrelated" pairs: two questions of different groups of one
+batch on a nearby topic, never two of one group, never above the band where groups may repeat a
+question, never a near-miss, another batch's question or the old guard set's."""
 
 from __future__ import annotations
 
@@ -27,10 +28,10 @@ def test_each_question_meets_its_nearest_neighbour_of_another_group_inside_the_b
         "d1": _unit(0, 0, 1),  # orthogonal: below it
     }
     pairs = [
-        {"a": "a1", "b": "a2", "group": "a"},
-        {"a": "b1", "b": "b1", "group": "b"},
-        {"a": "c1", "b": "c1", "group": "c"},
-        {"a": "d1", "b": "d1", "group": "d"},
+        {"a": "a1", "b": "a2", "group": "p1-a", "label": "same"},
+        {"a": "b1", "b": "b1", "group": "p1-b", "label": "same"},
+        {"a": "c1", "b": "c1", "group": "p1-c", "label": "same"},
+        {"a": "d1", "b": "d1", "group": "p1-d", "label": "same"},
     ]
     mined = unrelated(pairs, vectors)
     assert ("a1", "b1") in mined and ("a2", "b1") in mined
@@ -40,3 +41,26 @@ def test_each_question_meets_its_nearest_neighbour_of_another_group_inside_the_b
         assert 0.45 <= float(vectors[x] @ vectors[y]) < 0.85
         assert "d1" not in (x, y)
     assert len(set(mined)) == len(mined)
+
+
+def test_only_questions_of_one_batch_that_no_two_groups_share_are_mined() -> None:
+    """A near-miss may be another group's question, another batch (or the old guard set) may
+    repeat a question, and a text in two groups is one question asked twice."""
+    vectors = {
+        "a1": _unit(1, 0, 0),
+        "a-near": _unit(1, 0.9, 0.1),  # a1's near-miss: inside the band, never mined
+        "b1": _unit(1, 0.9, 0),  # batch p1: mined with a1
+        "x1": _unit(1, 0.85, 0),  # batch p2: closer to a1 than b1, but another batch
+        "g1": _unit(1, 0.8, 0),  # the old guard set: never mined
+        "s1": _unit(1, 0.95, 0),  # in two groups of p1
+    }
+    pairs = [
+        {"a": "a1", "b": "a-near", "group": "p1-a", "label": "different"},
+        {"a": "b1", "b": "b1", "group": "p1-b", "label": "same"},
+        {"a": "x1", "b": "x1", "group": "p2-x", "label": "same"},
+        {"a": "g1", "b": "g1", "group": "guard-dev", "label": "same"},
+        {"a": "s1", "b": "s1", "group": "p1-s", "label": "same"},
+        {"a": "s1", "b": "s1", "group": "p1-t", "label": "same"},
+    ]
+    mined = unrelated(pairs, vectors)
+    assert mined == [("a1", "b1")]

@@ -100,8 +100,8 @@ def test_the_built_network_is_kept_and_a_damaged_copy_is_built_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The int8 network is built once per weights file and loaded from the folder after that,
-    scoring exactly as a fresh build does; a copy cut short is rebuilt, never loaded; a copy
-    built from other weights is removed when a new one is kept."""
+    scoring exactly as a fresh build does; a copy cut short, or one onnxruntime will not load,
+    is built again; a copy built from other weights is removed when a new one is kept."""
     model, tokenizer = minilm_files(MODELS_DIR)
     cache = tmp_path / "built"
     cache.mkdir()
@@ -118,10 +118,15 @@ def test_the_built_network_is_kept_and_a_damaged_copy_is_built_again(
         m.setattr(onnx_module, "_dynamic_int8", no_build)
         loaded = OnnxPairScorer(model, tokenizer, WEIGHTS_PATH, cache=cache).same(pairs)
     assert loaded.tolist() == first.tolist()
-    network = cache / kept[0]
-    network.write_bytes(network.read_bytes()[:1000])  # a copy cut short
+    network, digest = cache / kept[0], cache / kept[1]
+    good = network.read_bytes()
+    network.write_bytes(good[:1000])  # a copy cut short
     rebuilt = OnnxPairScorer(model, tokenizer, WEIGHTS_PATH, cache=cache).same(pairs)
-    assert rebuilt.tolist() == first.tolist() and network.stat().st_size > 1_000_000
+    assert rebuilt.tolist() == first.tolist() and network.read_bytes() == good
+    network.write_bytes(b"not a network")  # intact as written, but onnxruntime will not load it
+    digest.write_text(hashlib.sha256(b"not a network").hexdigest())
+    rebuilt = OnnxPairScorer(model, tokenizer, WEIGHTS_PATH, cache=cache).same(pairs)
+    assert rebuilt.tolist() == first.tolist() and network.read_bytes() == good
 
 
 @pytest.mark.real

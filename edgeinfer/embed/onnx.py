@@ -155,14 +155,15 @@ class OnnxPairScorer:
             with np.load(weights) as tuned:
                 arrays = {name: tuned[name] for name in tuned.files}
             built = _built(cache, model, weights) if cache is not None else None
-            network = built.read() if built is not None else None
-            if network is None:
+            session = built.load(threads) if built is not None else None
+            if session is None:
                 graph = onnx.load(str(model))
                 _overlay(graph, {k[5:]: v for k, v in arrays.items() if k.startswith("init/")})
                 network = _dynamic_int8(graph)
                 if built is not None:
                     built.write(network)
-            self._session = _session(network, threads)
+                session = _session(network, threads)
+            self._session = session
             self._tokenizer = Tokenizer.from_file(str(tokenizer))
             self._head = arrays["head/weight"].astype(np.float32).reshape(-1)
             self._bias = float(arrays["head/bias"].reshape(-1)[0])
@@ -201,12 +202,14 @@ class _Built:
         self.path = path
         self.digest = path.with_suffix(".sha256")
 
-    def read(self) -> bytes | None:
+    def load(self, threads: int) -> ort.InferenceSession | None:
+        """The kept network's session; None when there is none, it is damaged, or onnxruntime
+        will not load it (then it is built again)."""
         try:
             data = self.path.read_bytes()
             if hashlib.sha256(data).hexdigest() == self.digest.read_text(encoding="ascii").strip():
-                return data
-        except OSError:
+                return _session(data, threads)
+        except Exception:  # OSError, or onnxruntime's own error types
             pass
         return None
 

@@ -37,6 +37,39 @@ def test_a_wrapped_question_has_the_same_core(wrapped: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("question", "wrapped"),
+    [
+        ("Wie lange muss ein Ei kochen?", "Hallo zusammen, wie lange muss ein Ei kochen? Danke!"),
+        ("Wie lange kocht ein Ei?", "Guten Morgen! Wie lange kocht ein Ei? Vielen Dank"),
+        ("Comment changer mon mot de passe ?", "Bonjour, comment changer mon mot de passe ? Merci"),
+        ("¿Cuánto tarda el arroz?", "Hola, ¿cuánto tarda el arroz? Muchas gracias"),
+        ("Quanto costa la successione?", "Ciao a tutti! Quanto costa la successione? Grazie"),
+        ("Quanto tempo cozinha o arroz?", "Olá, quanto tempo cozinha o arroz? Obrigado"),
+        ("Hoeveel vakantiegeld krijg ik?", "Hoi, hoeveel vakantiegeld krijg ik? Bedankt"),
+    ],
+)
+def test_greetings_and_thanks_in_other_languages_are_small_talk(
+    question: str, wrapped: str
+) -> None:
+    assert same_question(question, wrapped), core(wrapped)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("Ola de calor: ¿cuánto dura?", "¿Cuánto dura?"),  # a heat wave, not a greeting
+        ("Salut en français, c'est poli ?", "En français, c'est poli ?"),
+        ("Hola, ¿cómo se dice gracias en alemán?", "¿Cómo se dice en alemán?"),
+        ("Merci ou merci beaucoup ?", "Ou merci beaucoup ?"),
+        ("Comment dit-on merci ?", "Comment dit-on gracias ?"),
+        ("What's the German for thank you?", "What's the German for cheers?"),
+    ],
+)
+def test_a_foreign_greeting_or_thanks_that_is_the_question_stays(a: str, b: str) -> None:
+    assert not same_question(a, b), (core(a), core(b))
+
+
+@pytest.mark.parametrize(
     ("a", "b"),
     [
         ("Hi, how do I reset my password?", "Hi, how do I delete my account?"),

@@ -15,8 +15,9 @@ contractions and apostrophes ("What's" / "what is" / "whats"), the space or hyph
 is not "12". Each of these equivalences was checked on the labelled pairs: none makes a
 near-miss look the same.
 
-Pure; the phrase lists are English (other languages keep their wrappers, and the verifier
-treats those as it always did).
+Pure; the phrase lists are English, plus greetings and thanks in German, Dutch, French,
+Spanish, Italian and Portuguese (their polite frames, "Können Sie mir sagen ...", stay, and the
+verifier reads them as it always did).
 """
 
 from __future__ import annotations
@@ -24,8 +25,18 @@ from __future__ import annotations
 import re
 
 _GREETING = r"(?:hi|hello|hey|hiya|howdy|greetings|good (?:morning|afternoon|evening)|dear \w+)"
+_GREETING_ELSEWHERE = (
+    r"(?:hallo|hoi|moin|servus|guten (?:morgen|tag|abend)|goedemorgen|goedemiddag|bonjour|"
+    r"bonsoir|salut|hola|buenos d[ií]as|buenas(?: tardes| noches)?|ciao|salve|buongiorno|"
+    r"buonasera|ol[aá]|oi|bom dia|boa (?:tarde|noite))"
+)
+"""Greetings in the other languages of the labelled set (German, Dutch, French, Spanish,
+Italian, Portuguese); taken only before a comma or stop ("Hola, ...", "Guten Morgen! ..."),
+since without one they may be the question's first word ("Salut en français, c'est poli ?",
+"Ola de calor: ..." is a heat wave)."""
 _OPENERS = (
     rf"{_GREETING}(?: there| all| everyone| team| again)?",
+    rf"{_GREETING_ELSEWHERE}(?: (?:zusammen|allemaal|à tous|a todos|a tutti))?(?= *[,.!])",
     r"(?:ok(?:ay)?|so|um+|uh+|alright)",
     r"(?:well|right)(?=[,.!])",  # "well water", "right angle" start questions too
     r"(?:a |one |just a |another )?(?:quick|simple|small|random|short|silly|dumb)? ?"
@@ -45,9 +56,16 @@ _OPENERS = (
     r"help me(?: out)?(?: with this)?",
     r"sorry to bother you",
 )
-_CLOSERS = (
+_THANKS = (
     r"(?:thanks|thank you|thx|ty|cheers|many thanks)(?: (?:so|very) much)?(?: in advance)?"
     r"(?: for (?:your|the) help)?",
+    r"(?:danke(?: schön| sehr| im voraus)?|vielen dank(?: im voraus)?|dank je(?: wel)?|"
+    r"dank u(?: wel)?|bedankt|merci(?: beaucoup| d'avance)?|gracias(?: de antemano)?|"
+    r"muchas gracias|grazie(?: mille| in anticipo)?|obrigad[oa])",
+)
+"""Thanks, taken only after the question's own punctuation: "What's the German for thank
+you?" ends in the words it asks about."""
+_CLOSERS = (
     r"(?:much )?appreciated",
     r"(?:i'?d )?appreciate (?:it|any help|your help)",
     r"(?:please|pls|plz)",
@@ -58,7 +76,11 @@ _CLOSERS = (
 )
 _PUNCT = r"[\s,.:;!?\-–—]*"
 _LEAD = re.compile(rf"^\s*(?:{'|'.join(_OPENERS)})(?=[\s,.:;!?\-–—]|$){_PUNCT}", re.IGNORECASE)
-_TAIL = re.compile(rf"(?:^|(?<=[\s,.:;!?]))(?:{'|'.join(_CLOSERS)}){_PUNCT}$", re.IGNORECASE)
+_TAIL = re.compile(
+    rf"(?:(?:^|(?<=[\s,.:;!?]))(?:{'|'.join(_CLOSERS)})|(?:^|(?<=[,.:;!?]))\s*"
+    rf"(?:{'|'.join(_THANKS)})){_PUNCT}$",
+    re.IGNORECASE,
+)
 _ROUNDS = 6  # phrases taken from each end at most
 _MIN_CHARS = 3  # a "question" shorter than this after stripping was nothing but a wrapper
 _PLAIN_SPACES = re.compile(r"\s+")

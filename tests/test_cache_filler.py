@@ -36,6 +36,13 @@ def test_a_wrapped_question_has_the_same_core(wrapped: str) -> None:
     assert same_question(wrapped, QUESTION)
 
 
+def test_thanks_after_a_quote_or_code_is_small_talk() -> None:
+    asked = 'Classify the sentiment of "I love it"'
+    assert same_question(asked, f"{asked} Thanks in advance!")
+    assert same_question("Run `ls -la`", "Run `ls -la` thanks")
+    assert not same_question("Say thank you", "Say")
+
+
 @pytest.mark.parametrize(
     ("question", "wrapped"),
     [

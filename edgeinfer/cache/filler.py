@@ -63,8 +63,8 @@ _THANKS = (
     r"dank u(?: wel)?|bedankt|merci(?: beaucoup| d'avance)?|gracias(?: de antemano)?|"
     r"muchas gracias|grazie(?: mille| in anticipo)?|obrigad[oa])",
 )
-"""Thanks, taken only after the question's own punctuation: "What's the German for thank
-you?" ends in the words it asks about."""
+"""Thanks, taken only after the question's own punctuation, a closing quote or bracket:
+"What's the German for thank you?" ends in the words it asks about."""
 _CLOSERS = (
     r"(?:much )?appreciated",
     r"(?:i'?d )?appreciate (?:it|any help|your help)",
@@ -77,7 +77,7 @@ _CLOSERS = (
 _PUNCT = r"[\s,.:;!?\-–—]*"
 _LEAD = re.compile(rf"^\s*(?:{'|'.join(_OPENERS)})(?=[\s,.:;!?\-–—]|$){_PUNCT}", re.IGNORECASE)
 _TAIL = re.compile(
-    rf"(?:(?:^|(?<=[\s,.:;!?]))(?:{'|'.join(_CLOSERS)})|(?:^|(?<=[,.:;!?]))\s*"
+    rf"(?:(?:^|(?<=[\s,.:;!?]))(?:{'|'.join(_CLOSERS)})|(?:^|(?<=[,.:;!?\"'’”)\]`]))\s*"
     rf"(?:{'|'.join(_THANKS)})){_PUNCT}$",
     re.IGNORECASE,
 )

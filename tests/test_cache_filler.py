@@ -41,6 +41,10 @@ def test_thanks_after_a_quote_or_code_is_small_talk() -> None:
     assert same_question(asked, f"{asked} Thanks in advance!")
     assert same_question("Run `ls -la`", "Run `ls -la` thanks")
     assert not same_question("Say thank you", "Say")
+    casual = "whats the chemical symbol for gold"
+    assert same_question(casual, f"{casual} Thanks in advance!")
+    assert same_question(casual, f"{casual} thank you so much")
+    assert not same_question(f"{casual} thanks", casual)  # a bare "thanks" may be the question
 
 
 @pytest.mark.parametrize(

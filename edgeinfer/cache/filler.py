@@ -65,6 +65,13 @@ _THANKS = (
 )
 """Thanks, taken only after the question's own punctuation, a closing quote or bracket:
 "What's the German for thank you?" ends in the words it asks about."""
+_THANKS_AT_LENGTH = (
+    r"(?:thanks|thank you|many thanks|danke|vielen dank|merci|gracias|muchas gracias|grazie)"
+    r"(?: (?:so|very) much| in advance| for (?:your|the) help| im voraus| d'avance| de antemano|"
+    r" in anticipo)+"
+)
+"""Thanks no question asks about ("... thanks in advance"), taken after a plain space too: many
+people type without punctuation ("whats the chemical symbol for gold thanks in advance")."""
 _CLOSERS = (
     r"(?:much )?appreciated",
     r"(?:i'?d )?appreciate (?:it|any help|your help)",
@@ -77,7 +84,8 @@ _CLOSERS = (
 _PUNCT = r"[\s,.:;!?\-–—]*"
 _LEAD = re.compile(rf"^\s*(?:{'|'.join(_OPENERS)})(?=[\s,.:;!?\-–—]|$){_PUNCT}", re.IGNORECASE)
 _TAIL = re.compile(
-    rf"(?:(?:^|(?<=[\s,.:;!?]))(?:{'|'.join(_CLOSERS)})|(?:^|(?<=[,.:;!?\"'’”)\]`]))\s*"
+    rf"(?:(?:^|(?<=[\s,.:;!?]))(?:{'|'.join(_CLOSERS)}|{_THANKS_AT_LENGTH})"
+    rf"|(?:^|(?<=[,.:;!?\"'’”)\]`]))\s*"
     rf"(?:{'|'.join(_THANKS)})){_PUNCT}$",
     re.IGNORECASE,
 )

@@ -43,8 +43,9 @@ def test_thanks_after_a_quote_or_code_is_small_talk() -> None:
     assert not same_question("Say thank you", "Say")
     casual = "whats the chemical symbol for gold"
     assert same_question(casual, f"{casual} Thanks in advance!")
-    assert same_question(casual, f"{casual} thank you so much")
+    assert same_question(casual, f"{casual} Thank you so much")
     assert not same_question(f"{casual} thanks", casual)  # a bare "thanks" may be the question
+    assert not same_question("Say thank you so much", "Say")  # lower case: may be the question
 
 
 @pytest.mark.parametrize(
@@ -57,6 +58,7 @@ def test_thanks_after_a_quote_or_code_is_small_talk() -> None:
         ("Quanto costa la successione?", "Ciao a tutti! Quanto costa la successione? Grazie"),
         ("Quanto tempo cozinha o arroz?", "Olá, quanto tempo cozinha o arroz? Obrigado"),
         ("Hoeveel vakantiegeld krijg ik?", "Hoi, hoeveel vakantiegeld krijg ik? Bedankt"),
+        ("¿Cuánto tarda el arroz?", "¡Hola! ¿Cuánto tarda el arroz? ¡Gracias!"),
     ],
 )
 def test_greetings_and_thanks_in_other_languages_are_small_talk(
@@ -70,7 +72,10 @@ def test_greetings_and_thanks_in_other_languages_are_small_talk(
     [
         ("Ola de calor: ¿cuánto dura?", "¿Cuánto dura?"),  # a heat wave, not a greeting
         ("Salut en français, c'est poli ?", "En français, c'est poli ?"),
-        ("Hola, ¿cómo se dice gracias en alemán?", "¿Cómo se dice en alemán?"),
+        ("¿Cómo se dice gracias?", "¿Cómo se dice merci?"),
+        ("Spell backwards: thanks", "Spell backwards: merci"),  # after a colon it is asked
+        ("How do I say thank you so much", "How do I say thanks in advance"),
+        ("Wie sagt man danke im Voraus", "Wie sagt man vielen Dank im Voraus"),
         ("Merci ou merci beaucoup ?", "Ou merci beaucoup ?"),
         ("Comment dit-on merci ?", "Comment dit-on gracias ?"),
         ("What's the German for thank you?", "What's the German for cheers?"),

@@ -66,12 +66,13 @@ _THANKS = (
 """Thanks, taken only after the question's own punctuation, a closing quote or bracket:
 "What's the German for thank you?" ends in the words it asks about."""
 _THANKS_AT_LENGTH = (
-    r"(?:thanks|thank you|many thanks|danke|vielen dank|merci|gracias|muchas gracias|grazie)"
+    r"(?-i:[TMDVG])(?:hanks|hank you|any thanks|anke|ielen dank|erci|racias|uchas gracias|razie)"
     r"(?: (?:so|very) much| in advance| for (?:your|the) help| im voraus| d'avance| de antemano|"
     r" in anticipo)+"
 )
-"""Thanks no question asks about ("... thanks in advance"), taken after a plain space too: many
-people type without punctuation ("whats the chemical symbol for gold thanks in advance")."""
+"""Thanks no question asks about, taken after a plain space too when they open a new sentence
+with a capital ("whats the chemical symbol for gold Thanks in advance!": many people type
+without punctuation). Lower-case they may be what is asked: "How do I say thank you so much"."""
 _CLOSERS = (
     r"(?:much )?appreciated",
     r"(?:i'?d )?appreciate (?:it|any help|your help)",
@@ -82,13 +83,15 @@ _CLOSERS = (
     r"[:;]-?[)D]",
 )
 _PUNCT = r"[\s,.:;!?\-–—]*"
-_LEAD = re.compile(rf"^\s*(?:{'|'.join(_OPENERS)})(?=[\s,.:;!?\-–—]|$){_PUNCT}", re.IGNORECASE)
+_LEAD = re.compile(rf"^\s*¡?(?:{'|'.join(_OPENERS)})(?=[\s,.:;!?\-–—]|$){_PUNCT}", re.IGNORECASE)
 _TAIL = re.compile(
-    rf"(?:(?:^|(?<=[\s,.:;!?]))(?:{'|'.join(_CLOSERS)}|{_THANKS_AT_LENGTH})"
-    rf"|(?:^|(?<=[,.:;!?\"'’”)\]`]))\s*"
+    rf"(?:(?:^|(?<=[\s,.:;!?]))(?:{'|'.join(_CLOSERS)})|(?<=\s)¡?{_THANKS_AT_LENGTH}"
+    rf"|(?:^|(?<=[,.;!?\"'’”)\]`]))\s*¡?"
     rf"(?:{'|'.join(_THANKS)})){_PUNCT}$",
     re.IGNORECASE,
 )
+"""A closer at the end. Bare thanks only after a stop, comma, closing quote or bracket, never a
+colon: after "Spell backwards:" the thanks is the question."""
 _ROUNDS = 6  # phrases taken from each end at most
 _MIN_CHARS = 3  # a "question" shorter than this after stripping was nothing but a wrapper
 _PLAIN_SPACES = re.compile(r"\s+")

@@ -37,6 +37,9 @@ from edgeinfer.models.assets import ASSETS_DIR, ensure_asset
 MAX_TOKENS = 256
 PAIR_CACHE = "pair-int8"
 """The asset store's folder (under ``_assets``) for the built int8 cross-encoder."""
+_RECIPE = "overlay, fold, quantize_dynamic per channel QInt8: v1"
+"""Part of a kept network's key: change it with :func:`_dynamic_int8`, so a release that builds
+differently never loads a network the old way built (its cutoff was calibrated on the new)."""
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +230,7 @@ class _Built:
                 try:
                     with os.fdopen(fd, "wb") as f:
                         f.write(body)
+                    os.chmod(aside, 0o644)  # mkstemp's 0600 would make other users rebuild
                     os.replace(aside, target)
                 finally:
                     Path(aside).unlink(missing_ok=True)
@@ -241,7 +245,7 @@ def _built(cache: Path, model: Path, weights: Path) -> _Built:
     key = hashlib.sha256()
     for part in (model.read_bytes(), weights.read_bytes()):
         key.update(hashlib.sha256(part).digest())
-    key.update(f"onnx {onnx.__version__} onnxruntime {ort.__version__}".encode())
+    key.update(f"{_RECIPE} onnx {onnx.__version__} onnxruntime {ort.__version__}".encode())
     return _Built(cache / f"pair-int8-{key.hexdigest()[:32]}.onnx")
 
 

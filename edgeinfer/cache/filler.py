@@ -66,7 +66,8 @@ _THANKS = (
 """Thanks, taken only after the question's own punctuation, a closing quote or bracket:
 "What's the German for thank you?" ends in the words it asks about."""
 _THANKS_AT_LENGTH = (
-    r"(?-i:[TMDVG])(?:hanks|hank you|any thanks|anke|ielen dank|erci|racias|uchas gracias|razie)"
+    r"(?=(?-i:[A-Z]))(?:thanks|thank you|many thanks|danke|vielen dank|merci|gracias|"
+    r"muchas gracias|grazie)"
     r"(?: (?:so|very) much| in advance| for (?:your|the) help| im voraus| d'avance| de antemano|"
     r" in anticipo)+"
 )

@@ -33,6 +33,7 @@ from tokenizers import Tokenizer
 from edgeinfer.core.embedding import MINILM_NAME, Vectors, normalise
 from edgeinfer.errors import ModelUnavailable
 from edgeinfer.models.assets import ASSETS_DIR, ensure_asset
+from edgeinfer.models.manifest import hash_file
 
 MAX_TOKENS = 256
 PAIR_CACHE = "pair-int8"
@@ -242,11 +243,10 @@ class _Built:
 
 
 def _built(cache: Path, model: Path, weights: Path) -> _Built:
-    key = hashlib.sha256()
-    for part in (model.read_bytes(), weights.read_bytes()):
-        key.update(hashlib.sha256(part).digest())
-    key.update(f"{_RECIPE} onnx {onnx.__version__} onnxruntime {ort.__version__}".encode())
-    return _Built(cache / f"pair-int8-{key.hexdigest()[:32]}.onnx")
+    made_of = f"{hash_file(model)} {hash_file(weights)} {_RECIPE} onnx {onnx.__version__} "
+    made_of += f"onnxruntime {ort.__version__}"
+    key = hashlib.sha256(made_of.encode()).hexdigest()
+    return _Built(cache / f"pair-int8-{key[:32]}.onnx")
 
 
 def _session(model: str | bytes, threads: int) -> ort.InferenceSession:

@@ -31,7 +31,7 @@ from edgeinfer.config.schema import (
     RouterSettings,
 )
 from edgeinfer.config.watch import ConfigWatcher
-from edgeinfer.core.embedding import MINILM_DIM, MINILM_NAME, Embedder
+from edgeinfer.core.embedding import MINILM_DIM, MINILM_VECTORS, Embedder
 from edgeinfer.engine.base import EngineFactory
 from edgeinfer.errors import ConfigError, EdgeInferError
 from edgeinfer.metrics import Metrics
@@ -100,7 +100,7 @@ def open_cache_store(paths: Paths, settings: CacheSettings) -> CacheStore:
         dim=MINILM_DIM,
         max_bytes=settings.max_mb << 20,
         ttl_s=settings.ttl_hours * 3600 if settings.ttl_hours else None,
-        embedder=MINILM_NAME,
+        embedder=MINILM_VECTORS,
     )
     store.start()
     return store

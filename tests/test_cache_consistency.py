@@ -23,7 +23,7 @@ from edgeinfer.cache.rows import clear_entries, entry_bytes, serialise
 from edgeinfer.cache.store import CacheStore
 from edgeinfer.cache.tally import count_entries, read_tally
 from edgeinfer.config.schema import CacheSettings
-from edgeinfer.core.embedding import MINILM_DIM, MINILM_NAME
+from edgeinfer.core.embedding import MINILM_DIM, MINILM_VECTORS
 from edgeinfer.embed.fake import FakeEmbedder
 from edgeinfer.paths import resolve
 from tests.cache_fixtures import (
@@ -196,7 +196,7 @@ def test_the_cli_beside_a_running_daemon(tmp_path: Path) -> None:
         cache.put(_request(cache), ANSWER, (10, 2), 0.5)
         daemon.flush(10)
         source = CacheStore(tmp_path / "other.sqlite3", dim=MINILM_DIM, max_bytes=1 << 30,
-                            ttl_s=None, embedder=MINILM_NAME)  # fmt: skip
+                            ttl_s=None, embedder=MINILM_VECTORS)  # fmt: skip
         source.start()
         emb = FakeEmbedder(MINILM_DIM)
         entries = [entry_for(emb, chat(f"question {i}"), f"answer {i}") for i in range(3)]

@@ -139,7 +139,7 @@ def test_a_cache_folder_that_cannot_be_written_only_costs_the_build(
     with caplog.at_level(logging.WARNING):
         scorer = OnnxPairScorer(model, tokenizer, WEIGHTS_PATH, cache=blocked / "built")
     assert scorer.same([("How do I reset my password?", "How can I reset my password?")])[0] > 0.5
-    assert "cannot keep the cache's pair model" in caplog.text
+    assert "cannot keep the built pair-int8 network" in caplog.text
 
 
 @pytest.mark.real

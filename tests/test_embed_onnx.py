@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgeinfer.embed import onnx as onnx_module
 from edgeinfer.embed.fake import FakeEmbedder
 from edgeinfer.embed.onnx import OnnxEmbedder
 from edgeinfer.errors import ModelStoreError, ModelUnavailable
@@ -38,11 +39,14 @@ def test_similarities_match_the_reference_figures(minilm: OnnxEmbedder) -> None:
     assert 0.0 < float(reset @ france) < 0.12 and 0.0 < float(forgot @ france) < 0.12
 
 
-def test_a_text_embeds_the_same_alone_or_in_a_padded_batch(minilm: OnnxEmbedder) -> None:
+def test_a_text_embeds_the_same_alone_or_with_others(minilm: OnnxEmbedder) -> None:
+    """Int8 activations are scaled per run, so each text runs alone: its vector never depends
+    on what it was embedded with."""
     texts = ["Hi", "How do I merge two dictionaries in Python without losing keys?", "ok then"]
-    batched = minilm.embed(texts)
+    together = minilm.embed(texts)
     alone = np.vstack([minilm.embed([t]) for t in texts])
-    assert np.allclose(batched, alone, atol=1e-4)
+    assert np.array_equal(together, alone)
+    assert np.array_equal(minilm.embed([texts[1], *texts])[1:], together)
 
 
 def test_long_texts_are_truncated_not_refused(minilm: OnnxEmbedder) -> None:
@@ -50,12 +54,28 @@ def test_long_texts_are_truncated_not_refused(minilm: OnnxEmbedder) -> None:
     assert minilm.embed([long]).shape == (1, 384)
 
 
-def test_batches_larger_than_the_chunk(minilm: OnnxEmbedder) -> None:
-    small = OnnxEmbedder(
-        asset_path(MODELS_DIR, "minilm-onnx"), asset_path(MODELS_DIR, "minilm-tokenizer"), batch=2
-    )
-    texts = [f"sentence number {i}" for i in range(5)]
-    assert np.allclose(small.embed(texts), minilm.embed(texts), atol=1e-4)
+def test_the_int8_network_is_kept_and_stays_close_to_the_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file's matrices run as dynamic int8: built once into the cache folder, loaded from it
+    after (the same vectors), and within cosine 0.97 of the file's float network."""
+    files = asset_path(MODELS_DIR, "minilm-onnx"), asset_path(MODELS_DIR, "minilm-tokenizer")
+    texts = ["How do I reset my password?", "Wie viel kostet ein Zugticket nach Berlin?", "ok"]
+    first = OnnxEmbedder(*files, cache=tmp_path).embed(texts)
+    kept = sorted(p.name for p in tmp_path.iterdir())
+    assert [Path(k).suffix for k in kept] == [".onnx", ".sha256"]
+    assert kept[0].startswith("minilm-int8-")
+
+    def no_build(graph: object) -> bytes:
+        raise AssertionError("built again")
+
+    with monkeypatch.context() as m:
+        m.setattr(onnx_module, "_dynamic_int8", no_build)
+        assert np.array_equal(OnnxEmbedder(*files, cache=tmp_path).embed(texts), first)
+    reference = OnnxEmbedder(*files)
+    reference._session = onnx_module._session(str(files[0]), 1)  # the file's own float matmuls
+    cosines = (reference.embed(texts) * first).sum(axis=1)
+    assert cosines.min() > 0.97 and not np.allclose(cosines, 1.0, atol=1e-4)
 
 
 def test_a_broken_model_file_is_a_clear_error(tmp_path: Path) -> None:

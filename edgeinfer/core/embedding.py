@@ -18,6 +18,9 @@ Vectors = NDArray[np.float32]
 # without loading onnxruntime.
 MINILM_NAME = "all-MiniLM-L6-v2-int8"
 MINILM_DIM = 384
+MINILM_VECTORS = f"{MINILM_NAME}, dynamic int8 v1"
+"""What the cache records as its vectors' maker: the model and how it runs (embed/onnx.py). The
+store drops vectors made otherwise, since they would be compared with another network's."""
 
 
 class Embedder(Protocol):

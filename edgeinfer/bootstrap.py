@@ -287,16 +287,30 @@ def config_watcher(
 
 def load_classifier(paths: Paths, settings: RouterSettings) -> Classifier | None:
     """The router's classifier: configured, else trained here, else bundled; None if unreadable
-    (the router then ranks tiers by their configured quality, and says so in the log)."""
+    (the router then ranks tiers by their configured quality, and says so in the log).
+
+    One fitted on another embedder's vectors (an older release's) is passed over, with a
+    warning: it would read vectors it was never fitted on."""
     candidates = [Path(settings.classifier).expanduser()] if settings.classifier else []
     candidates += [paths.router_weights, BUNDLED_WEIGHTS]
     for path in candidates:
         if not path.exists():
             continue
         try:
-            return Classifier.load(path)
+            classifier = Classifier.load(path)
         except (OSError, ValueError, KeyError) as exc:
             log.error("router classifier %s unreadable: %s", path, exc)
+            continue
+        made_by = classifier.meta.get("embedder")
+        if made_by == MINILM_VECTORS:
+            return classifier
+        log.warning(
+            "router classifier %s was fitted on vectors of %s, not %s; passed over"
+            " (retrain it with `edgeinfer router train`)",
+            path,
+            made_by or "an older embedder",
+            MINILM_VECTORS,
+        )
     log.warning("router: no classifier; tiers are ranked by their configured quality")
     return None
 

@@ -381,10 +381,15 @@ def fine_tune(
 
 
 def write(
-    cal: Calibration, setting: dict[str, Any], weights: bytes, splits: dict[str, Split]
-) -> None:
+    cal: Calibration, setting: dict[str, Any], weights: bytes, splits: dict[str, Split],
+    trained_on: dict[str, int] | None = None,
+) -> None:  # fmt: skip
+    """The weights and their calibration; ``trained_on``: the train sizes the weights were
+    fitted with, when only the calibration is new (the mined pairs move with the embedder)."""
     sizes = {name: s.labelled for name, s in splits.items()}
     sizes |= {f"{name}_unrelated_mined": len(s.pairs) - s.labelled for name, s in splits.items()}
+    if trained_on is not None:
+        sizes |= {k: v for k, v in trained_on.items() if k.startswith("train")}
     digest = hashlib.sha256(weights).hexdigest()
     WEIGHTS_PATH.write_bytes(weights)
     MODEL_PATH.write_text(cal.to_json(setting=setting, pairs=sizes, weights_sha256=digest))
@@ -417,10 +422,11 @@ def main() -> None:
             splits["dev"], splits["dev"].probabilities(scorer), args.precision
         )
         cal = Calibration(cutoff, threshold, rules)
-        setting = json.loads(MODEL_PATH.read_text(encoding="utf-8"))["setting"]
+        shipped = json.loads(MODEL_PATH.read_text(encoding="utf-8"))
         print(f"chosen on dev: cosine ≥ {cal.cosine} p ≥ {cal.cutoff:.4f} rules {cal.rules}")
         if args.write:
-            write(cal, setting, WEIGHTS_PATH.read_bytes(), splits)
+            trained_on = shipped["pairs"]
+            write(cal, shipped["setting"], WEIGHTS_PATH.read_bytes(), splits, trained_on)
     else:
         with tempfile.TemporaryDirectory() as tmp:
             weights = Path(tmp) / "weights.npz"

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeinfer.core.embedding import MINILM_VECTORS
 from edgeinfer.paths import resolve
 from edgeinfer.routing.classifier import Classifier, Outcome, feature_vector, train
 from edgeinfer.routing.policy import CONFIDENCE_WINDOW
@@ -172,7 +173,8 @@ def fit(
     outcomes = [
         Outcome(p, t, run.correct) for p, tiers in train_runs.items() for t, run in tiers.items()
     ]
-    return train(outcomes, embed, l2=l2, meta={"l2": l2, "examples": len(train_runs)})
+    meta = {"l2": l2, "examples": len(train_runs), "embedder": MINILM_VECTORS}
+    return train(outcomes, embed, l2=l2, meta=meta)
 
 
 def predictions(

@@ -85,6 +85,26 @@ def test_a_scaled_vector_is_normalised_and_cannot_outrank_a_true_match(
     assert hit.similarity <= 1.0 + 1e-5
 
 
+def test_vectors_of_another_embedder_are_dropped_and_the_report_says_so(
+    make_store: Make, tmp_path: Path
+) -> None:
+    """An export made before the embedder changed: its entries still answer exact repeats, its
+    vectors would be compared with another network's, so they are dropped, and said to be."""
+    store = make_store(64)
+    [record] = _records(store, tmp_path, BREAD)
+    path = tmp_path / "old.jsonl"
+    head = json.dumps(transfer.header(64, "all-MiniLM-L6-v2-int8"))
+    path.write_text(f"{head}\n{json.dumps(record)}\n")
+    report = store.import_report(path)
+    assert report.added == 1 and report.foreign_vectors == "all-MiniLM-L6-v2-int8/64"
+    assert "vectors were made by all-MiniLM-L6-v2-int8/64" in report.summary()
+    assert _stored_norms(store) == []
+    key = exact_key("tiny", DIGEST, chat(BREAD), {"temperature": 0})
+    assert store.lookup_exact(key) is not None
+    same = _write(tmp_path / "same.jsonl", [record])
+    assert store.import_report(same).foreign_vectors is None
+
+
 def test_future_timestamps_are_clamped_to_now(make_store: Make, tmp_path: Path) -> None:
     clock = Clock()
     store = make_store(64, clock=clock, ttl_s=3600)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -13,16 +14,19 @@ import httpx
 import numpy as np
 import pytest
 
+from edgeinfer.bootstrap import load_classifier
 from edgeinfer.config.load import check_catalogue
 from edgeinfer.config.schema import RemoteSpec, RouterSettings
+from edgeinfer.core.embedding import MINILM_DIM, MINILM_VECTORS
 from edgeinfer.core.generation import Generation
 from edgeinfer.core.options import GenerateOptions
 from edgeinfer.core.tier import TierCard
 from edgeinfer.core.values import Delta, Event, Failed, Finished, TokenLogprob, Usage
 from edgeinfer.errors import NoSuitableModel, UpstreamError
+from edgeinfer.paths import resolve
 from edgeinfer.routing.classifier import Classifier, Outcome, feature_vector, train
 from edgeinfer.routing.distill import DistillLog
-from edgeinfer.routing.features import DEFAULT_MAX_TOKENS, infer_request_type
+from edgeinfer.routing.features import DEFAULT_MAX_TOKENS, N_CHEAP_FEATURES, infer_request_type
 from edgeinfer.routing.policy import (
     Confidence,
     Constraints,
@@ -232,6 +236,25 @@ def test_classifier_learns_which_tier_is_right(tmp_path: Path) -> None:
     assert easy["tiny"] > 0.8 and hard["tiny"] < 0.2
     assert hard["large"] > hard["tiny"]
     assert loaded.predict(np.zeros(3)) == {}  # a vector of the wrong size predicts nothing
+
+
+def test_a_classifier_fitted_on_another_embedders_vectors_is_passed_over(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A user's classifier trained before the embedder changed would read vectors it was never
+    fitted on: the daemon passes it over, says why, and uses the next one (the bundled)."""
+    paths = resolve()
+    outcomes = [Outcome("easy", "tiny", True), Outcome("hard", "tiny", False)]
+    paths.router_weights.parent.mkdir(parents=True, exist_ok=True)
+    train(outcomes, _embed, meta={"embedder": "all-MiniLM-L6-v2-int8"}).save(paths.router_weights)
+    with caplog.at_level(logging.WARNING):
+        chosen = load_classifier(paths, RouterSettings())
+    assert chosen is not None and chosen.meta["embedder"] == MINILM_VECTORS
+    assert chosen.dim == N_CHEAP_FEATURES + MINILM_DIM  # the bundled one
+    assert "fitted on vectors of all-MiniLM-L6-v2-int8" in caplog.text
+    train(outcomes, _embed, meta={"embedder": MINILM_VECTORS}).save(paths.router_weights)
+    mine = load_classifier(paths, RouterSettings())
+    assert mine is not None and set(mine.tiers) == {"tiny"}
 
 
 def test_router_and_remotes_tables_are_checked(tmp_path: Path) -> None:

@@ -65,7 +65,8 @@ class CacheStore:
         max_bytes: cap on the entries' counted bytes; least-recently-hit entries go first.
         ttl_s: entries older than this are never served and are purged; None keeps them.
         clock: seconds since the epoch (tests inject a fake one).
-        embedder: the embedder's name; vectors of another embedder are dropped on open.
+        embedder: what made the vectors (the daemon: MINILM_VECTORS, model and build); vectors
+            another embedder made are dropped on open.
         queue_size: bound of the writer queue; puts beyond it are dropped and counted.
     """
 

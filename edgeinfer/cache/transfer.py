@@ -105,15 +105,23 @@ class ImportReport:
     added: int = 0
     duplicates: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
+    foreign_vectors: str | None = None
+    """The maker the file's vectors came from, when they were dropped (not this cache's)."""
 
     def summary(self) -> str:
-        """``imported N entries, skipped M: reasons`` (and how many were cached already)."""
+        """``imported N entries, skipped M: reasons`` (and how many were cached already, and
+        whether their vectors were dropped)."""
         text = f"imported {self.added} entries"
         if self.duplicates:
             text += f" ({self.duplicates} already cached)"
         if self.skipped:
             reasons = ", ".join(f"{n} {why}" for why, n in sorted(self.skipped.items()))
             text += f", skipped {self.skipped.total()}: {reasons}"
+        if self.foreign_vectors is not None:
+            text += (
+                f"; their vectors were made by {self.foreign_vectors}, not this cache's"
+                " embedder, so they answer exact repeats only"
+            )
         return text
 
 
@@ -169,6 +177,8 @@ def read_jsonl(path: Path, limits: Limits, report: ImportReport) -> Iterator[Cac
                     f"{path}: not an edgeinfer cache export (format {FORMAT} v{VERSION})"
                 )
             keep_vectors = head.get("dim") == limits.dim and head.get("embedder") == limits.embedder
+            if not keep_vectors:
+                report.foreign_vectors = f"{head.get('embedder')}/{head.get('dim')}"
             for raw in _lines(lines):
                 if raw is not None and not raw.strip():
                     continue

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+from edgeinfer.core.embedding import MINILM_VECTORS
 from edgeinfer.errors import ConfigError
 from edgeinfer.paths import Paths, make_private_dirs
 from edgeinfer.routing.classifier import Outcome, train
@@ -72,7 +73,7 @@ def cmd_train(args: argparse.Namespace, paths: Paths) -> int:
         outcomes,
         embedder.embed,
         l2=args.l2,
-        meta={"sources": [str(p) for p in sources], "l2": args.l2},
+        meta={"sources": [str(p) for p in sources], "l2": args.l2, "embedder": MINILM_VECTORS},
     )
     out = args.out or paths.router_weights
     make_private_dirs(out.parent)

@@ -18,9 +18,13 @@ Vectors = NDArray[np.float32]
 # without loading onnxruntime.
 MINILM_NAME = "all-MiniLM-L6-v2-int8"
 MINILM_DIM = 384
-MINILM_VECTORS = f"{MINILM_NAME}, dynamic int8 v1"
-"""What the cache records as its vectors' maker: the model and how it runs (embed/onnx.py). The
-store drops vectors made otherwise, since they would be compared with another network's."""
+INT8_RECIPE = "overlay, fold, quantize_dynamic per channel QInt8: v1"
+"""How embed/onnx.py builds its int8 networks from the model file: change it with the build, so
+a kept network (its key) and stored vectors (MINILM_VECTORS) of the old build are not reused."""
+MINILM_VECTORS = f"{MINILM_NAME}, {INT8_RECIPE}"
+"""What the cache and the router's classifier record as their vectors' maker: the model and how
+it runs. Vectors made otherwise are dropped (the cache) or passed over (a classifier), since
+they would be compared with another network's."""
 
 
 class Embedder(Protocol):
@@ -28,7 +32,8 @@ class Embedder(Protocol):
 
     Attributes:
         dim: length of every vector.
-        name: identifies the model, so a store can tell vectors of another model apart.
+        name: the model's name in API responses (the cache tells vectors apart by
+            MINILM_VECTORS, which also names how the network runs).
     """
 
     dim: int

@@ -5,8 +5,8 @@ The only module that imports onnxruntime, onnx and tokenizers (an import-linter 
 that).
 The recipe (docs/architecture.md, "Models"): the tokenizer's built-in padding is turned off (it
 pads every text to 128 tokens, about 5x the work), texts are truncated at 256 tokens,
-``token_type_ids`` are zeros, token states are mean-pooled over the attention mask and the
-result L2-normalised. Both networks run their matrices as dynamic int8 (built from the model
+``token_type_ids`` are zeros, each text's token states are mean-pooled and the result
+L2-normalised. Both networks run their matrices as dynamic int8 (built from the model
 file once and kept in the asset store): the file's weights are int8 already, but onnxruntime
 runs them as float matmuls, 3x slower on a CPU.
 Each text runs through the network alone (no padding), so a text embeds the same whatever it
@@ -32,7 +32,7 @@ from onnx import numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from tokenizers import Tokenizer
 
-from edgeinfer.core.embedding import MINILM_NAME, Vectors, normalise
+from edgeinfer.core.embedding import INT8_RECIPE, MINILM_NAME, Vectors, normalise
 from edgeinfer.errors import ModelUnavailable
 from edgeinfer.models.assets import ASSETS_DIR, ensure_asset
 from edgeinfer.models.manifest import hash_file
@@ -42,9 +42,10 @@ PAIR_CACHE = "pair-int8"
 """The asset store's folder (under ``_assets``) for the built int8 cross-encoder."""
 EMBED_CACHE = "minilm-int8"
 """The asset store's folder for the built int8 embedder."""
-_RECIPE = "overlay, fold, quantize_dynamic per channel QInt8: v1"
-"""Part of a kept network's key: change it with :func:`_dynamic_int8`, so a release that builds
-differently never loads a network the old way built (its cutoff was calibrated on the new)."""
+_RECIPE = INT8_RECIPE
+"""Part of a kept network's key (core/embedding.py): change it with :func:`_dynamic_int8`, so a
+release that builds differently never loads a network the old way built (the cache's cutoff was
+calibrated on the new), and the cache drops vectors the old one made."""
 
 log = logging.getLogger(__name__)
 

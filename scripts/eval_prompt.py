@@ -12,6 +12,12 @@ answer, a question and an answer regex) is answered twice by the same model, gre
   ``optimise_document`` instead (lookup questions only: an item whose question needs the whole
   text, ``"kind": "whole"``, must come through unchanged, and the table shows it did).
 
+With ``--follow-up`` the item's question is a follow-up: the document is pasted with another
+question first (``OPENER``), the model's answer to that (from the cut turn, as the daemon
+would have given it) follows, then the item's question. The uncompressed side is what the
+default sends (an earlier document is not cut again, so the model re-reads it whole); the
+layered side cuts the earlier document for both questions (``[prompt] document_follow_ups``).
+
 Reported: prompt tokens (message contents, the model's own tokenizer) before and after; answer
 agreement between the two sides (same regex verdict; identical text) and each side's accuracy;
 time to first token of each side and their ratio. TTFT runs from having the messages to the first
@@ -127,9 +133,32 @@ class Model:
         return Answer(text, len(tokens), ttft, 0.0)
 
 
-def messages_for(item: dict[str, str]) -> list[dict[str, Any]]:
-    user = f"Document:\n\n{item['document']}\n\nQuestion: {item['question']}"
+OPENER = "What is the title of this document?"
+"""With --follow-up: the question pasted with the document, before the item's own."""
+
+
+def messages_for(item: dict[str, str], question: str | None = None) -> list[dict[str, Any]]:
+    user = f"Document:\n\n{item['document']}\n\nQuestion: {question or item['question']}"
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+
+
+def conversation(
+    item: dict[str, str], model: Model | None, embedder: OnnxEmbedder, args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """The item's messages; with --follow-up, its question after OPENER and the model's answer
+    to that (a placeholder without a model: --retrieval needs no answers)."""
+    if not args.follow_up:
+        return messages_for(item)
+    first = messages_for(item, OPENER)
+    reply = "(the title)"
+    if model is not None:
+        cut, _ = layered(first, model, embedder, args)
+        reply = model.answer(cut, args.max_tokens, time.perf_counter()).text
+    return [
+        *first,
+        {"role": "assistant", "content": reply},
+        {"role": "user", "content": item["question"]},
+    ]
 
 
 def layered(
@@ -146,7 +175,9 @@ def layered(
         "chunk_tokens": args.chunk_tokens,
     }
     if args.documents:  # the default-on path: [prompt] documents
-        selected, second = optimise_document(compressed, min_tokens=args.document_tokens, **common)
+        selected, second = optimise_document(
+            compressed, min_tokens=args.document_tokens, follow_ups=args.follow_up, **common
+        )
     else:
         selected, second = optimise_messages(compressed, **common)
     return selected, first.then(second)
@@ -155,7 +186,7 @@ def layered(
 def run_item(
     index: int, item: dict[str, str], model: Model, embedder: OnnxEmbedder, args: argparse.Namespace
 ) -> Row:
-    messages = messages_for(item)
+    messages = conversation(item, model, embedder, args)
 
     def plain() -> Answer:
         return model.answer(messages, args.max_tokens, time.perf_counter())
@@ -249,6 +280,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--document-tokens", type=int, default=1024, help="with --documents")
     parser.add_argument(
+        "--follow-up",
+        action="store_true",
+        help="ask each item's question as a follow-up, after the document and another question",
+    )
+    parser.add_argument(
         "--retrieval",
         metavar="BUDGETS",
         help="no answers: for each comma-separated budget, how often the kept text still holds "
@@ -281,8 +317,9 @@ def retrieval(
         kept = whole_ok = lookups = wholes = 0
         after = []
         for item in items:
-            shorter, report = layered(messages_for(item), model, embedder, args)
-            text = " ".join(shorter[-1]["content"].split())
+            messages = conversation(item, None, embedder, args)
+            shorter, report = layered(messages, model, embedder, args)
+            text = " ".join(" ".join(m["content"] for m in shorter if m["role"] == "user").split())
             if item.get("kind") == "whole":
                 wholes += 1
                 whole_ok += not ({"document", "context"} & set(report.actions))

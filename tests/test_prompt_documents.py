@@ -66,6 +66,7 @@ def _document(messages: list[dict[str, Any]], embed: Any, **kw: Any) -> tuple[An
         budget_tokens=kw.get("budget", 300),
         count_tokens=words,
         embed=embed,
+        follow_ups=kw.get("follow_ups", False),
     )
 
 
@@ -108,6 +109,84 @@ def test_short_turns_and_earlier_documents_are_not_touched(minilm: OnnxEmbedder)
     ]
     out, report = _document(follow_up, minilm.embed)
     assert out == follow_up and report.actions == []  # its KV prefix is the conversation's
+
+
+def _two_topics() -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """One pasted text holding two items' documents, asked the first item's question."""
+    first, second = ITEMS[0], ITEMS[1]
+    turn = f"{first['document']}\n\n{second['document']}\n\nQuestion: {first['question']}"
+    return [{"role": "user", "content": turn}], first, second
+
+
+@pytest.mark.real
+def test_a_follow_up_about_a_cut_document_gets_its_part_too(minilm: OnnxEmbedder) -> None:
+    """The document was cut for the first question, so no KV holds it whole. By default a
+    follow-up re-reads it whole; with ``document_follow_ups`` it is cut again, the first
+    question's part kept as it was and the follow-up's best chunks added."""
+    opening, first, second = _two_topics()
+    alone, _ = _document(opening, minilm.embed)
+    assert re.search(first["answer"], alone[0]["content"])
+    assert not re.search(second["answer"], alone[0]["content"])  # cut for the first only
+    chat = [
+        *opening,
+        {"role": "assistant", "content": "The starter is called Gerald."},
+        {"role": "user", "content": second["question"]},
+    ]
+    kept, report = _document(chat, minilm.embed)  # the default: re-read whole
+    assert kept == chat and report.actions == []
+    out, report = _document(chat, minilm.embed, follow_ups=True)
+    assert report.actions == ["document"] and out[1:] == chat[1:]
+    text = out[0]["content"]
+    assert re.search(first["answer"], text) and re.search(second["answer"], text)
+    assert all(part.strip() in text for part in alone[0]["content"].split("[…]"))
+    assert text.endswith(f"Question: {first['question']}")
+    assert words(text) < words(opening[0]["content"]) / 3
+
+
+@pytest.mark.real
+@pytest.mark.parametrize(
+    ("follow_up", "cut"),
+    [
+        ("Now summarise the whole document.", False),  # needs all of it: left whole
+        ("Thanks, that helps.", True),  # asks nothing new: the first question's cut, unchanged
+    ],
+)
+def test_what_a_follow_up_asks_decides_the_earlier_cut(
+    minilm: OnnxEmbedder, follow_up: str, cut: bool
+) -> None:
+    opening, _, _ = _two_topics()
+    alone, _ = _document(opening, minilm.embed)
+    chat = [*opening, {"role": "assistant", "content": "Gerald."}]
+    chat.append({"role": "user", "content": follow_up})
+    out, report = _document(chat, minilm.embed, follow_ups=True)
+    assert out[0]["content"] == (alone[0]["content"] if cut else opening[0]["content"])
+    assert report.actions == (["document"] if cut else [])
+
+
+@pytest.mark.real
+async def test_a_conversation_about_a_document_embeds_its_chunks_once(
+    minilm: OnnxEmbedder,
+) -> None:
+    """Every turn sends the document again and cuts it again; the layer keeps recent vectors,
+    so the follow-up embeds only its new question, and cuts exactly as a fresh layer would."""
+    seen: list[str] = []
+
+    def embed(texts: list[str]) -> Any:
+        seen.extend(texts)
+        return minilm.embed(texts)
+
+    settings = PromptSettings(document_tokens=1000, document_budget=300, document_follow_ups=True)
+    layer = PromptLayer(settings, embed=embed)
+    opening, _, second = _two_topics()
+    await layer.apply(opening, words, PromptWish())
+    first_pass = len(seen)
+    assert first_pass > 10  # the first question and every chunk
+    chat = [*opening, {"role": "assistant", "content": "Gerald."}]
+    chat.append({"role": "user", "content": second["question"]})
+    out, report = await layer.apply(chat, words, PromptWish())
+    assert seen[first_pass:] == [second["question"]]
+    fresh, _ = await PromptLayer(settings, embed=minilm.embed).apply(chat, words, PromptWish())
+    assert out == fresh and report is not None and "document" in report.actions
 
 
 async def test_the_layer_cuts_by_default_and_a_request_can_opt_out(minilm: OnnxEmbedder) -> None:

@@ -35,6 +35,7 @@ from edgeinfer.prompt.report import (
     content_tokens,
     count_too_long,
     editable,
+    text_of,
     too_long,
 )
 
@@ -140,7 +141,7 @@ def assemble(chunks: Sequence[str], kept: Sequence[int]) -> str:
 
 def select_context(
     document: str,
-    question: str,
+    question: str | Sequence[str],
     *,
     budget_tokens: int,
     count_tokens: CountTokens,
@@ -149,10 +150,16 @@ def select_context(
 ) -> tuple[str, PromptReport]:
     """The parts of ``document`` most relevant to ``question`` within ``budget_tokens``.
 
+    ``question`` may be several (a conversation's questions about one document, oldest
+    first): the first one's cut is kept as it was (what the earlier answers were read from),
+    and each later one adds its best chunks within half of ``budget_tokens``. On the dev
+    split's follow-ups this kept the follow-up's passage for 17 of 20 lookups, where sharing
+    one budget (each question's best chunk, then the last one's) kept it for 15.
     A document within the budget comes back unchanged without being embedded. Otherwise the
-    result holds at most ``budget_tokens`` tokens, except when even the single best chunk is
-    larger: it is then kept alone. The report's ``details`` has ``chunks_kept``/``chunks_total``.
-    A document over :data:`MAX_TEXT_CHARS` comes back unchanged too (the report's ``too_long``).
+    result holds at most ``budget_tokens`` tokens (plus half that for each later question),
+    except when even the single best chunk is larger: it is then kept alone. The report's
+    ``details`` has ``chunks_kept`` and ``chunks_total``. A document over
+    :data:`MAX_TEXT_CHARS` comes back unchanged too (the report's ``too_long``).
     """
     before = count_tokens(document)
     if before <= budget_tokens:
@@ -162,14 +169,26 @@ def select_context(
     chunks = chunk_text(document, count_tokens=count_tokens, chunk_tokens=chunk_tokens)
     if len(chunks) < 2:
         return document, PromptReport.unchanged(before)
-    vectors = embed([question, *chunks])
-    similarity = vectors[1:] @ vectors[0]
-    order = sorted(range(len(chunks)), key=lambda i: (-float(similarity[i]), i))
+    questions = [question] if isinstance(question, str) else list(question)
+    vectors = embed([*questions, *chunks])
+    by_question = vectors[len(questions) :] @ vectors[: len(questions)].T  # (chunks, questions)
+    similarity = by_question.max(axis=1)
+    rankings = [
+        sorted(range(len(chunks)), key=lambda i: (-float(by_question[i, q]), i))
+        for q in range(len(questions))
+    ]
     sizes = [count_tokens(c) for c in chunks]
-    kept = _pick(order, sizes, budget_tokens, count_tokens(GAP))
+    gap = count_tokens(GAP)
+    kept = _pick(rankings[0], sizes, budget_tokens, gap)  # the first question's cut, as it was
+    limit = budget_tokens
+    for ranking in rankings[1:]:  # each later question adds its best within half a budget
+        extra = [i for i in ranking if i not in kept]
+        if extra:
+            kept = sorted({*kept, *_pick(extra, sizes, budget_tokens // 2, gap)})
+        limit += budget_tokens // 2
     text = assemble(chunks, kept)
     after = count_tokens(text)
-    while after > budget_tokens and len(kept) > 1:  # joins tokenised differently: trim
+    while after > limit and len(kept) > 1:  # joins tokenised differently: trim
         kept.remove(min(kept, key=lambda i: (float(similarity[i]), -i)))
         text = assemble(chunks, kept)
         after = count_tokens(text)
@@ -265,14 +284,16 @@ def _cut(
     embed: Embed,
     chunk_tokens: int,
     action: str | None = None,
+    questions: Sequence[str] = (),
 ) -> tuple[list[Message], PromptReport]:
     """``messages`` with ``split`` (message ``target``'s) document cut to ``budget_tokens`` by
-    :func:`select_context`; ``unchanged`` when nothing was cut. ``action`` names the cut in the
-    report (else select_context's own actions). Both cuts end here."""
+    :func:`select_context` for ``questions`` (default: the split's own); ``unchanged`` when
+    nothing was cut. ``action`` names the cut in the report (else select_context's own
+    actions). Both cuts end here."""
     out = [dict(m) for m in messages]
     document, report = select_context(
         split.document,
-        split.question,
+        questions or split.question,
         budget_tokens=budget_tokens,
         count_tokens=count_tokens,
         embed=embed,
@@ -324,34 +345,64 @@ def optimise_document(
     count_tokens: CountTokens,
     embed: Embed,
     chunk_tokens: int = CHUNK_TOKENS,
+    follow_ups: bool = False,
 ) -> tuple[list[Message], PromptReport]:
-    """Keep the ``budget_tokens`` most relevant tokens of a pasted document in the last user turn
-    when that turn has at least ``min_tokens`` and asks a lookup question (:func:`lookup_question`).
-    Anything else comes back unchanged: earlier turns, system messages, whole-text requests.
+    """Keep the ``budget_tokens`` most relevant tokens of a pasted document that the last user
+    turn (of at least ``min_tokens``) holds beside a lookup question (:func:`lookup_question`).
+
+    An earlier turn's document (a conversation going on about it) was cut the same way when
+    it was the last turn, so no KV holds it whole, and the follow-up re-reads all of it. With
+    ``follow_ups`` it is cut again instead, for its own question plus each later user turn
+    that reads as one (:func:`select_context`), unless a later turn asks for the whole text
+    ("now summarise it"). Off by default: on the documents' test split it lost 4 of 24
+    follow-up answers (19 to 15, while 1.8x faster to the first token), on dev none.
+    Anything else comes back unchanged: system messages, whole-text requests, a document
+    pasted without a question (kept whole from the start, so the conversation's KV holds it).
     """
     out = [dict(m) for m in messages]
     total = content_tokens(messages, count_tokens)
-    unchanged = PromptReport(total, total, too_long=count_too_long(messages))
-    users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
-    if not users or not editable(messages[users[-1]]) or too_long(messages[users[-1]]):
-        return out, unchanged
-    turn = messages[users[-1]]["content"]
-    if count_tokens(turn) < min_tokens:
-        return out, unchanged
-    split = split_question(turn, count_tokens)
+    report = PromptReport(total, total, too_long=count_too_long(messages))
     system = " ".join(
         str(m.get("content")) for m in messages if m.get("role") in ("system", "developer")
     )
-    if split is None or not lookup_question(split.question, f"{system} {split.prefix}"):
-        return out, unchanged
-    return _cut(
-        messages,
-        users[-1],
-        split,
-        unchanged,
-        budget_tokens=budget_tokens,
-        count_tokens=count_tokens,
-        embed=embed,
-        chunk_tokens=chunk_tokens,
-        action="document",
-    )
+    users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
+    for target in users if follow_ups else users[-1:]:
+        message = messages[target]
+        if not editable(message) or too_long(message):
+            continue
+        turn = message["content"]
+        if count_tokens(turn) < min_tokens:
+            continue
+        split = split_question(turn, count_tokens)
+        if split is None or not lookup_question(split.question, f"{system} {split.prefix}"):
+            continue
+        later = [
+            _ask(text_of(messages[i].get("content")), count_tokens) for i in users if i > target
+        ]
+        if any(_WHOLE.search(ask) for ask in later):
+            continue  # the conversation went on to the whole text
+        questions = [split.question, *(ask for ask in later if lookup_question(ask))]
+        cut, step = _cut(
+            out,
+            target,
+            split,
+            PromptReport.unchanged(report.tokens_after),
+            budget_tokens=budget_tokens,
+            count_tokens=count_tokens,
+            embed=embed,
+            chunk_tokens=chunk_tokens,
+            action="document",
+            questions=questions,
+        )
+        if step.actions:
+            out, report = cut, report.then(step)
+    return out, report
+
+
+def _ask(turn: str, count_tokens: CountTokens) -> str:
+    """What a user turn asks: the whole turn when short, else the question beside its pasted
+    text ("" when there is none)."""
+    if count_tokens(turn) <= QUESTION_TOKENS:
+        return turn.strip()
+    split = split_question(turn, count_tokens)
+    return split.question.strip() if split is not None else ""

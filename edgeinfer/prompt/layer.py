@@ -13,11 +13,15 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from edgeinfer.config.schema import PromptSettings
+from edgeinfer.core.embedding import Vectors
 from edgeinfer.prompt.compress import compress_messages
 from edgeinfer.prompt.context import Embed, optimise_document, optimise_messages
 from edgeinfer.prompt.history import summarise_history
@@ -34,12 +38,44 @@ class PromptWish:
     context_budget: int | None = None
 
 
+class RecentVectors:
+    """``embed`` with the vectors of the last ``size`` texts kept.
+
+    A conversation about a pasted document sends the document again with every turn, and
+    each turn cuts it again (context.py): its chunks, and the questions, embed the same each
+    time (the embedder runs each text alone), so only new texts reach the model.
+    """
+
+    def __init__(self, embed: Embed, size: int = 4096) -> None:
+        self._embed = embed
+        self._size = size
+        self._lock = threading.Lock()
+        self._kept: OrderedDict[str, Vectors] = OrderedDict()
+
+    def __call__(self, texts: list[str]) -> Vectors:
+        if not texts:
+            return self._embed(texts)
+        with self._lock:
+            found = {t: self._kept[t] for t in texts if t in self._kept}
+            for text in found:
+                self._kept.move_to_end(text)
+        missing = [t for t in dict.fromkeys(texts) if t not in found]
+        if missing:
+            fresh = self._embed(missing)
+            found.update(zip(missing, fresh, strict=True))
+            with self._lock:
+                self._kept.update(zip(missing, fresh, strict=True))
+                while len(self._kept) > self._size:
+                    self._kept.popitem(last=False)
+        return np.stack([found[t] for t in texts])
+
+
 class PromptLayer:
     """One per daemon; thread-safe counters, no per-request state."""
 
     def __init__(self, settings: PromptSettings, *, embed: Embed | None = None) -> None:
         self.settings = settings
-        self._embed = embed
+        self._embed = RecentVectors(embed) if embed is not None else None
         self._lock = threading.Lock()
         self.requests = 0
         self.changed = 0
@@ -93,6 +129,7 @@ class PromptLayer:
                 out,
                 min_tokens=s.document_tokens,
                 budget_tokens=s.document_budget,
+                follow_ups=s.document_follow_ups,
                 count_tokens=count_tokens,
                 embed=self._embed,
             )

@@ -298,7 +298,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--models-dir", type=Path, default=Path(
         os.environ.get("EDGEINFER_TEST_MODELS", REPO / ".edgeinfer-test" / "models")))  # fmt: skip
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.follow_up and not args.documents:
+        parser.error("--follow-up measures the document cut: add --documents")
+    return args
 
 
 def load_items(path: Path, limit: int | None) -> list[dict[str, str]]:

@@ -170,6 +170,8 @@ def select_context(
     if len(chunks) < 2:
         return document, PromptReport.unchanged(before)
     questions = [question] if isinstance(question, str) else list(question)
+    if not questions:
+        return document, PromptReport.unchanged(before)
     vectors = embed([*questions, *chunks])
     by_question = vectors[len(questions) :] @ vectors[: len(questions)].T  # (chunks, questions)
     similarity = by_question.max(axis=1)
@@ -180,16 +182,23 @@ def select_context(
     sizes = [count_tokens(c) for c in chunks]
     gap = count_tokens(GAP)
     kept = _pick(rankings[0], sizes, budget_tokens, gap)  # the first question's cut, as it was
-    limit = budget_tokens
+    added: list[int] = []
     for ranking in rankings[1:]:  # each later question adds its best within half a budget
-        extra = [i for i in ranking if i not in kept]
-        if extra:
-            kept = sorted({*kept, *_pick(extra, sizes, budget_tokens // 2, gap)})
-        limit += budget_tokens // 2
+        room = budget_tokens // 2
+        for i in ranking:
+            if i not in kept and i not in added and sizes[i] + gap <= room:
+                added.append(i)
+                room -= sizes[i] + gap
+    limit = budget_tokens + (budget_tokens // 2) * (len(questions) - 1)
+    kept = sorted([*kept, *added])
     text = assemble(chunks, kept)
     after = count_tokens(text)
     while after > limit and len(kept) > 1:  # joins tokenised differently: trim
-        kept.remove(min(kept, key=lambda i: (float(similarity[i]), -i)))
+        pool = added or kept  # what the later questions added goes first
+        drop = min(pool, key=lambda i: (float(similarity[i]), -i))
+        kept.remove(drop)
+        if drop in added:
+            added.remove(drop)
         text = assemble(chunks, kept)
         after = count_tokens(text)
     details = {"chunks_kept": len(kept), "chunks_total": len(chunks)}
@@ -366,6 +375,11 @@ def optimise_document(
         str(m.get("content")) for m in messages if m.get("role") in ("system", "developer")
     )
     users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
+    asks = {  # what each user turn asks, for the documents before it (follow_ups only)
+        i: _ask(text_of(messages[i].get("content")), count_tokens)
+        for i in (users[1:] if follow_ups else [])
+        if not too_long(messages[i])
+    }
     for target in users if follow_ups else users[-1:]:
         message = messages[target]
         if not editable(message) or too_long(message):
@@ -376,9 +390,7 @@ def optimise_document(
         split = split_question(turn, count_tokens)
         if split is None or not lookup_question(split.question, f"{system} {split.prefix}"):
             continue
-        later = [
-            _ask(text_of(messages[i].get("content")), count_tokens) for i in users if i > target
-        ]
+        later = [ask for i, ask in asks.items() if i > target]
         if any(_WHOLE.search(ask) for ask in later):
             continue  # the conversation went on to the whole text
         questions = [split.question, *(ask for ask in later if lookup_question(ask))]

@@ -11,6 +11,7 @@ embedding) runs in threads; the summariser is injected by the service (the cheap
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
 import time
 from collections import OrderedDict
@@ -39,7 +40,8 @@ class PromptWish:
 
 
 class RecentVectors:
-    """``embed`` with the vectors of the last ``size`` texts kept.
+    """``embed`` with the vectors of the last ``size`` texts kept (by a digest of the text:
+    about 1.6 KB an entry, 6.5 MB at the default size).
 
     A conversation about a pasted document sends the document again with every turn, and
     each turn cuts it again (context.py): its chunks, and the questions, embed the same each
@@ -50,28 +52,34 @@ class RecentVectors:
         self._embed = embed
         self._size = size
         self._lock = threading.Lock()
-        self._kept: OrderedDict[str, Vectors] = OrderedDict()
+        self._kept: OrderedDict[bytes, Vectors] = OrderedDict()
 
     def __call__(self, texts: list[str]) -> Vectors:
         if not texts:
             return self._embed(texts)
+        keys = [_digest(t) for t in texts]
         with self._lock:
-            found = {t: self._kept[t] for t in texts if t in self._kept}
-            for text in found:
-                self._kept.move_to_end(text)
-        missing = [t for t in dict.fromkeys(texts) if t not in found]
+            found = {k: self._kept[k] for k in keys if k in self._kept}
+            for key in found:
+                self._kept.move_to_end(key)
+        missing = {k: t for k, t in zip(keys, texts, strict=True) if k not in found}
         if missing:
-            fresh = self._embed(missing)
+            fresh = [row.copy() for row in self._embed(list(missing.values()))]  # not views
             found.update(zip(missing, fresh, strict=True))
             with self._lock:
                 self._kept.update(zip(missing, fresh, strict=True))
                 while len(self._kept) > self._size:
                     self._kept.popitem(last=False)
-        return np.stack([found[t] for t in texts])
+        return np.stack([found[k] for k in keys])
+
+
+def _digest(text: str) -> bytes:
+    """A text's key (16 bytes, whatever its length: a pasted code block can be a megabyte)."""
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
 class PromptLayer:
-    """One per daemon; thread-safe counters, no per-request state."""
+    """One per daemon; thread-safe counters and recent vectors, no per-request state."""
 
     def __init__(self, settings: PromptSettings, *, embed: Embed | None = None) -> None:
         self.settings = settings

@@ -18,6 +18,7 @@ blocks for a few milliseconds per sentence, so callers run it in a worker thread
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -266,10 +267,22 @@ def _int8_session(
 def _built(cache: Path, name: str, model: Path, weights: Path | None) -> _Built:
     """The kept network ``name`` in ``cache``: its key hashes what it is built from, so other
     weights, another model file or another build never load it."""
-    made_of = f"{hash_file(model)} {hash_file(weights) if weights else '-'} {_RECIPE} "
+    made_of = f"{_file_digest(model)} {_file_digest(weights) if weights else '-'} {_RECIPE} "
     made_of += f"onnx {onnx.__version__} onnxruntime {ort.__version__}"
     key = hashlib.sha256(made_of.encode()).hexdigest()
     return _Built(cache, name, key[:32])
+
+
+def _file_digest(path: Path) -> str:
+    """``path``'s sha256, hashed once per process while its size and mtime stay: both networks
+    are built from the same 23 MB model file, and a start would hash it for each."""
+    stat = path.stat()
+    return _digest_once(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _digest_once(path: str, size: int, mtime_ns: int) -> str:
+    return hash_file(Path(path))
 
 
 def _session(model: str | bytes, threads: int) -> ort.InferenceSession:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -101,14 +103,25 @@ def test_the_built_network_is_kept_and_a_damaged_copy_is_built_again(
 ) -> None:
     """The int8 network is built once per weights file and loaded from the folder after that,
     scoring exactly as a fresh build does; a copy cut short, or one onnxruntime will not load,
-    is built again; a copy built from other weights is removed when a new one is kept."""
+    is built again. When a new one is kept, of the copies built from other weights or versions
+    only the newest stays (another install sharing the folder keeps its own), and files a dead
+    write left behind go, while one being written now stays."""
     model, tokenizer = minilm_files(MODELS_DIR)
     cache = tmp_path / "built"
     cache.mkdir()
-    (cache / "pair-int8-old.onnx").write_bytes(b"from other weights")
+    hour_ago = time.time() - 3700
+    for name, age in (("pair-int8-older", hour_ago - 60), ("pair-int8-newer", hour_ago)):
+        for suffix in (".onnx", ".sha256"):
+            (cache / f"{name}{suffix}").write_bytes(b"from other weights")
+            os.utime(cache / f"{name}{suffix}", (age, age))
+    (cache / ".part-dead").write_bytes(b"half a network")
+    os.utime(cache / ".part-dead", (hour_ago, hour_ago))
+    (cache / ".part-live").write_bytes(b"being written")
     pairs = [("How do I reset my password?", "I forgot my password, how can I change it?")]
     first = OnnxPairScorer(model, tokenizer, WEIGHTS_PATH, cache=cache).same(pairs)
-    kept = sorted(p.name for p in cache.iterdir())
+    others = {".part-live", "pair-int8-newer.onnx", "pair-int8-newer.sha256"}
+    assert others <= {p.name for p in cache.iterdir()}
+    kept = sorted(p.name for p in cache.iterdir() if p.name not in others)
     assert len(kept) == 2 and kept[0].endswith(".onnx") and kept[1].endswith(".sha256")
 
     def no_build(graph: object) -> bytes:

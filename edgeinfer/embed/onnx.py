@@ -23,6 +23,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,10 @@ PAIR_CACHE = "pair-int8"
 """The asset store's folder (under ``_assets``) for the built int8 cross-encoder."""
 EMBED_CACHE = "minilm-int8"
 """The asset store's folder for the built int8 embedder."""
+_KEEP_OTHER_BUILDS = 1
+"""Networks of another key kept beside the current one (another install's, the last release's)."""
+_PART_MAX_AGE_S = 3600.0
+"""A ``.part-*`` file older than this is a dead write's and is removed."""
 _RECIPE = INT8_RECIPE
 """Part of a kept network's key (core/embedding.py): change it with :func:`_dynamic_int8`, so a
 release that builds differently never loads a network the old way built (the cache's cutoff was
@@ -231,13 +236,26 @@ class _Built:
                     os.replace(aside, target)
                 finally:
                     Path(aside).unlink(missing_ok=True)
-            for old in self.path.parent.glob(f"{self.name}-*"):  # built from older weights
-                if old.stem != self.path.stem:
-                    old.unlink(missing_ok=True)
+            self._prune()
         except OSError as exc:
             log.warning(
                 "cannot keep the built %s network in %s: %s", self.name, self.path.parent, exc
             )
+
+    def _prune(self) -> None:
+        """Remove networks built from other weights or by other versions, except the newest
+        one (a second install sharing the models dir, e.g. another onnxruntime, keeps its build
+        instead of both rebuilding at every start), and files left by a write that died."""
+        folder = self.path.parent
+        others = [p for p in folder.glob(f"{self.name}-*.onnx") if p != self.path]
+        others.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in others[_KEEP_OTHER_BUILDS:]:
+            old.unlink(missing_ok=True)
+            old.with_suffix(".sha256").unlink(missing_ok=True)
+        stale = time.time() - _PART_MAX_AGE_S
+        for part in folder.glob(".part-*"):
+            if part.stat().st_mtime < stale:  # a write this old died; a live one is seconds old
+                part.unlink(missing_ok=True)
 
 
 def _int8_session(

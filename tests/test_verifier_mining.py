@@ -1,17 +1,19 @@
-"""scripts/train_verifier.py's mined "unrelated" pairs: two questions of different groups of one
-batch on a nearby topic, never two of one group, never above the band where groups may repeat a
-question, never a near-miss, another batch's question or the old guard set's."""
+"""scripts/train_verifier.py's choice of threshold and cutoff, and its mined "unrelated" pairs:
+two questions of different groups of one batch on a nearby topic, never two of one group, never
+above the band where groups may repeat a question, never a near-miss, another batch's question
+or the old guard set's."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
-from train_verifier import unrelated  # noqa: E402
+from train_verifier import MIN_COSINE, choose, unrelated  # noqa: E402
 
 
 def _unit(*xs: float) -> np.ndarray:
@@ -64,3 +66,21 @@ def test_only_questions_of_one_batch_that_no_two_groups_share_are_mined() -> Non
     ]
     mined = unrelated(pairs, vectors)
     assert mined == [("a1", "b1")]
+
+
+def test_the_dev_choice_keeps_the_threshold_at_or_above_the_latency_floor() -> None:
+    """Paraphrases down to cosine 0.5 and a model that is right on all of them: the most recall
+    is at 0.5, but below MIN_COSINE each lookup asks the cross-encoder about more candidates,
+    so the choice stops at the floor unless told otherwise."""
+    cosine = np.array([0.52, 0.58, 0.72, 0.9, 0.55, 0.8])
+    split = SimpleNamespace(
+        cosine=cosine,
+        y=np.array([True, True, True, True, False, False]),
+        vetoed=np.zeros(6, dtype=bool),
+    )
+    probs = np.array([0.99, 0.98, 0.97, 0.99, 0.1, 0.2])
+    threshold, cutoff, rules, recall = choose(split, probs, 0.99)  # type: ignore[arg-type]
+    assert MIN_COSINE == 0.70 and threshold == 0.70 and recall == 0.5 and not rules
+    assert cutoff > 0.2  # the two different pairs are refused
+    threshold, _, _, recall = choose(split, probs, 0.99, min_cosine=0.5)  # type: ignore[arg-type]
+    assert threshold == 0.5 and recall == 1.0

@@ -127,11 +127,13 @@ def test_the_built_network_is_kept_and_a_damaged_copy_is_built_again(
     def no_build(graph: object) -> bytes:
         raise AssertionError("built again")
 
+    network, digest = cache / kept[0], cache / kept[1]
+    os.utime(network, (hour_ago, hour_ago))
     with monkeypatch.context() as m:
         m.setattr(onnx_module, "_dynamic_int8", no_build)
         loaded = OnnxPairScorer(model, tokenizer, WEIGHTS_PATH, cache=cache).same(pairs)
     assert loaded.tolist() == first.tolist()
-    network, digest = cache / kept[0], cache / kept[1]
+    assert network.stat().st_mtime > hour_ago + 3000  # loading marks it used (see _prune)
     good = network.read_bytes()
     network.write_bytes(good[:1000])  # a copy cut short
     rebuilt = OnnxPairScorer(model, tokenizer, WEIGHTS_PATH, cache=cache).same(pairs)

@@ -18,6 +18,7 @@ blocks for a few milliseconds per sentence, so callers run it in a worker thread
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -213,14 +214,17 @@ class _Built:
         try:
             data = self.path.read_bytes()
             if hashlib.sha256(data).hexdigest() == self.digest.read_text(encoding="ascii").strip():
-                return _session(data, threads)
+                session = _session(data, threads)
+                with contextlib.suppress(OSError):  # mtime = last use, for another's _prune
+                    os.utime(self.path)
+                return session
         except Exception:  # OSError, or onnxruntime's own error types
             pass
         return None
 
     def write(self, data: bytes) -> None:
         """Best effort: each file is written aside and renamed into place (two daemons starting
-        together both write whole files), networks built from other weights are removed, and a
+        together both write whole files), other builds but the last used are removed, and a
         folder that cannot be written only costs the next start its second."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -236,26 +240,51 @@ class _Built:
                     os.replace(aside, target)
                 finally:
                     Path(aside).unlink(missing_ok=True)
-            self._prune()
         except OSError as exc:
             log.warning(
                 "cannot keep the built %s network in %s: %s", self.name, self.path.parent, exc
             )
+            return
+        try:
+            self._prune()
+        except OSError as exc:  # the network is kept; only the tidying failed
+            log.debug("could not tidy %s: %s", self.path.parent, exc)
 
     def _prune(self) -> None:
-        """Remove networks built from other weights or by other versions, except the newest
-        one (a second install sharing the models dir, e.g. another onnxruntime, keeps its build
-        instead of both rebuilding at every start), and files left by a write that died."""
+        """Remove networks built from other weights or by other versions, except the one used
+        last (a second install sharing the models dir, e.g. another onnxruntime, keeps its build
+        instead of both rebuilding at every start; ``load`` touches its file), a digest without
+        its network, and files left by a write that died. Another daemon may prune or write the
+        same folder at once: a file that vanished meanwhile is skipped."""
         folder = self.path.parent
-        others = [p for p in folder.glob(f"{self.name}-*.onnx") if p != self.path]
-        others.sort(key=lambda p: p.stat().st_mtime, reverse=True)
-        for old in others[_KEEP_OTHER_BUILDS:]:
+        stale = time.time() - _PART_MAX_AGE_S
+        builds = []
+        for network in folder.glob(f"{self.name}-*.onnx"):
+            used = _mtime(network)
+            if network == self.path or used is None:
+                continue
+            if network.with_suffix(".sha256").exists():
+                builds.append((used, network.name, network))
+            elif used < stale:  # died between its two renames (a live write gets its digest now)
+                network.unlink(missing_ok=True)
+        for _, _, old in sorted(builds, reverse=True)[_KEEP_OTHER_BUILDS:]:
             old.unlink(missing_ok=True)
             old.with_suffix(".sha256").unlink(missing_ok=True)
-        stale = time.time() - _PART_MAX_AGE_S
+        for digest in folder.glob(f"{self.name}-*.sha256"):
+            if digest != self.digest and not digest.with_suffix(".onnx").exists():
+                digest.unlink(missing_ok=True)
         for part in folder.glob(".part-*"):
-            if part.stat().st_mtime < stale:  # a write this old died; a live one is seconds old
+            written = _mtime(part)
+            if written is not None and written < stale:  # a live write is seconds old
                 part.unlink(missing_ok=True)
+
+
+def _mtime(path: Path) -> float | None:
+    """``path``'s modification time; None once another process has removed or renamed it."""
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return None
 
 
 def _int8_session(

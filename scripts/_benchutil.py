@@ -16,7 +16,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -439,11 +439,14 @@ class Target:
     bundled: bool  # the model is in the bundled catalogue (else the user's file defines it)
 
 
-def resolve_target(model: str) -> Target:
-    """A catalogue model's spec and file, pulled on first use like the daemon does."""
+def resolve_target(model: str, models_dir: Path | None = None) -> Target:
+    """A catalogue model's spec and file, pulled on first use like the daemon does, in
+    ``models_dir`` when given (else EDGEINFER_MODELS_DIR or the default store)."""
     with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR, unused here
         warnings.simplefilter("ignore")
         paths = resolve()
+    if models_dir is not None:
+        paths = replace(paths, models_dir=models_dir.expanduser().resolve())
     catalogue = load(paths)
     spec = catalogue.get(model)
     if spec is None:

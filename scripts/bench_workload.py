@@ -266,7 +266,7 @@ def run_baseline(trace: list[Session], args: argparse.Namespace) -> SideRun:
 
     from edgeinfer.engine.llama import llama_defaults
 
-    target = resolve_target(args.large)
+    target = resolve_target(args.large, args.models_dir)
     threads = physical_cores()
     with quiet_stderr(), llama_defaults(extra_buffers=extra_buffers(target, threads)):
         llm = Llama(

@@ -49,10 +49,6 @@ _KEEP_OTHER_BUILDS = 1
 """Networks of another key kept beside the current one (another install's, the last release's)."""
 _PART_MAX_AGE_S = 3600.0
 """A ``.part-*`` file older than this is a dead write's and is removed."""
-_RECIPE = INT8_RECIPE
-"""Part of a kept network's key (core/embedding.py): change it with :func:`_dynamic_int8`, so a
-release that builds differently never loads a network the old way built (the cache's cutoff was
-calibrated on the new), and the cache drops vectors the old one made."""
 
 log = logging.getLogger(__name__)
 
@@ -314,7 +310,7 @@ def _int8_session(
 def _built(cache: Path, name: str, model: Path, weights: Path | None) -> _Built:
     """The kept network ``name`` in ``cache``: its key hashes what it is built from, so other
     weights, another model file or another build never load it."""
-    made_of = f"{_file_digest(model)} {_file_digest(weights) if weights else '-'} {_RECIPE} "
+    made_of = f"{_file_digest(model)} {_file_digest(weights) if weights else '-'} {INT8_RECIPE} "
     made_of += f"onnx {onnx.__version__} onnxruntime {ort.__version__}"
     key = hashlib.sha256(made_of.encode()).hexdigest()
     return _Built(cache, name, key[:32])

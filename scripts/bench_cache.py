@@ -18,6 +18,8 @@
 
     .venv/bin/python scripts/bench_cache.py --quick
     .venv/bin/python scripts/bench_cache.py --pairs heldout.jsonl --sizes 1000 --queries 100
+    .venv/bin/python scripts/bench_cache.py --pairs tests/data/cache_pairs/fresh.jsonl \
+        --sizes 1000 --quick --skip-e2e     # the pairs written after the release (BRIEF3.md)
 
 The latency runs include the cross-encoder's pass over each candidate the store asks about
 (up to GUARDED per lookup).

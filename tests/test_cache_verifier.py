@@ -65,6 +65,19 @@ def test_the_labelled_pairs_are_split_once_by_question() -> None:
     assert len(langs) >= 6, langs
 
 
+def test_the_fresh_set_shares_no_question_with_the_splits() -> None:
+    """fresh.jsonl was written after the shipped network was trained and chosen: a held-out
+    check only while no text or group of it is in train, dev or test."""
+    fresh = _split("fresh")
+    splits = [r for name in ("train", "dev", "test") for r in _split(name)]
+    assert len(fresh) >= 2000
+    assert not {r["group"] for r in fresh} & {r["group"] for r in splits}
+    texts = {t for r in splits for t in (r["a"], r["b"])}
+    assert not {t for r in fresh for t in (r["a"], r["b"])} & texts
+    assert all((r["label"] == "same") == (r["kind"] == "paraphrase") for r in fresh)
+    assert {r["kind"] for r in fresh if r["label"] != "same"} <= NEAR_MISS_KINDS | {"unrelated"}
+
+
 def test_the_shipped_calibration_names_its_weights_and_splits() -> None:
     cal = Calibration.load()
     assert 0.5 <= cal.cosine <= 1.0 and 0.0 < cal.cutoff < 1.0

@@ -64,12 +64,14 @@ def quality(pairs: list[dict[str, str]], sims: np.ndarray, verifier: Verifier) -
     probs = np.array([verifier.probability(p["a"], p["b"]) for p in pairs])
     allowed = passed if verifier.rules else np.ones_like(passed)
 
-    def measure(served: np.ndarray) -> dict[str, Any]:
+    def measure(served: np.ndarray, among: np.ndarray | None = None) -> dict[str, Any]:
+        if among is not None:
+            served = served & among
         right = int((served & same).sum())
         return {
             "served": int(served.sum()),
             "precision": right / served.sum() if served.any() else 1.0,
-            "recall": right / same.sum(),
+            "recall": right / max(int((same if among is None else same & among).sum()), 1),
             "wrong": int((served & ~same).sum()),
         }
 
@@ -82,12 +84,23 @@ def quality(pairs: list[dict[str, str]], sims: np.ndarray, verifier: Verifier) -
             "guard": measure(above & passed),
             "verifier": measure(above & allowed & (probs >= verifier.cutoff)),
         })  # fmt: skip
-    shipped = measure((sims >= cal.cosine) & allowed & (probs >= verifier.cutoff))
+    shipped_served = (sims >= cal.cosine) & allowed & (probs >= verifier.cutoff)
+    shipped = measure(shipped_served)
+    batches = {}  # by who wrote the pairs: the batch of group "<batch>-<id>"
+    if all("-" in p.get("group", "") for p in pairs):
+        names = np.array([p["group"].split("-")[0] for p in pairs])
+        for name in sorted(set(names), key=lambda n: (len(n), n)):
+            among = names == name
+            batches[name] = {
+                "pairs": int(among.sum()),
+                "paraphrases": int((same & among).sum()),
+                **measure(shipped_served, among),
+            }
     curve = [
         {"cutoff": c, **measure((sims >= cal.cosine) & allowed & (probs >= c))} for c in CUTOFFS
     ]
     return {"rows": rows, "shipped": shipped, "curve": curve, "cutoff": verifier.cutoff,
-            "threshold": cal.cosine, "rules": verifier.rules}  # fmt: skip
+            "threshold": cal.cosine, "rules": verifier.rules, "batches": batches}  # fmt: skip
 
 
 def unrelated_served(
@@ -131,6 +144,13 @@ def print_quality(q: dict[str, Any], pairs: list[dict[str, str]], source: Path) 
             f"| {g['precision']:.3f} / {g['recall']:.3f} "
             f"| {v['precision']:.3f} / {v['recall']:.3f} ({v['wrong']}) |"
         )
+    if q["batches"]:
+        print("\nAt the shipped defaults, by batch (who wrote the pairs: the group's prefix):\n")
+        print("| batch | pairs | paraphrases | precision | recall | wrong hits |")
+        print("|---|---|---|---|---|---|")
+        for name, b in q["batches"].items():
+            print(f"| {name} | {b['pairs']} | {b['paraphrases']} | {b['precision']:.3f} "
+                  f"| {b['recall']:.3f} | {b['wrong']} |")  # fmt: skip
     print(f"\nThe verifier's curve at cosine ≥ {q['threshold']}:\n")
     print("| cutoff | served | precision | recall | wrong hits |\n|---|---|---|---|---|")
     for c in q["curve"]:

@@ -21,7 +21,8 @@ This script
    keeps the setting with the most recall;
 5. writes edgeinfer/cache/verifier_weights.npz and verifier_model.json (the calibration), and
    with ``--test`` only then scores test (printed, never used for a choice; bench_cache.py
-   reports it too).
+   reports it too), and with ``--fresh`` the pairs written after the shipped network was
+   chosen (tests/data/cache_pairs/fresh.jsonl, outside the splits: raw/BRIEF3.md).
 
 What came before, measured on the first (891-pair) dev split: a random forest over
 word-alignment features (kept 0.42 of the paraphrases at precision 0.99; test 0.39 at 0.989)
@@ -429,6 +430,10 @@ def main() -> None:
     parser.add_argument("--models", type=Path, default=REPO / ".edgeinfer-test" / "models")
     parser.add_argument("--write", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--test", action="store_true", help="also score test (after choosing)")
+    parser.add_argument(
+        "--fresh", action="store_true",
+        help="also score fresh.jsonl, the pairs kept out of the splits (after choosing)",
+    )  # fmt: skip
     args = parser.parse_args()
     if not THRESHOLDS[0] <= args.min_cosine <= THRESHOLDS[-1]:
         parser.error(f"--min-cosine must be within {THRESHOLDS[0]}..{THRESHOLDS[-1]}")
@@ -461,7 +466,10 @@ def main() -> None:
             scorer = OnnxPairScorer(model_file, tokenizer_file, weights)
             if args.write:
                 write(cal, setting, weights.read_bytes(), splits)
-    for name in ("dev", "test") if args.test else ("dev",):
+    if args.fresh:
+        splits["fresh"] = Split(load("fresh"), embedder)
+    scored = ["dev", *(["test"] if args.test else []), *(["fresh"] if args.fresh else [])]
+    for name in scored:
         split = splits[name]
         probs = split.probabilities(scorer)
         n, mined = split.labelled, len(split.y) - split.labelled

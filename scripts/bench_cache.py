@@ -86,7 +86,7 @@ def quality(pairs: list[dict[str, str]], sims: np.ndarray, verifier: Verifier) -
         })  # fmt: skip
     shipped_served = (sims >= cal.cosine) & allowed & (probs >= verifier.cutoff)
     shipped = measure(shipped_served)
-    batches = {}  # by who wrote the pairs: the batch of group "<batch>-<id>"
+    batches: dict[str, dict[str, Any]] = {}  # by who wrote them: group "<batch>-<id>"
     if all("-" in p.get("group", "") for p in pairs):
         names = np.array([p["group"].split("-")[0] for p in pairs])
         for name in sorted(set(names), key=lambda n: (len(n), n)):

@@ -50,6 +50,7 @@ from _benchutil import (  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 DRAFT_LENGTHS = (2, 3, 4, 6)
 CONTEXT_TOKENS = 100
+N_CTX = 2048
 
 
 def load(model: str, models_dir: Path | None, threads: int, *, all_logits: bool) -> Any:
@@ -61,7 +62,7 @@ def load(model: str, models_dir: Path | None, threads: int, *, all_logits: bool)
     with quiet_stderr(), llama_defaults(extra_buffers=extra_buffers(target, threads)):
         return Llama(
             model_path=str(target.gguf),
-            n_ctx=2048,
+            n_ctx=N_CTX,
             n_threads=threads,
             n_threads_batch=threads,
             logits_all=all_logits,
@@ -71,7 +72,8 @@ def load(model: str, models_dir: Path | None, threads: int, *, all_logits: bool)
 
 def greedy(llm: Any, prompt: list[int], max_tokens: int) -> list[int]:
     """The target's greedy answer, as token ids (up to its end-of-turn)."""
-    ends = {llm.token_eos(), *llm.tokenize(b"<|im_end|>", add_bos=False, special=True)}
+    end_of_turn = llm.tokenize(b"<|im_end|>", add_bos=False, special=True)  # ChatML's
+    ends = {llm.token_eos(), *(end_of_turn if len(end_of_turn) == 1 else [])}
     out: list[int] = []
     for token in llm.generate(prompt, top_k=1, temp=0.0, reset=True):
         if token in ends or len(out) >= max_tokens:
@@ -148,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     for n, item in enumerate(items, 1):
         text = chatml([("user", item["prompt"])])
         prompt = target.tokenize(text.encode(), add_bos=False, special=True)
+        if len(prompt) + args.max_tokens > N_CTX:
+            note(f"prompt {n}: {len(prompt)} tokens, longer than the context leaves: skipped")
+            continue
         answer = greedy(target, prompt, args.max_tokens)
         if answer:
             runs.append(matches(draft, prompt, answer))

@@ -474,6 +474,24 @@ def extra_buffers(target: Target, threads: int) -> bool:
     return Loader(extra_buffer_verdicts(target.paths)).extra_buffers(target.gguf, params)
 
 
+def open_llama(target: Target, threads: int, **params: Any) -> Any:
+    """llama-cpp-python's ``Llama`` over ``target``'s file, quiet, with ``threads`` for prompt
+    and generation and the daemon's extra-buffer verdict (:func:`extra_buffers`): the naive
+    side of a benchmark, run as the daemon would run it."""
+    from llama_cpp import Llama
+
+    from edgeinfer.engine.llama import llama_defaults
+
+    with quiet_stderr(), llama_defaults(extra_buffers=extra_buffers(target, threads)):
+        return Llama(
+            model_path=str(target.gguf),
+            n_threads=threads,
+            n_threads_batch=threads,
+            verbose=False,
+            **params,
+        )
+
+
 # -- a daemon on a temporary socket -----------------------------------------------------------
 
 

@@ -64,14 +64,15 @@ def quality(pairs: list[dict[str, str]], sims: np.ndarray, verifier: Verifier) -
     probs = np.array([verifier.probability(p["a"], p["b"]) for p in pairs])
     allowed = passed if verifier.rules else np.ones_like(passed)
 
-    def measure(served: np.ndarray, among: np.ndarray | None = None) -> dict[str, Any]:
-        if among is not None:
-            served = served & among
+    everyone = np.ones_like(same)
+
+    def measure(served: np.ndarray, among: np.ndarray = everyone) -> dict[str, Any]:
+        served = served & among
         right = int((served & same).sum())
         return {
             "served": int(served.sum()),
             "precision": right / served.sum() if served.any() else 1.0,
-            "recall": right / max(int((same if among is None else same & among).sum()), 1),
+            "recall": right / max(int((same & among).sum()), 1),
             "wrong": int((served & ~same).sum()),
         }
 
@@ -88,7 +89,9 @@ def quality(pairs: list[dict[str, str]], sims: np.ndarray, verifier: Verifier) -
     shipped = measure(shipped_served)
     batches: dict[str, dict[str, Any]] = {}  # by who wrote them: group "<batch>-<id>"
     if all("-" in p.get("group", "") for p in pairs):
-        names = np.array([p["group"].split("-")[0] for p in pairs])
+        from train_verifier import batch_of
+
+        names = np.array([batch_of(p["group"]) for p in pairs])
         for name in sorted(set(names), key=lambda n: (len(n), n)):
             among = names == name
             batches[name] = {

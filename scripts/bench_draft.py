@@ -39,11 +39,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _benchutil import (  # noqa: E402
     BenchError,
     chatml,
-    extra_buffers,
     note,
+    open_llama,
     physical_cores,
     print_table,
-    quiet_stderr,
     resolve_target,
 )
 
@@ -54,20 +53,9 @@ N_CTX = 2048
 
 
 def load(model: str, models_dir: Path | None, threads: int, *, all_logits: bool) -> Any:
-    from llama_cpp import Llama
-
-    from edgeinfer.engine.llama import llama_defaults
-
-    target = resolve_target(model, models_dir)
-    with quiet_stderr(), llama_defaults(extra_buffers=extra_buffers(target, threads)):
-        return Llama(
-            model_path=str(target.gguf),
-            n_ctx=N_CTX,
-            n_threads=threads,
-            n_threads_batch=threads,
-            logits_all=all_logits,
-            verbose=False,
-        )
+    return open_llama(
+        resolve_target(model, models_dir), threads, n_ctx=N_CTX, logits_all=all_logits
+    )
 
 
 def greedy(llm: Any, prompt: list[int], max_tokens: int) -> list[int]:

@@ -76,15 +76,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _benchutil import (  # noqa: E402
     BenchError,
     edgeinfer_daemon,
-    extra_buffers,
     fmt,
     note,
+    open_llama,
     physical_cores,
     post_chat,
     print_table,
     proc_cpu_s,
     process_tree,
-    quiet_stderr,
     ratio,
     resolve_target,
     verdict,
@@ -262,22 +261,8 @@ def messages_for(session: Session, history: list[str], turn: int) -> list[dict[s
 
 def run_baseline(trace: list[Session], args: argparse.Namespace) -> SideRun:
     """``large`` through llama-cpp-python's ``Llama``, one request at a time, no cache."""
-    from llama_cpp import Llama
-
-    from edgeinfer.engine.llama import llama_defaults
-
     target = resolve_target(args.large, args.models_dir)
-    threads = physical_cores()
-    with quiet_stderr(), llama_defaults(extra_buffers=extra_buffers(target, threads)):
-        llm = Llama(
-            model_path=str(target.gguf),
-            n_ctx=args.n_ctx,
-            n_batch=512,
-            n_threads=threads,
-            n_threads_batch=threads,
-            flash_attn=True,
-            verbose=False,
-        )
+    llm = open_llama(target, physical_cores(), n_ctx=args.n_ctx, n_batch=512, flash_attn=True)
     run = SideRun()
     cpu0 = _self_cpu()
     t0 = time.perf_counter()
@@ -286,7 +271,7 @@ def run_baseline(trace: list[Session], args: argparse.Namespace) -> SideRun:
         for i in range(len(session.turns)):
             t = time.perf_counter()
             reply: Any = llm.create_chat_completion(
-                messages=messages_for(session, history, i),  # type: ignore[arg-type]
+                messages=messages_for(session, history, i),
                 temperature=0.0,
                 max_tokens=args.max_tokens,
             )

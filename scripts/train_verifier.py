@@ -142,6 +142,11 @@ class Split:
         return np.where(self.same, 1.0, scorer.same(self.cores))
 
 
+def batch_of(group: str) -> str:
+    """Who wrote a pair: the batch of its group id ``<batch>-<id>`` (``p7`` of ``p7-12``)."""
+    return group.split("-")[0]
+
+
 def unrelated(
     pairs: Pairs, vectors: dict[str, NDArray[Any]], low: float = MINED_LOW,
     high: float = MINED_HIGH,
@@ -177,7 +182,7 @@ def unrelated(
     matrix = np.stack([vectors[t] for t in texts])
     sims = matrix @ matrix.T
     groups = np.array([group[t] for t in texts])
-    batches = np.array([g.split("-")[0] for g in groups])
+    batches = np.array([batch_of(g) for g in groups])
     out: set[tuple[str, str]] = set()
     for i, text in enumerate(texts):
         band = (groups != groups[i]) & (batches == batches[i]) & (sims[i] >= low) & (sims[i] < high)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -112,3 +113,28 @@ def test_fake_embedder_is_deterministic_and_word_based() -> None:
     assert fake.calls == [["Reset my password", "reset MY password", "capital of France"]]
     with pytest.raises(ValueError):
         FakeEmbedder(30)
+
+
+def test_an_int8_build_that_fails_falls_back_to_the_files_float_network(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """onnxruntime's quantiser failing (another onnxruntime, a changed graph) must not take the
+    embedder, and with it the semantic cache and the router's classifier, away: the file's own
+    float network serves, the log says why in one line, and nothing is kept, so the next start
+    builds again."""
+    files = asset_path(MODELS_DIR, "minilm-onnx"), asset_path(MODELS_DIR, "minilm-tokenizer")
+    texts = ["How do I reset my password?", "Wie viel kostet ein Zugticket nach Berlin?"]
+    int8 = OnnxEmbedder(*files).embed(texts)
+
+    def broken(graph: object) -> bytes:
+        raise RuntimeError("quantize_dynamic: unsupported opset")
+
+    with monkeypatch.context() as m, caplog.at_level(logging.WARNING, "edgeinfer.embed.onnx"):
+        m.setattr(onnx_module, "_dynamic_int8", broken)
+        fallback = OnnxEmbedder(*files, cache=tmp_path / "kept").embed(texts)
+    assert "cannot build the int8 minilm-int8 network (RuntimeError" in caplog.text
+    assert not (tmp_path / "kept").exists()
+    float_files = OnnxEmbedder(*files)
+    float_files._session = onnx_module._session(str(files[0]), 1)
+    assert np.allclose(fallback, float_files.embed(texts), atol=1e-6)
+    assert (fallback * int8).sum(axis=1).min() > 0.97

@@ -300,7 +300,17 @@ def _int8_session(
         graph = onnx.load(str(model))
         if overlay:
             _overlay(graph, overlay)
-        network = _dynamic_int8(graph)
+        source = graph.SerializeToString()  # _dynamic_int8 edits the graph in place
+        try:
+            network = _dynamic_int8(graph)
+        except Exception as exc:  # onnxruntime.quantization and onnx raise their own types
+            log.warning(
+                "cannot build the int8 %s network (%s: %s); running the model file's float "
+                "matmuls instead: about 3x slower, and a little off the int8 network the cache "
+                "was calibrated on; the next start tries the build again",
+                name, type(exc).__name__, exc,
+            )  # fmt: skip
+            return _session(source, threads)
         if built is not None:
             built.write(network)
         session = _session(network, threads)

@@ -117,7 +117,7 @@ def unrelated_served(
     if not all("group" in p for p in pairs):
         print("\nUnrelated pairs: not mined (the pairs have no group)")
         return {"mined": 0, "served": 0}
-    mined = unrelated(pairs, vectors)  # type: ignore[arg-type]
+    mined = unrelated(pairs, vectors)
     cal = verifier.calibration
     assert cal is not None
     served = [

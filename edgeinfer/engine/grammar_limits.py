@@ -14,11 +14,18 @@ in a ``pattern``) exceeds :data:`MAX_REPEAT`, or it nests deeper than :data:`MAX
 grammar is refused when it is larger than :data:`MAX_GRAMMAR_BYTES` or its groups nest deeper
 than :data:`MAX_GRAMMAR_DEPTH` (checked after, whatever produced the nesting). The engine
 calls both from ``grammar_for``, which runs off the event loop.
+
+Size is not the only bomb: a ``pattern`` that repeats a part able to match nothing
+(``^(a|b?){0,1000}c$``, a few KB of grammar) made one sampling step run for over ten minutes
+in llama.cpp's matcher, holding its slot and, on two cores, every other request to the model.
+Such patterns are refused too (:func:`_repeats_nothing`).
 """
 
 from __future__ import annotations
 
 import re
+import re._constants as sre  # type: ignore[import-not-found]  # the stdlib's own regex parser,
+import re._parser as sre_parse  # type: ignore[import-not-found]  # private and unstubbed
 from typing import Any
 
 from edgeinfer.errors import InvalidRequest
@@ -73,6 +80,65 @@ def _check_pattern(pattern: str) -> None:
                 f"limit of {MAX_REPEAT}",
                 param=_PARAM,
             )
+    try:
+        tree = sre_parse.parse(pattern)
+        empty = _repeats_nothing(tree)
+    except Exception:  # not one Python reads (or a parser of another shape): as before
+        return
+    if empty:
+        raise InvalidRequest(
+            f"response_format.json_schema: pattern {pattern[:80]!r} repeats a part that can "
+            "match nothing (like (a|b?){0,50} or (a*)*): llama.cpp's grammar matcher keeps "
+            "every way of skipping it, and a bound of 50 costs a minute a token; repeat a "
+            "part that always matches something",
+            param=_PARAM,
+        )
+
+
+_REPEATS = {sre.MAX_REPEAT, sre.MIN_REPEAT, sre.POSSESSIVE_REPEAT}
+
+
+def _repeats_nothing(seq: Any) -> bool:
+    """Whether a parsed pattern repeats (more than once) an item that can match the empty
+    string. Such an item can be taken or skipped at every step, and llama.cpp's matcher keeps
+    each way as a stack of its own: measured on tiny, (a?){20,50} costs 2 s for 16 tokens,
+    (a|b?){20,50} 66 s, while ambiguous items that always match something (([a-z]+ ?){20,200},
+    (a{1,30}){10,30}) cost 0.4 s."""
+    for op, av in seq:
+        if op in _REPEATS:
+            _, high, item = av
+            found = (high > 1 and _nullable(item)) or _repeats_nothing(item)
+        elif op is sre.BRANCH:
+            found = any(_repeats_nothing(branch) for branch in av[1])
+        elif op is sre.SUBPATTERN:
+            found = _repeats_nothing(av[3])
+        elif op is sre.ATOMIC_GROUP:
+            found = _repeats_nothing(av)
+        else:
+            found = False
+        if found:
+            return True
+    return False
+
+
+def _nullable(seq: Any) -> bool:
+    """Whether a parsed pattern can match the empty string."""
+    for op, av in seq:
+        if op in _REPEATS:
+            ok = av[0] == 0 or _nullable(av[2])
+        elif op is sre.BRANCH:
+            ok = any(_nullable(branch) for branch in av[1])
+        elif op is sre.SUBPATTERN:
+            ok = _nullable(av[3])
+        elif op is sre.ATOMIC_GROUP:
+            ok = _nullable(av)
+        elif op is sre.GROUPREF_EXISTS:
+            ok = _nullable(av[1]) or av[2] is None or _nullable(av[2])
+        else:  # anchors, lookarounds and back-references match nothing; characters match one
+            ok = op in (sre.AT, sre.ASSERT, sre.ASSERT_NOT, sre.GROUPREF)
+        if not ok:
+            return False
+    return True
 
 
 def check_grammar(grammar: str) -> None:

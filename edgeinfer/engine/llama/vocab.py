@@ -89,6 +89,12 @@ class VocabCalls:
             grammar = str(llama_grammar.json_schema_to_gbnf(schema or "{}"))
         except InvalidRequest:
             raise
+        except RecursionError as exc:  # the converter recurses per property and nesting level
+            raise InvalidRequest(
+                "response_format.json_schema is too large to turn into a grammar (the converter "
+                "ran out of nesting depth: fewer properties or a flatter schema)",
+                param="response_format",
+            ) from exc
         except Exception as exc:  # the converter raises bare exceptions of several kinds
             raise InvalidRequest(
                 f"response_format.json_schema cannot be turned into a grammar: {exc}",

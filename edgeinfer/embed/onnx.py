@@ -33,7 +33,7 @@ import onnxruntime as ort
 from numpy.typing import NDArray
 from onnx import numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 
 from edgeinfer.core.embedding import INT8_RECIPE, MINILM_NAME, Vectors, normalise
 from edgeinfer.errors import ModelUnavailable
@@ -41,6 +41,12 @@ from edgeinfer.models.assets import ASSETS_DIR, ensure_asset
 from edgeinfer.models.manifest import hash_file
 
 MAX_TOKENS = 256
+CLIP_CHARS = MAX_TOKENS * 64
+"""What the embedder tokenizes of a text. The tokenizer reads a text whole even when it keeps 256
+tokens: a 5 MB text took 7 s, 1.2 GB and 13,385 overflow encodings to keep 256 ids (the daemon
+peaked at 2.4 GB per request, and kept it). 256 tokens of real text span about 1,000
+characters; only a text of long runs of spaces or of 100-character words (one token each)
+could be read differently, and :meth:`OnnxEmbedder.fits` says False for it."""
 PAIR_CACHE = "pair-int8"
 """The asset store's folder (under ``_assets``) for the built int8 cross-encoder."""
 EMBED_CACHE = "minilm-int8"
@@ -97,14 +103,23 @@ class OnnxEmbedder:
         """Unit vectors for ``texts``, one run of the model each."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        rows = [self._embed_one(e.ids) for e in self._tokenizer.encode_batch(texts)]
+        rows = [self._embed_one(e.ids) for e in self._encode(texts)]
         return normalise(np.stack(rows))
 
     def token_counts(self, texts: list[str]) -> list[int]:
-        return [len(e.ids) for e in self._tokenizer.encode_batch(texts)]
+        return [len(e.ids) for e in self._encode(texts)]
 
     def fits(self, texts: list[str]) -> list[bool]:
-        return [not e.overflowing for e in self._tokenizer.encode_batch(texts)]
+        """Whether the model reads each text whole (a text over :data:`CLIP_CHARS` never is)."""
+        encoded = self._encode(texts)
+        return [
+            len(t) <= CLIP_CHARS and not e.overflowing for t, e in zip(texts, encoded, strict=True)
+        ]
+
+    def _encode(self, texts: list[str]) -> list[Encoding]:
+        """The texts' first :data:`MAX_TOKENS` tokens, each text cut to :data:`CLIP_CHARS`
+        first: the tokenizer reads a text whole even when it keeps 256 tokens."""
+        return self._tokenizer.encode_batch([t[:CLIP_CHARS] for t in texts])
 
     def _embed_one(self, token_ids: list[int]) -> NDArray[np.float32]:
         """The mean of one text's token states (no padding, so every token counts)."""
@@ -183,6 +198,8 @@ class OnnxPairScorer:
         return np.array([self._same(a, b) for a, b in pairs], dtype=np.float32)
 
     def _same(self, a: str, b: str) -> float:
+        if len(a) + len(b) > PAIR_POSITIONS * 64:  # cannot fit: never tokenize megabytes
+            return 0.0
         encodings = self._tokenizer.encode_batch([(a, b), (b, a)])
         width = len(encodings[0].ids)
         if width > PAIR_POSITIONS:

@@ -193,6 +193,43 @@ def test_malformed_bodies_elsewhere_are_a_400_too(daemon: Daemon, body: bytes) -
         assert c.get("/health").status_code == 200
 
 
+@pytest.mark.real
+def test_what_a_second_audit_found_is_answered_precisely(daemon: Daemon) -> None:
+    """Found by a hostile-input audit: each was answered, but imprecisely or wrongly."""
+    with daemon.client() as c:
+        # top_k past an int32 reached llama.cpp through ctypes, wrapped: 2**32 + 1 ran greedy
+        for path, body in [
+            (CHAT, {"model": "tiny", "messages": OK, "max_tokens": 1, "top_k": 2**32 + 1}),
+            ("/v1/messages", {"model": "tiny", "messages": OK, "max_tokens": 1, "top_k": 2**70}),
+            ("/api/chat", {"model": "tiny", "messages": OK, "options": {"top_k": 2**70}}),
+        ]:
+            r = _post_json(c, path, body)
+            assert r.status_code == 400 and "top_k" in r.text, (path, r.text)
+        # a union reports every member: a list of 5 stops is not "a valid string"
+        r = _post_json(c, CHAT, {"model": "tiny", "messages": OK, "stop": ["a"] * 5})
+        assert r.status_code == 400
+        assert r.json()["error"]["message"] == (
+            "stop: List should have at most 4 items after validation, not 5"
+        )
+        # /v1/completions has no "messages"
+        r = _post_json(c, "/v1/completions", {"model": "tiny", "prompt": "zebra " * 5000})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+        assert r.json()["error"]["param"] == "prompt"
+        # the Anthropic route said only "not valid JSON" where the parser knows why
+        r = _post_json(c, "/v1/messages", {"model": "tiny", "max_tokens": 1, "messages": [
+            {"role": "user", "content": f"a{LONE}"}]})  # fmt: skip
+        assert r.status_code == 400 and "hex escape at line 1" in r.json()["error"]["message"]
+        # the body limit answers in the route's own error shape
+        big = b'{"model": "tiny", "x": "' + b"a" * (9 << 20) + b'"}'
+        r = _post_json(c, "/v1/messages", big)
+        assert r.status_code == 413
+        assert r.json() == {
+            "type": "error",
+            "error": {"type": "request_too_large", "message": r.json()["error"]["message"]},
+        }
+        assert c.get("/health").status_code == 200
+
+
 # -- the live stats feed -----------------------------------------------------------------------
 
 

@@ -175,7 +175,7 @@ class MessagesRequest(StrictModel):
     system: str | list[TextBlock] | None = None
     temperature: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
-    top_k: Annotated[int, Field(ge=0)] | None = None
+    top_k: Annotated[int, Field(ge=0, le=1 << 20)] | None = None  # past it ctypes wraps the int
     stop_sequences: Annotated[list[str], Field(max_length=4)] | None = None
     stream: bool = False
     metadata: Metadata | None = None
@@ -306,8 +306,10 @@ def parse_request(body: bytes) -> MessagesRequest:
     try:
         return MessagesRequest.model_validate_json(body)
     except ValidationError as exc:
-        if exc.errors()[0].get("type") == "json_invalid":
-            raise InvalidRequest("the request body is not valid JSON") from None
+        first = exc.errors()[0]
+        if first.get("type") == "json_invalid":  # the parser says where ("lone surrogate ...")
+            detail = str(first.get("msg", "")).removeprefix("Invalid JSON: ")
+            raise InvalidRequest(f"the request body is not valid JSON: {detail}") from None
         raise _validation_error(exc) from None
 
 

@@ -69,10 +69,12 @@ def _wire_text(text: str) -> str:
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
-    err = exc.errors()[0]
-    # Union members add their type as a location step ("stop.str"); the field is what counts.
-    steps = (str(p) for p in err.get("loc", ()) if p != "body" and not _is_type_tag(str(p)))
-    loc = [_wire_text(step) for step in steps]
+    errors = exc.errors()
+    # A union reports each member's complaint: a list of 5 stop strings is "not a valid
+    # string" and "at most 4 items"; the member of the input's own type says what is wrong.
+    same_field = [e for e in errors if _error_loc(e) == _error_loc(errors[0])]
+    err = next((e for e in same_field if not str(e.get("type", "")).endswith("_type")), errors[0])
+    loc = _error_loc(err)
     if err.get("type") == "json_invalid":
         return "the request body is not valid JSON", None
     field = ".".join(loc) or None
@@ -82,6 +84,12 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     elif err.get("type") == "missing":
         msg = "required field is missing"
     return (f"{field}: {msg}" if field else msg), field
+
+
+def _error_loc(err: Any) -> list[str]:
+    """An error's field path; union members add their type as a step ("stop.str"), dropped."""
+    steps = (str(p) for p in err.get("loc", ()) if p != "body" and not _is_type_tag(str(p)))
+    return [_wire_text(step) for step in steps]
 
 
 async def _until_disconnect(request: Request) -> None:

@@ -1,7 +1,7 @@
 """Request body size limit, as a pure ASGI middleware in front of the app.
 
 A body larger than ``max_bytes`` is refused with 413 and OpenAI error JSON (Ollama's under
-``/api/``) before it is read
+``/api/``, Anthropic's on ``/v1/messages``) before it is read
 into memory: by its Content-Length when the client sends one, else as the bytes arrive.
 """
 
@@ -62,8 +62,11 @@ class BodyLimit:
                 "code": "request_too_large",
             }
         }
-        if str(scope.get("path", "")).startswith("/api/"):
+        path = str(scope.get("path", ""))
+        if path.startswith("/api/"):
             error = {"error": message}  # the Ollama API's shape
+        elif path == "/v1/messages":  # Anthropic's
+            error = {"type": "error", "error": {"type": "request_too_large", "message": message}}
         body = json.dumps(error).encode()
         headers = [
             (b"content-type", b"application/json"),

@@ -103,7 +103,7 @@ class Options(StrictModel):
 
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 0.8
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 0.9
-    top_k: Annotated[int, Field(ge=0)] = 40
+    top_k: Annotated[int, Field(ge=0, le=1 << 20)] = 40  # past it ctypes wraps the int
     min_p: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
     num_predict: Annotated[int, Field(ge=-2, le=1 << 20)] | None = None
     stop: Annotated[list[str], Field(max_length=4)] | None = None

@@ -20,7 +20,7 @@ from edgeinfer.core.options import GenerateOptions
 from edgeinfer.core.tier import TierCard
 from edgeinfer.core.values import Event
 from edgeinfer.engine.base import Vocab
-from edgeinfer.errors import InvalidRequest
+from edgeinfer.errors import ContextLengthExceeded, InvalidRequest
 from edgeinfer.pool.admission import Runner
 from edgeinfer.pool.events import GenRequest
 from edgeinfer.pool.scheduler import ModelPool, ServedModel
@@ -122,7 +122,11 @@ class LocalTier:
             tokens = await asyncio.to_thread(runner.engine.tokenize, prompt, add_special=True)
             if not tokens:
                 raise InvalidRequest("the prompt is empty", param="prompt")
-            return await _start(served, runner, tokens, options)
+            try:
+                return await _start(served, runner, tokens, options)
+            except ContextLengthExceeded as exc:  # the engine names the chat field
+                exc.param = "prompt"
+                raise
 
     async def _chat(
         self,

@@ -19,6 +19,7 @@ import llama_cpp.llama_grammar as llama_grammar
 from edgeinfer.engine.base import EngineInfo
 from edgeinfer.engine.grammar_limits import check_grammar, check_schema
 from edgeinfer.engine.llama.backend import init_backend
+from edgeinfer.engine.llama.schema import schema_to_gbnf
 from edgeinfer.errors import EngineError, InvalidRequest, ModelUnavailable
 
 
@@ -86,7 +87,7 @@ class VocabCalls:
             return str(llama_grammar.JSON_GBNF)
         try:
             check_schema(json.loads(schema or "{}"))
-            grammar = str(llama_grammar.json_schema_to_gbnf(schema or "{}"))
+            grammar = schema_to_gbnf(schema or "{}")
         except InvalidRequest:
             raise
         except RecursionError as exc:  # the converter recurses per property and nesting level

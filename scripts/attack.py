@@ -94,10 +94,18 @@ def grammar_bombs(t: Target) -> list[int]:
         {"type": "string", "maxLength": 100_000},
         {"type": "array", "items": {"type": "integer"}, "minItems": 2_000_000},
         {"type": "string", "pattern": "^a{0,100000}$"},
+        {"type": "string", "pattern": "^(a|b?){0,1000}c$"},  # small, but explodes the matcher
+        {"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(5000)}},
         nested,
     ]
     fmt = [{"type": "json_schema", "json_schema": {"name": "x", "schema": s}} for s in schemas]
     return posts(t, [chat("JSON please", response_format=f) for f in fmt])
+
+
+def huge_embedding_input(t: Target) -> list[int]:
+    with t.client() as c:
+        body = {"model": "all-MiniLM-L6-v2", "input": "w1 " * 1_700_000}  # 5 MB
+        return [c.post("/v1/embeddings", json=body).status_code]
 
 
 def role_injection(t: Target) -> list[int]:
@@ -212,6 +220,7 @@ ATTACKS: list[tuple[str, Callable[[Target], list[int]]]] = [
     ("lone surrogates", surrogates),
     ("logit_bias keys", logit_bias),
     ("grammar bombs", grammar_bombs),
+    ("5 MB embedding input", huge_embedding_input),
     ("role-token injection", role_injection),
     ("cache_threshold 0.01", cache_fishing),
     ("malformed and oversized", bad_requests),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -228,6 +229,18 @@ def test_what_a_second_audit_found_is_answered_precisely(daemon: Daemon) -> None
             "error": {"type": "request_too_large", "message": r.json()["error"]["message"]},
         }
         assert c.get("/health").status_code == 200
+    # a request h11 cannot parse got uvicorn's plain text
+    for head in [b"Content-Length: -5", b"Content-Length: 1\r\nContent-Length: 2", b"X: \x00"]:
+        with socket.socket(socket.AF_UNIX) as raw:
+            raw.settimeout(10)
+            raw.connect(str(daemon.socket))
+            raw.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n" + head + b"\r\n\r\n")
+            reply = b""
+            while chunk := raw.recv(65536):
+                reply += chunk
+        status, _, body = reply.partition(b"\r\n\r\n")
+        assert status.startswith(b"HTTP/1.1 400") and b"application/json" in status, reply
+        assert json.loads(body)["error"]["type"] == "invalid_request_error"
 
 
 # -- the live stats feed -----------------------------------------------------------------------

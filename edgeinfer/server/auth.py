@@ -85,6 +85,17 @@ _FULL = (
     b'connections", "type": "server_error", "param": null, "code": "busy"}}'
 )
 
+_MALFORMED_BODY = (
+    b'{"error": {"message": "malformed HTTP request (request line, headers or body framing); '
+    b'the connection is closed", "type": "invalid_request_error", "param": null, "code": '
+    b'"invalid_request_error"}}'
+)
+_MALFORMED = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nConnection: close\r\n"
+    + f"Content-Length: {len(_MALFORMED_BODY)}\r\n\r\n".encode()
+    + _MALFORMED_BODY
+)
+
 
 class PeerCredProtocol(H11Protocol):
     """uvicorn's h11 protocol, reading SO_PEERCRED once when a connection is made, and bounding
@@ -129,6 +140,12 @@ class PeerCredProtocol(H11Protocol):
         super().on_response_complete()
         if self._tcp and (self.cycle is None or self.cycle.response_complete):
             self._await_headers()  # uvicorn's keep-alive timer stops at the first byte sent
+
+    def send_400_response(self, msg: str) -> None:
+        """A request h11 cannot parse (a bad Content-Length or chunk size, an oversized
+        header): OpenAI error JSON like every other answer, where uvicorn writes plain text."""
+        self.transport.write(_MALFORMED)
+        self.transport.close()
 
     def _await_headers(self) -> None:
         self._cancel_header_timer()

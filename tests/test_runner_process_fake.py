@@ -10,15 +10,18 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from edgeinfer.config.schema import ModelSpec, PathSource
 from edgeinfer.core.values import Delta, Event, Failed, Finished, Sampling
 from edgeinfer.engine.base import EngineParams
-from edgeinfer.engine.fake import FakeProcessFactory
+from edgeinfer.engine.fake import STUCK_TOKEN, FakeEngineFactory, FakeProcessFactory
 from edgeinfer.errors import Busy, ModelCrashed
 from edgeinfer.pool import crashes
 from edgeinfer.pool.events import GenRequest
+from edgeinfer.pool.maker import RunnerMaker
 from edgeinfer.pool.process import RunnerProcess
 
 
@@ -140,3 +143,45 @@ def test_the_third_crash_in_the_window_leaves_the_model_in_error(
     with pytest.raises(ModelCrashed):
         runner.submit(request()[0])
     assert runner.snapshot()["runner"]["state"] == "error"
+
+
+def test_a_step_stuck_in_native_code_ends_the_runner_not_the_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """llama.cpp once ran one sampling step for over ten minutes (its grammar matcher on a
+    pattern repeating what can match nothing): the slot stayed taken, the requests behind it
+    waited and /health said ok. Past ``step_timeout`` the runner process ends itself; the stuck
+    request fails (after its one retry) saying why, and the model serves again."""
+    monkeypatch.setattr(crashes, "BACKOFF_S", 0.05)
+    model = tmp_path / "fake.gguf"
+    model.write_bytes(b"fake")
+    factory = FakeProcessFactory(child_factory="edgeinfer.engine.fake:stuck_engine")
+    r = RunnerProcess("fake", model, EngineParams(n_ctx=8192, slots=2), factory, step_timeout=1.0)
+    r.start()
+    try:
+        r.wait_loaded(30)
+        out = Collector()
+        r.submit(GenRequest([11, STUCK_TOKEN], Sampling(temperature=0.0), 8, out))
+        failed = out.end(60)
+        assert isinstance(failed, Failed) and isinstance(failed.error, ModelCrashed)
+        assert "step_timeout" in failed.error.message and "SIGKILL" in failed.error.message
+        assert r.restarts == 2  # its first run and its one retry
+        after, answered = request(max_tokens=3)
+        r.submit(after)
+        assert isinstance(answered.end(20), Finished)
+    finally:
+        r.stop()
+
+
+def test_a_models_step_timeout_reaches_its_runner(tmp_path: Path) -> None:
+    made: dict[str, Any] = {}
+
+    def capture(*args: Any, **kwargs: Any) -> Any:
+        made.update(kwargs)
+
+    source = PathSource(type="path", path=str(tmp_path / "m.gguf"))
+    maker = RunnerMaker(FakeEngineFactory({}), runner=capture)
+    maker(ModelSpec(name="m", source=source, step_timeout=42), tmp_path / "m.gguf", None)
+    assert made["step_timeout"] == 42
+    maker(ModelSpec(name="m", source=source), tmp_path / "m.gguf", None)
+    assert made["step_timeout"] == 300  # the default: far above any step seen on a CPU

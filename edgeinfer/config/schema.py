@@ -140,6 +140,12 @@ class ModelSpec(_Strict):
         default=None, ge=1, description="cap on queued prompt + max_tokens; none = max_queue only"
     )
     max_tokens: int = Field(default=16384, ge=1, description="cap on a request's max_tokens")
+    step_timeout: float = Field(
+        default=300.0,
+        ge=1.0,
+        le=86_400.0,
+        description="seconds one llama.cpp step may run before its runner process is restarted",
+    )
     # memory (pool/scheduler.py)
     keep_alive: float = Field(
         default=-1, ge=-1, description="idle seconds before unloading; -1 = never, 0 = at once"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ class FakeEngine:
     params: EngineParams = field(default_factory=EngineParams)
     eos_after: int | None = None
     decode_delay: float = 0.0
+    stuck_on: int | None = None  # a batch holding this token never returns (a native hang)
     info: EngineInfo = field(
         default_factory=lambda: EngineInfo(
             n_ctx_train=8192,
@@ -63,9 +65,9 @@ class FakeEngine:
     def decode(self, batch: Sequence[BatchItem]) -> None:
         if len(batch) > self.params.n_batch:
             raise EngineError(f"batch of {len(batch)} exceeds n_batch {self.params.n_batch}")
+        if any(item.token == self.stuck_on for item in batch):
+            time.sleep(3600)  # as if stuck in native code: only ending the process stops it
         if self.decode_delay:
-            import time
-
             time.sleep(self.decode_delay)
         self.batches.append(list(batch))
         for i, item in enumerate(batch):
@@ -145,6 +147,15 @@ def slow_engine(path: Path, params: EngineParams) -> FakeEngine:
     """A runner process's engine for the fast tests of ``pool/process.py``: 20 ms a step, so a
     test can cut a generation in the middle."""
     return FakeEngine(params=params, decode_delay=0.02)
+
+
+STUCK_TOKEN = 666
+
+
+def stuck_engine(path: Path, params: EngineParams) -> FakeEngine:
+    """:func:`slow_engine` whose decode never returns for a batch holding :data:`STUCK_TOKEN`,
+    as llama.cpp's grammar matcher once did: what the runner's step watchdog is for."""
+    return FakeEngine(params=params, decode_delay=0.02, stuck_on=STUCK_TOKEN)
 
 
 @dataclass

@@ -45,6 +45,7 @@ class RunnerInit:
     n_keep: int
     prefix: dict[str, Any] | None  # PrefixStore keyword arguments
     log_level: int = logging.INFO
+    step_timeout: float | None = None  # the child ends itself when one step runs longer
 
 
 def error_to_wire(error: EdgeInferError) -> tuple[str, str, str | None]:

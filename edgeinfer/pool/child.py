@@ -118,6 +118,7 @@ class RunnerChild:
         self._lat = _Latencies()
         self._requests: dict[int, GenRequest] = {}
         self._work = threading.Event()
+        self._step_timeout = init.step_timeout
         prefix = PrefixStore(**init.prefix) if init.prefix is not None else None
         self.runner = ModelRunner(
             init.name,
@@ -141,6 +142,9 @@ class RunnerChild:
         self._out.send(("loaded", engine.info, rss_bytes()))
         self._push_stats()
         threading.Thread(target=self._stats_loop, name="runner-stats", daemon=True).start()
+        if self._step_timeout is not None:
+            watch = threading.Thread(target=self._watchdog, name="runner-watchdog", daemon=True)
+            watch.start()
         try:
             self._serve()
         finally:
@@ -197,6 +201,27 @@ class RunnerChild:
             self._work.clear()
             if self.runner.busy:
                 self._work.set()
+
+    def _watchdog(self) -> None:
+        """End this process when one engine call outlasts ``step_timeout``: llama.cpp is stuck
+        in native code (seen: its grammar matcher on a pattern that repeats what can match
+        nothing, over ten minutes for one token), holding its slots and the other requests
+        behind them, and nothing else can stop it. The daemon sees a crash whose last output is
+        the line below, fails the requests that had streamed, sends the others once more, and
+        restarts the runner."""
+        assert self._step_timeout is not None
+        limit = self._step_timeout
+        while not self._out.closed:
+            time.sleep(min(1.0, limit / 4))
+            started = self.runner.step_started
+            if started is not None and time.monotonic() - started > limit:
+                print(
+                    f"model {self.runner.name!r}: one llama.cpp step has run for over "
+                    f"{limit:g} s (step_timeout): it is stuck; ending the runner",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                os.kill(os.getpid(), signal.SIGKILL)  # no faulthandler dump after the line
 
 
 def main(argv: list[str]) -> None:

@@ -58,6 +58,7 @@ class RunnerMaker:
             context_shift=spec.context_shift,
             n_keep=spec.n_keep,
             observer=self._observer,
+            step_timeout=spec.step_timeout,
         )
 
     def _prefix_store(self, spec: ModelSpec, digest: str | None) -> PrefixStore | None:

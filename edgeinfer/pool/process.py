@@ -81,10 +81,12 @@ class RunnerProcess(Admission):
         observer: LatencyObserver | None = None,
         context_shift: bool = True,
         n_keep: int = 128,
+        step_timeout: float | None = None,
     ) -> None:
         super().__init__(
             max_queue=max_queue, max_queued_tokens=max_queued_tokens, cond=threading.Condition()
         )
+        self.step_timeout = step_timeout
         self.name = name
         self.path = path
         self.params = params
@@ -278,6 +280,7 @@ class RunnerProcess(Admission):
             n_keep=self._n_keep,
             prefix=self._prefix,
             log_level=logging.getLogger("edgeinfer").getEffectiveLevel(),
+            step_timeout=self.step_timeout,
         )
 
     def _serve(self, conn: Connection) -> bool:

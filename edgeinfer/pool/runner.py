@@ -53,6 +53,7 @@ class ModelRunner(Admission):
         observer: LatencyObserver | None = None,
         context_shift: bool = True,
         n_keep: int = 128,
+        step_timeout: float | None = None,
     ) -> None:
         super().__init__(
             max_queue=max_queue, max_queued_tokens=max_queued_tokens, cond=threading.Condition()
@@ -60,6 +61,10 @@ class ModelRunner(Admission):
         self.name = name
         self.params = params
         self.path = path  # the GGUF file (its metadata may hold default sampling settings)
+        self.step_timeout = step_timeout  # watched in a runner process only (pool/child.py)
+        self.step_started: float | None = None
+        """When the engine call running now (an admission or a batch step) began, on the
+        monotonic clock; None between calls."""
         self._factory = factory
         self._clock = clock
         self._store = prefix_store
@@ -178,6 +183,7 @@ class ModelRunner(Admission):
             return
         try:
             while self._wait_for_work(self._engine):
+                self.step_started = time.monotonic()
                 try:
                     self._batch.step(self._engine)
                 except Exception as exc:  # a bug must fail requests, not hang the daemon
@@ -186,6 +192,8 @@ class ModelRunner(Admission):
                         slot.cached = []
                         self._engine.seq_rm(slot.seq, 0)
                         self._batch.fail(self._engine, slot, _as_edgeinfer(exc))
+                finally:
+                    self.step_started = None
         finally:
             self._shutdown(self._engine)
 
@@ -200,7 +208,11 @@ class ModelRunner(Admission):
         # Admission builds samplers (grammars) and copies or restores KV state (~100 MB for a
         # large model, maybe from disk): never under the lock submit() and held() take on the
         # event loop. Only this thread touches the slots.
-        self._admit(engine, taken)
+        self.step_started = time.monotonic()
+        try:
+            self._admit(engine, taken)
+        finally:
+            self.step_started = None
         return True
 
     def _admit(self, engine: Engine, taken: list[GenRequest]) -> None:

@@ -217,7 +217,8 @@ class RunnerChild:
             if started is not None and time.monotonic() - started > limit:
                 print(
                     f"model {self.runner.name!r}: one llama.cpp step has run for over "
-                    f"{limit:g} s (step_timeout): it is stuck; ending the runner",
+                    f"{limit:g} s: it is stuck, so the runner ends (raise [models."
+                    f"{self.runner.name}] step_timeout if this machine is really that slow)",
                     file=sys.stderr,
                     flush=True,
                 )

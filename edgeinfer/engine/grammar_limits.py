@@ -104,41 +104,34 @@ def _repeats_nothing(seq: Any) -> bool:
     each way as a stack of its own: measured on tiny, (a?){20,50} costs 2 s for 16 tokens,
     (a|b?){20,50} 66 s, while ambiguous items that always match something (([a-z]+ ?){20,200},
     (a{1,30}){10,30}) cost 0.4 s."""
-    for op, av in seq:
-        if op in _REPEATS:
-            _, high, item = av
-            found = (high > 1 and _nullable(item)) or _repeats_nothing(item)
-        elif op is sre.BRANCH:
-            found = any(_repeats_nothing(branch) for branch in av[1])
-        elif op is sre.SUBPATTERN:
-            found = _repeats_nothing(av[3])
-        elif op is sre.ATOMIC_GROUP:
-            found = _repeats_nothing(av)
-        else:
-            found = False
-        if found:
-            return True
-    return False
+    return _read(seq)[1]
 
 
-def _nullable(seq: Any) -> bool:
-    """Whether a parsed pattern can match the empty string."""
+def _read(seq: Any) -> tuple[bool, bool]:
+    """(whether a parsed pattern can match the empty string, whether it repeats an item that
+    can), in one walk."""
+    nullable, repeats_nothing = True, False
     for op, av in seq:
         if op in _REPEATS:
-            ok = av[0] == 0 or _nullable(av[2])
+            low, high, item = av
+            inner, deeper = _read(item)
+            empty = low == 0 or inner
+            repeats_nothing |= deeper or (high > 1 and inner)
         elif op is sre.BRANCH:
-            ok = any(_nullable(branch) for branch in av[1])
-        elif op is sre.SUBPATTERN:
-            ok = _nullable(av[3])
-        elif op is sre.ATOMIC_GROUP:
-            ok = _nullable(av)
+            branches = [_read(branch) for branch in av[1]]
+            empty = any(e for e, _ in branches)
+            repeats_nothing |= any(r for _, r in branches)
+        elif op in (sre.SUBPATTERN, sre.ATOMIC_GROUP):
+            empty, deeper = _read(av[3] if op is sre.SUBPATTERN else av)
+            repeats_nothing |= deeper
         elif op is sre.GROUPREF_EXISTS:
-            ok = _nullable(av[1]) or av[2] is None or _nullable(av[2])
+            (yes, in_yes), (no, in_no) = _read(av[1]), _read(av[2] or [])
+            empty = yes or no
+            repeats_nothing |= in_yes or in_no
         else:  # anchors, lookarounds and back-references match nothing; characters match one
-            ok = op in (sre.AT, sre.ASSERT, sre.ASSERT_NOT, sre.GROUPREF)
-        if not ok:
-            return False
-    return True
+            empty = op in (sre.AT, sre.ASSERT, sre.ASSERT_NOT, sre.GROUPREF)
+        nullable = nullable and empty
+    return nullable, repeats_nothing
 
 
 def check_grammar(grammar: str) -> None:

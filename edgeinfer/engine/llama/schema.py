@@ -103,7 +103,7 @@ def _naturals(low: int, high: int | None) -> list[str]:
         if first <= last:
             out.append(_same_length(str(first), str(last)))
         if high is None:  # every longer number: a leading 1-9, then at least this many digits
-            out.append(f"[1-9] {' '.join(['[0-9]'] * digits)} [0-9]*")
+            out.append(f"[1-9] {_any_digits(digits)} [0-9]*")
             break
         digits += 1
     return out
@@ -118,7 +118,7 @@ def _same_length(low: str, high: str) -> str:
     rest = len(low) - i - 1
     if rest == 0:
         return f"{prefix}[{low[i]}-{high[i]}]"
-    any_rest = " ".join(["[0-9]"] * rest)
+    any_rest = _any_digits(rest)
     alternatives = [f'"{low[i]}" ({_at_least(low[i + 1 :])})']
     if int(low[i]) + 1 <= int(high[i]) - 1:
         alternatives.append(f"[{int(low[i]) + 1}-{int(high[i]) - 1}] {any_rest}")
@@ -128,28 +128,33 @@ def _same_length(low: str, high: str) -> str:
 
 def _at_least(digits: str) -> str:
     """Digit strings of this length that are >= ``digits``."""
-    if digits.strip("0") == "":
-        return " ".join(["[0-9]"] * len(digits))
-    head, rest = digits[0], digits[1:]
-    if not rest:
-        return f"[{head}-9]"
-    options = [f'"{head}" ({_at_least(rest)})']
-    if head != "9":
-        options.append(f"[{int(head) + 1}-9] {' '.join(['[0-9]'] * len(rest))}")
-    return " | ".join(options)
+    return _beyond(digits, up=True)
 
 
 def _at_most(digits: str) -> str:
     """Digit strings of this length that are <= ``digits``."""
-    if digits.strip("9") == "":
-        return " ".join(["[0-9]"] * len(digits))
+    return _beyond(digits, up=False)
+
+
+def _beyond(digits: str, *, up: bool) -> str:
+    """Digit strings of this length on one side of ``digits`` (itself included): each is
+    ``digits``' first digit followed by the same on the rest, or a first digit further out
+    followed by anything."""
+    far = "9" if up else "0"
+    if digits.strip("0" if up else "9") == "":  # 000 and up, 999 and down: any digits
+        return _any_digits(len(digits))
     head, rest = digits[0], digits[1:]
+    beyond = f"{int(head) + 1}-9" if up else f"0-{int(head) - 1}"
     if not rest:
-        return f"[0-{head}]"
-    options = [f'"{head}" ({_at_most(rest)})']
-    if head != "0":
-        options.append(f"[0-{int(head) - 1}] {' '.join(['[0-9]'] * len(rest))}")
+        return f"[{head}-9]" if up else f"[0-{head}]"
+    options = [f'"{head}" ({_beyond(rest, up=up)})']
+    if head != far:
+        options.append(f"[{beyond}] {_any_digits(len(rest))}")
     return " | ".join(options)
+
+
+def _any_digits(n: int) -> str:
+    return " ".join(["[0-9]"] * n)
 
 
 __all__ = ["integer_range", "schema_to_gbnf"]

@@ -54,6 +54,35 @@ def test_stale_socket_is_replaced(tiny_path: Path) -> None:
         d.stop()
 
 
+def test_a_chosen_socket_path_leaves_its_folder_and_other_files_alone(
+    tiny_path: Path, tmp_path: Path
+) -> None:
+    """--socket in a shared folder (say /tmp) used to chmod the folder to 0700, and a regular
+    file at the socket path was deleted as a "stale socket"."""
+    shared = short_socket_dir()
+    shared.chmod(0o1777)
+    precious = shared / "notes.txt"
+    precious.write_text("keep me")
+    env = {**os.environ, "EDGEINFER_MODELS_DIR": str(MODELS_DIR), "EDGEINFER_HOME": str(tmp_path)}
+    cmd = [sys.executable, "-m", "edgeinfer", "serve", "--models", "tiny", "--socket"]
+    done = subprocess.run(
+        [*cmd, str(precious)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 1 and precious.read_text() == "keep me"
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .endswith("notes.txt exists and is not a socket; remove it or choose another --socket path")
+    )
+    d = start_daemon("--models", "tiny", socket=shared / "ei.sock")
+    try:
+        with d.client() as c:
+            assert c.get("/health").status_code == 200
+        assert stat.S_IMODE(os.stat(shared).st_mode) == 0o1777
+    finally:
+        d.stop()
+
+
 def test_second_daemon_on_the_same_socket_exits_with_a_clear_message(tiny_path: Path) -> None:
     first = start_daemon("--models", "tiny")
     try:

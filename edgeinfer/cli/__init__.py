@@ -38,6 +38,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ensure_private_dir(state)
     logs.setup(paths.log_dir, verbose=args.verbose)
     path = socket_path(paths, args.socket)
+    if path == paths.default_socket:  # edgeinfer's own folder; a chosen one is left as it is
+        ensure_private_dir(path.parent)
     activated = systemd_sockets()
     # Fail fast on a live daemon or a token-less TCP listener before loading gigabytes.
     if not activated:  # systemd itself answers on an activated socket

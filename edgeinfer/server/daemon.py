@@ -25,6 +25,7 @@ import math
 import os
 import signal
 import socket
+import stat
 import threading
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from fastapi import FastAPI
 
 from edgeinfer.config.schema import ServerSettings
 from edgeinfer.errors import DaemonError
-from edgeinfer.paths import check_socket_path, ensure_private_dir
+from edgeinfer.paths import check_socket_path, make_private_dirs
 from edgeinfer.server.auth import AccessGuard, FailedLogins, read_token, tcp_limited
 from edgeinfer.server.drain import Drain
 
@@ -79,8 +80,16 @@ def refuse_if_live(path: Path) -> None:
 def bind_socket(path: Path) -> socket.socket:
     """An owner-only listening socket at ``path``; refuses if a daemon already answers there."""
     refuse_if_live(path)
-    ensure_private_dir(path.parent)
-    if path.exists() or path.is_symlink():
+    make_private_dirs(path.parent)  # an existing folder (maybe /tmp, given by --socket) stays
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None:
+        if not (stat.S_ISSOCK(mode) or stat.S_ISLNK(mode)):
+            raise DaemonError(
+                f"{path} exists and is not a socket; remove it or choose another --socket path"
+            )
         log.info("replacing stale socket %s", path)
         path.unlink()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -147,6 +147,25 @@ def test_invalid_values_are_explained(tmp_path: Path, user: str, expected: str) 
     assert expected in problems[0]
 
 
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"[models.base]\nslots = 2\n\xff\xfe\x00garbage", "not UTF-8 text"),
+        (b"x = " + b"[" * 100_000, "nested too deeply"),
+    ],
+)
+def test_a_file_tomllib_chokes_on_is_a_config_problem_not_a_crash(
+    tmp_path: Path, content: bytes, expected: str
+) -> None:
+    """Found by an audit: such a file raised out of the loader, which stopped the config
+    watcher for good, made POST /admin/reload a 500 and `models list` a traceback."""
+    user = tmp_path / "user.toml"
+    user.write_bytes(content)
+    catalogue, problems = check_catalogue([write(tmp_path, "bundled.toml", BASE), user])
+    assert catalogue is None and len(problems) == 1
+    assert problems[0].startswith(f"{user}: not valid TOML: {expected}")
+
+
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     user = """
     typo = 1

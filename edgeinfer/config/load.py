@@ -106,6 +106,10 @@ def _read(path: Path) -> tuple[dict[str, Any], list[str]]:
             return tomllib.load(fh), []
     except tomllib.TOMLDecodeError as exc:
         return {}, [f"{path}: not valid TOML: {exc}"]
+    except UnicodeDecodeError as exc:  # tomllib decodes the bytes itself
+        return {}, [f"{path}: not valid TOML: not UTF-8 text (byte {exc.start})"]
+    except RecursionError:  # tomllib recurses per nesting level
+        return {}, [f"{path}: not valid TOML: nested too deeply"]
     except OSError as exc:
         return {}, [f"{path}: cannot read: {exc.strerror}"]
 

@@ -7,6 +7,8 @@ tests/test_cache_semantic_real.py repeats the important ones with the real model
 from __future__ import annotations
 
 import json
+import os
+import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -175,6 +177,30 @@ def test_export_import_round_trip(make_store: Make, tmp_path: Path) -> None:
     assert store.clear() == 5 and store.stats()["entries"] == 0
     assert store.import_(out) == 5 and store.import_(out) == 0
     assert answer_of(_ask(store, chat("how do I bake bread number 3"))) == "recipe 3"
+
+
+def test_export_writes_only_over_a_regular_file_or_a_new_name(
+    make_store: Make, tmp_path: Path
+) -> None:
+    """The atomic rename replaced a symlink, a FIFO or a device (/dev/full, as root) with a
+    plain file; a missing folder or a folder as the target was a traceback."""
+    store = make_store(64)
+    _store_answer(store, chat("a question"), "an answer")
+    target = tmp_path / "target.jsonl"
+    target.write_text("kept")
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(target)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path in (link, fifo, tmp_path):
+        with pytest.raises(CacheError, match="exists and is not a regular file"):
+            store.export(path)
+    assert (
+        link.is_symlink() and stat.S_ISFIFO(fifo.lstat().st_mode) and target.read_text() == "kept"
+    )
+    with pytest.raises(CacheError, match="is not a folder"):
+        store.export(tmp_path / "missing" / "out.jsonl")
+    assert store.export(target) == 1  # a regular file is replaced, as before
 
 
 def test_a_damaged_line_is_skipped_and_the_rest_imported(make_store: Make, tmp_path: Path) -> None:

@@ -85,3 +85,43 @@ def test_paths_follow_edgeinfer_home(tmp_path: Path) -> None:
     rows = dict(line.split(maxsplit=1) for line in out.stdout.splitlines())
     assert rows["socket"] == str(tmp_path / "h" / "run" / "edgeinfer.sock")
     assert rows["models"] == str(tmp_path / "h" / "data" / "models")
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ["ask", "hi", "--temperature", "nan"],
+            "argument --temperature: 'nan': need a finite number",
+        ),
+        (["top", "--interval", "0"], "'0': need a finite number at least 0.1 and at most 60"),
+        (["router", "train", "--l2", "inf"], "'inf': need a finite number above 0"),
+    ],
+)
+def test_numbers_that_would_fail_later_are_refused_in_one_usage_line(
+    args: list[str], expected: str, tmp_path: Path
+) -> None:
+    """NaN broke the request's JSON in the client (a traceback), --interval 0 made `top`
+    reconnect forever, --l2 nan wrote a router.json of NaN weights and said it had trained."""
+    env = {**os.environ, "EDGEINFER_HOME": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-m", "edgeinfer", *args], capture_output=True, text=True, env=env
+    )
+    assert out.returncode == 2 and expected in out.stderr and "Traceback" not in out.stderr
+
+
+def test_an_os_error_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    env = {**os.environ, "EDGEINFER_HOME": str(tmp_path)}
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "router.json").mkdir()  # where `router train` writes
+    outcomes = tmp_path / "o.jsonl"
+    outcomes.write_bytes(b"\xff\xfe not utf-8")
+    for args in (
+        ["router", "train", "--no-log", str(outcomes)],
+        ["router", "train", "--no-log", "--out", str(tmp_path), str(outcomes)],
+    ):
+        out = subprocess.run(
+            [sys.executable, "-m", "edgeinfer", *args], capture_output=True, text=True, env=env
+        )
+        assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+        assert out.stderr.startswith("edgeinfer: error: ") and out.stderr.count("\n") == 1

@@ -236,6 +236,11 @@ def test_classifier_learns_which_tier_is_right(tmp_path: Path) -> None:
     assert easy["tiny"] > 0.8 and hard["tiny"] < 0.2
     assert hard["large"] > hard["tiny"]
     assert loaded.predict(np.zeros(3)) == {}  # a vector of the wrong size predicts nothing
+    body = json.loads((tmp_path / "w.json").read_text())
+    body["tiers"]["tiny"]["weights"][0] = float("nan")  # `router train --l2 nan` wrote these
+    (tmp_path / "w.json").write_text(json.dumps(body))
+    with pytest.raises(ValueError, match="not finite"):
+        Classifier.load(tmp_path / "w.json")
 
 
 def test_a_classifier_fitted_on_another_embedders_vectors_is_passed_over(

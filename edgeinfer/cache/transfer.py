@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import math
 import os
 import re
 import sqlite3
+import stat
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -81,8 +83,16 @@ def records(conn: sqlite3.Connection, fresh: Callable[[float], bool]) -> Iterato
 
 
 def write_jsonl(path: Path, head: dict[str, Any], records: Iterable[dict[str, Any]]) -> int:
-    """Write atomically (temporary sibling, then rename); the number of entries written."""
+    """Write atomically (temporary sibling, then rename); the number of entries written.
+
+    Only over a regular file or a new name: the rename would replace a symlink, a FIFO or a
+    device (``/dev/full`` as root) with a plain file instead of writing through it."""
     path = Path(path)
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISREG(path.lstat().st_mode):
+            raise CacheError(f"{path} exists and is not a regular file; export to a new name")
+    if not path.parent.is_dir():
+        raise CacheError(f"{path.parent} is not a folder; create it first")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     count = 0
     try:

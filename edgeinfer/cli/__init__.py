@@ -15,6 +15,7 @@ from pathlib import Path
 from edgeinfer import __version__
 from edgeinfer.cli import models as cli_models
 from edgeinfer.cli import router as cli_router
+from edgeinfer.cli.args import number
 from edgeinfer.errors import EdgeInferError
 from edgeinfer.paths import (
     Paths,
@@ -307,7 +308,7 @@ def parser() -> argparse.ArgumentParser:
     ask.add_argument("--model", default="auto")
     ask.add_argument("--system", help="system prompt")
     ask.add_argument("--max-tokens", type=int)
-    ask.add_argument("--temperature", type=float)
+    ask.add_argument("--temperature", type=number())
     ask.add_argument("--socket")
     ask.set_defaults(func=cmd_ask)
 
@@ -334,7 +335,7 @@ def parser() -> argparse.ArgumentParser:
     chat = sub.add_parser("chat", help="chat in the terminal (with a live stats tab)")
     chat.add_argument("--model", default="auto", help="model to start with (auto or a tier)")
     chat.add_argument("--max-tokens", type=int, help="cap on each answer's tokens")
-    chat.add_argument("--temperature", type=float)
+    chat.add_argument("--temperature", type=number())
     chat.add_argument(
         "--start",
         action=argparse.BooleanOptionalAction,
@@ -346,7 +347,9 @@ def parser() -> argparse.ArgumentParser:
     chat.set_defaults(func=cmd_tui)
 
     top = sub.add_parser("top", help="live stats: speed, slots, cache hits, savings")
-    top.add_argument("--interval", type=float, default=1.0, help="seconds between updates")
+    top.add_argument(
+        "--interval", type=number(0.1, 60.0), default=1.0, help="seconds between updates"
+    )
     top.add_argument("--light", action="store_true", help="light colours (F5 switches)")
     top.add_argument("--socket")
     top.set_defaults(func=cmd_tui)
@@ -382,6 +385,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except OSError as exc:  # a path that is a folder, a folder that is missing, no permission
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"edgeinfer: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
+    except UnicodeError as exc:  # bytes on the command line or in a file that are not UTF-8
+        print(f"edgeinfer: error: text that is not valid UTF-8 ({exc})", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+from edgeinfer.cli import args as cli_args
 from edgeinfer.core.embedding import MINILM_VECTORS
 from edgeinfer.errors import ConfigError
 from edgeinfer.paths import Paths, make_private_dirs
@@ -28,7 +29,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     fit.add_argument("outcomes", nargs="*", type=Path, help="JSONL files: prompt, tier, correct")
     fit.add_argument("--no-log", action="store_true", help="ignore the daemon's cascade log")
     fit.add_argument("--out", type=Path, help="where to write the weights (default: data dir)")
-    fit.add_argument("--l2", type=float, default=2.0, help="regularisation strength")
+    fit.add_argument(
+        "--l2", type=cli_args.number(0.0, above=True), default=2.0, help="regularisation strength"
+    )
     distill = sub.add_parser("distill", help="export captured large-tier answers")
     dcmds = distill.add_subparsers(dest="distill_command", metavar="COMMAND", required=True)
     export = dcmds.add_parser("export", help="write chat-format JSONL for fine-tuning")

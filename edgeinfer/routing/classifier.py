@@ -84,6 +84,9 @@ class Classifier:
             name: TierModel(np.asarray(t["weights"], np.float64), float(t["bias"]))
             for name, t in body["tiers"].items()
         }
+        for name, tier in tiers.items():
+            if not (np.isfinite(tier.weights).all() and np.isfinite(tier.bias)):
+                raise ValueError(f"{path}: tier {name!r} has weights that are not finite numbers")
         return cls(tiers, int(body["dim"]), body.get("meta", {}))
 
 

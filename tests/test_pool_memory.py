@@ -352,3 +352,40 @@ def test_requests_awaiting_a_load_park_no_threads_and_get_503_after_the_wait(
     served, runner = asyncio.run(released_while_waiting())
     assert served.status() == "ready" and runner.loaded
     pool.stop()
+
+
+def test_a_reload_that_does_not_fit_is_tried_once_and_the_running_model_stays(
+    model_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by an audit: n_ctx = 1048576 with 64 slots on a running daemon restarted the
+    refused load at the end of each try, every ~17 ms (93% CPU, 265 KB of log in 20 s) until
+    the file was fixed."""
+    tries = []
+
+    def estimator(s: ModelSpec, path: Path) -> MemoryEstimate:
+        tries.append(s.n_ctx)
+        ram = (10 if s.n_ctx == 64 else 10_000) * MiB
+        return MemoryEstimate(ram, 0, 0, 0, ram, 0)
+
+    made = factory()
+    pool = ModelPool(
+        made,
+        resolve=lambda s: (model_file, "0" * 64),
+        estimator=estimator,
+        budget=Budget(ram=100 * MiB),
+        rss=lambda: 0,
+        drainer=Drainer(grace=0.0),
+    )
+    try:
+        pool.configure({"a": spec("a")})
+        pool.preload(["a"])
+        runner = pool.get("a")[1]
+        with caplog.at_level("ERROR", "edgeinfer.pool"):
+            pool.configure({"a": spec("a", n_ctx=128)})
+            pool.wait_loaded(5)
+            time.sleep(0.5)  # a loop would have tried dozens of times by now
+        assert tries.count(128) == 1
+        assert "its changed settings do not fit" in caplog.text
+        assert pool.get("a")[1] is runner and status(pool) == {"a": "ready"}
+    finally:
+        pool.stop()

@@ -85,6 +85,16 @@ class ModelLoader:
         except InsufficientMemory as exc:
             with self._lock:
                 entry.refused = exc
+                if entry.pending is not None and entry.runner is not None:
+                    # a changed config that does not fit: tried once, the running one stays
+                    # (left pending, every load's end would start this one again at once)
+                    entry.pending = None
+                    log.error(
+                        "model %s: its changed settings do not fit (%s); it keeps running "
+                        "with the previous ones",
+                        name,
+                        exc.message,
+                    )
             raise
         except EdgeInferError as exc:
             self._fail(name, entry, spec, exc)

@@ -16,7 +16,7 @@ from edgeinfer.config.schema import Catalogue, ModelSpec
 from edgeinfer.config.watch import ConfigWatcher
 from edgeinfer.core.values import Finished
 from edgeinfer.engine.fake import factory
-from edgeinfer.errors import ModelNotFound
+from edgeinfer.errors import IntegrityError, ModelNotFound
 from edgeinfer.pool.reload import ReloadPlan, plan_reload
 from edgeinfer.pool.retire import Drainer
 from edgeinfer.pool.scheduler import ModelPool
@@ -230,3 +230,32 @@ def test_file_changes_trigger_a_reload(files: list[Path]) -> None:
 
     asyncio.run(scenario())
     assert applied and set(applied[-1].models) == {"a", "c"}
+
+
+def test_a_changed_config_that_fails_to_load_keeps_the_running_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by an audit: a typo in a sha256 pin, or KV settings llama.cpp refuses, stopped the
+    working runner on reload; every request then got 503 while /health said the config was
+    fine."""
+    good = tmp_path / "fake.gguf"
+    good.write_bytes(b"fake")
+
+    def resolve(s: ModelSpec) -> tuple[Path, str | None]:
+        if s.n_ctx != 256:
+            raise IntegrityError(f"{good}: sha256 does not match the pin")
+        return good, None
+
+    p = ModelPool(factory(), resolve=resolve, drainer=Drainer(grace=0.0))
+    try:
+        p.configure({"a": A})
+        p.preload(["a"])
+        runner = p.get("a")[1]
+        with caplog.at_level("ERROR", "edgeinfer.pool"):
+            p.configure({"a": spec("a", n_ctx=512)})
+            assert p.wait_loaded(10)
+        assert "its changed settings failed to load" in caplog.text
+        assert p.get("a")[1] is runner and not runner.params.n_ctx == 512
+        assert isinstance(submit(p, "a", max_tokens=3).wait()[1], Finished)
+    finally:
+        p.stop()

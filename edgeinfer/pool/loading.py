@@ -167,9 +167,21 @@ class ModelLoader:
         )
 
     def _fail(self, name: str, entry: Entry, spec: ModelSpec, exc: EdgeInferError) -> None:
-        """A pull or load failed: report it; a replaced runner drains (it served an old config)."""
+        """A pull or load failed: report it. A changed config that fails while the previous
+        one still serves keeps that runner (a typo in a sha256 pin must not take a working
+        model away); with nothing serving, the model is in error."""
         with self._lock:
             if self._entries.get(name) is not entry:
+                return
+            serving = entry.runner is not None and entry.runner.load_error is None
+            if entry.pending is not None and serving:
+                entry.pending = None
+                log.error(
+                    "model %s: its changed settings failed to load (%s); it keeps running "
+                    "with the previous ones",
+                    name,
+                    exc.message,
+                )
                 return
             if entry.pending is not None:
                 entry.spec, entry.pending = spec, None

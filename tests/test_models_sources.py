@@ -319,6 +319,23 @@ def test_path_source_copies_and_expands_home(
     assert store.verify("m") == path  # a copy: edits of the original can't bite
 
 
+def test_a_path_source_pointed_at_another_file_is_fetched_again(tmp_path: Path) -> None:
+    """Found by an audit: with no sha256 pin the old copy kept being 'verified' (and its
+    manifest rewritten with the new path), so the new file was never used."""
+    first, second = tmp_path / "first.gguf", tmp_path / "second.gguf"
+    first.write_bytes(b"GGUF first")
+    second.write_bytes(b"GGUF second, longer")
+    store = _store(tmp_path, {"m": {"source": {"type": "path", "path": str(first)}}})
+    assert store.pull("m").read_bytes() == b"GGUF first"
+    moved = _store(tmp_path, {"m": {"source": {"type": "path", "path": str(second)}}})
+    with pytest.raises(ModelStoreError, match="its source changed since it was pulled"):
+        moved.verify("m")
+    assert moved.ensure("m").read_bytes() == b"GGUF second, longer"  # what the daemon calls
+    assert moved.verify("m") == moved.path_for("m")
+    pinned = {"source": {"type": "path", "path": str(first)}, "sha256": moved.digest("m")}
+    assert _store(tmp_path, {"m": pinned}).verify("m")  # a pin vouches wherever it came from
+
+
 def test_path_source_missing_file(tmp_path: Path) -> None:
     store = _store(tmp_path, {"m": {"source": {"type": "path", "path": str(tmp_path / "no")}}})
     with pytest.raises(ModelStoreError, match=r"no such file \(source of m\)"):

@@ -61,6 +61,12 @@ def verify_file(name: str, spec: ModelSpec, folder: Path, meter: Meter) -> Manif
             f"model {name!r} is not pulled ({path} is missing); run `edgeinfer models pull {name}`"
         ) from None
     manifest, size, sha = expected(name, spec, folder)
+    if spec.sha256 is None and manifest is not None and manifest.source != source_dict(spec.source):
+        # nothing pins the file: what vouches for it is the source it came from, now another
+        raise ModelStoreError(
+            f"model {name!r}: its source changed since it was pulled (was {manifest.source}); "
+            f"run `edgeinfer models pull {name}`"
+        )
     if st.st_size != size:
         raise IntegrityError(
             f"{path}: size is {st.st_size:,} bytes, expected {size:,} (truncated or damaged "

@@ -225,10 +225,21 @@ class ModelStore:
 
     def _ensure(self, name: str, chain: tuple[str, ...]) -> Path:
         spec = self._spec(name, chain)
-        if self.path_for(name).exists():
+        if self.path_for(name).exists() and not self._source_changed(name, spec):
             self._verify(name, spec)
             return self.path_for(name)
         return self._pull(name, spec, force=False, chain=chain)
+
+    def _source_changed(self, name: str, spec: ModelSpec) -> bool:
+        """Whether an unpinned model's recorded source is not the catalogue's any more (a
+        ``path`` pointed at another file): then it is fetched again."""
+        if spec.sha256 is not None:
+            return False  # the pin decides, wherever the file came from
+        try:
+            manifest = self._read_manifest(name)
+        except ModelStoreError:
+            return False
+        return manifest is not None and manifest.source != checks.source_dict(spec.source)
 
     def _pull(self, name: str, spec: ModelSpec, *, force: bool, chain: tuple[str, ...]) -> Path:
         if name in chain:

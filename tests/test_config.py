@@ -138,6 +138,10 @@ def test_unknown_keys_name_the_file_and_suggest(tmp_path: Path, user: str, expec
         ("models = 3", "models: must be a table"),
         ("[models]\nbase = 3", "models.base: must be a table"),
         ("[models.base\n", "not valid TOML"),
+        (
+            "[models.base]\nkv_type = 'q8_0'\nflash_attn = 'off'",
+            "models.base: kv_type = 'q8_0' needs flash_attn 'auto' or 'on'",
+        ),
     ],
 )
 def test_invalid_values_are_explained(tmp_path: Path, user: str, expected: str) -> None:

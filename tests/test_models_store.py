@@ -121,6 +121,16 @@ def test_corrupt_file_same_size_is_refused(store: ModelStore) -> None:
         assert "run `edgeinfer models pull pinned --force`" in message
 
 
+def test_a_changed_pin_is_not_called_a_corrupt_file(tmp_path: Path, src_file: Path) -> None:
+    """Found by an audit: a mistyped sha256 in models.toml was reported as a corrupt file,
+    with the advice to download it again."""
+    ModelStore(tmp_path / "models", catalogue(src_file)).pull("pinned")
+    typo = catalogue(src_file, pinned={"source": {"type": "path", "path": str(src_file)},
+                                       "sha256": "0" * 64})  # fmt: skip
+    with pytest.raises(IntegrityError, match="as it was pulled, but the catalogue pins 0000"):
+        ModelStore(tmp_path / "models", typo).verify("pinned")
+
+
 def test_truncated_file_is_refused(store: ModelStore) -> None:
     path = store.pull("pinned")
     with path.open("r+b") as fh:

@@ -174,6 +174,17 @@ class ModelSpec(_Strict):
                 raise ValueError("an http:// source needs sha256 (or use an https:// URL)")
         return self
 
+    @model_validator(mode="after")
+    def _quantised_kv_needs_flash_attention(self) -> ModelSpec:
+        # llama.cpp cannot create a context with a quantised V cache without flash attention;
+        # said here, the file and key are named, instead of a bare load failure later
+        if self.kv_type != "f16" and self.flash_attn == "off":
+            raise ValueError(
+                f"kv_type = {self.kv_type!r} needs flash_attn 'auto' or 'on' (llama.cpp "
+                "quantises the V cache only with flash attention)"
+            )
+        return self
+
 
 def valid_model_name(name: str) -> bool:
     """Whether ``name`` may name a model; also keeps names safe as directory names in the store."""

@@ -76,6 +76,12 @@ def verify_file(name: str, spec: ModelSpec, folder: Path, meter: Meter) -> Manif
         return manifest
     with meter.task(f"sha256 {name}", total=st.st_size) as bar:
         actual = mf.hash_file(path, bar)
+    if actual != sha and manifest is not None and manifest.sha256 == actual:
+        raise IntegrityError(  # intact as pulled: the pin is what changed (or is mistyped)
+            f"{path}: sha256 is {actual}, as it was pulled, but the catalogue pins {sha}; "
+            f"check that sha256, or run `edgeinfer models pull {name} --force` to fetch "
+            "the file it names"
+        )
     if actual != sha:
         raise IntegrityError(
             f"{path}: sha256 is {actual}, expected {sha} (corrupt file); "

@@ -98,10 +98,14 @@ def test_each_form_of_bound_is_read(
     [
         ({"minimum": 1.5, "maximum": 1.6}, "no integer lies between"),
         ({"minimum": 5, "maximum": 4}, "no integer lies between"),
-        ({"minimum": float("inf")}, "not a finite number"),
+        ({"minimum": float("nan")}, "not a finite number"),
+        ({"maximum": 10**4000}, r"beyond ±10\^18"),  # 144 MB of grammar before this check
+        ({"minimum": -1e300}, r"beyond ±10\^18"),
+        ({"minimum": float("inf")}, r"beyond ±10\^18"),
+        ({"minimum": True}, "minimum must be a number"),
     ],
 )
-def test_bounds_no_integer_meets_are_a_400(bounds: dict[str, Any], named: str) -> None:
+def test_bounds_no_integer_meets_or_too_long_are_a_400(bounds: dict[str, Any], named: str) -> None:
     with pytest.raises(InvalidRequest, match=named) as err:
         schema_to_gbnf(json.dumps({"type": "integer", **bounds}))
     assert err.value.param == "response_format"

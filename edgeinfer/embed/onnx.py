@@ -43,10 +43,11 @@ from edgeinfer.models.manifest import hash_file
 MAX_TOKENS = 256
 CLIP_CHARS = MAX_TOKENS * 64
 """What the embedder tokenizes of a text. The tokenizer reads a text whole even when it keeps 256
-tokens: a 5 MB text took 7 s, 1.2 GB and 13,385 overflow encodings to keep 256 ids (the daemon
-peaked at 2.4 GB per request, and kept it). 256 tokens of real text span about 1,000
-characters; only a text of long runs of spaces or of 100-character words (one token each)
-could be read differently, and :meth:`OnnxEmbedder.fits` says False for it."""
+tokens: a 5 MB text took it 7 s, 1.2 GB and 13,385 overflow encodings to keep 256 ids
+(through /v1/embeddings: 13 s, the daemon at a 2.4 GB peak, 2.1 GB kept after). 256 tokens
+of real text span about 1,000 characters; only a text of long runs of spaces or of
+100-character words (one token each) could be read differently, and
+:meth:`OnnxEmbedder.fits` says False for it."""
 PAIR_CACHE = "pair-int8"
 """The asset store's folder (under ``_assets``) for the built int8 cross-encoder."""
 EMBED_CACHE = "minilm-int8"

@@ -89,8 +89,8 @@ def _check_pattern(pattern: str) -> None:
         raise InvalidRequest(
             f"response_format.json_schema: pattern {pattern[:80]!r} repeats a part that can "
             "match nothing (like (a|b?){0,50} or (a*)*): llama.cpp's grammar matcher keeps "
-            "every way of skipping it, and a bound of 50 costs a minute a token; repeat a "
-            "part that always matches something",
+            "every way of skipping it ((a|b?){20,50} took 66 s for 16 tokens); repeat a part "
+            "that always matches something",
             param=_PARAM,
         )
 

@@ -61,8 +61,7 @@ def verify_file(name: str, spec: ModelSpec, folder: Path, meter: Meter) -> Manif
             f"model {name!r} is not pulled ({path} is missing); run `edgeinfer models pull {name}`"
         ) from None
     manifest, size, sha = expected(name, spec, folder)
-    if spec.sha256 is None and manifest is not None and manifest.source != source_dict(spec.source):
-        # nothing pins the file: what vouches for it is the source it came from, now another
+    if manifest is not None and source_changed(spec, manifest):
         raise ModelStoreError(
             f"model {name!r}: its source changed since it was pulled (was {manifest.source}); "
             f"run `edgeinfer models pull {name}`"
@@ -121,6 +120,8 @@ def info(name: str, spec: ModelSpec, folder: Path, meter: Meter, *, verify: bool
             checked = verify_file(name, spec, folder, meter)
             return ModelInfo(name, spec, True, path, checked.size, checked.sha256, None, True)
         manifest, size, sha = expected(name, spec, folder)
+        if source_changed(spec, manifest):
+            return ModelInfo(name, spec, True, path, None, None, "its source changed; pull it")
         st = path.stat()
         if st.st_size != size:
             error = f"{path}: size is {st.st_size:,} bytes, expected {size:,}"
@@ -146,6 +147,15 @@ def new_manifest(
         verified=stamp,
         created=created,
     )
+
+
+def source_changed(spec: ModelSpec, manifest: Manifest | None) -> bool:
+    """Whether an unpinned model's file came from another source than the catalogue names now
+    (a ``path`` pointed at another file): nothing else vouches for it, so it is fetched again.
+    A pinned file is judged by its pin, wherever it came from."""
+    if spec.sha256 is not None or manifest is None:
+        return False
+    return manifest.source != source_dict(spec.source)
 
 
 def source_dict(source: Any) -> dict[str, Any]:

@@ -231,15 +231,10 @@ class ModelStore:
         return self._pull(name, spec, force=False, chain=chain)
 
     def _source_changed(self, name: str, spec: ModelSpec) -> bool:
-        """Whether an unpinned model's recorded source is not the catalogue's any more (a
-        ``path`` pointed at another file): then it is fetched again."""
-        if spec.sha256 is not None:
-            return False  # the pin decides, wherever the file came from
         try:
-            manifest = self._read_manifest(name)
-        except ModelStoreError:
+            return checks.source_changed(spec, self._read_manifest(name))
+        except ModelStoreError:  # unreadable: verify says what is wrong with it
             return False
-        return manifest is not None and manifest.source != checks.source_dict(spec.source)
 
     def _pull(self, name: str, spec: ModelSpec, *, force: bool, chain: tuple[str, ...]) -> Path:
         if name in chain:

@@ -207,14 +207,17 @@ class RunnerChild:
         in native code (seen: its grammar matcher on a pattern that repeats what can match
         nothing, over ten minutes for one token), holding its slots and the other requests
         behind them, and nothing else can stop it. The daemon sees a crash whose last output is
-        the line below, fails the requests that had streamed, sends the others once more, and
-        restarts the runner."""
+        the line below, fails the requests that were in the stuck step (sent again, they would
+        hang the next runner too), sends the queued ones once more, and restarts the runner."""
         assert self._step_timeout is not None
         limit = self._step_timeout
         while not self._out.closed:
             time.sleep(min(1.0, limit / 4))
             started = self.runner.step_started
             if started is not None and time.monotonic() - started > limit:
+                held = {id(req) for req in self.runner.in_slots()}
+                stuck = [rid for rid, req in list(self._requests.items()) if id(req) in held]
+                self._out.send(("stuck", stuck))
                 print(
                     f"model {self.runner.name!r}: one llama.cpp step has run for over "
                     f"{limit:g} s: it is stuck, so the runner ends (raise [models."

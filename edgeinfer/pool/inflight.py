@@ -124,6 +124,15 @@ class InFlight:
                 self._cond.notify_all()
         return pending.req
 
+    def no_retry(self, rids: list[int]) -> None:
+        """The requests that were in the step the runner's watchdog ended: after the crash
+        they fail instead of being sent once more (they would hang the next runner too)."""
+        with self._cond:
+            for rid in rids:
+                pending = self._pending.get(rid)
+                if pending is not None:
+                    pending.retried = True
+
     def settle(self) -> list[GenRequest]:
         """After a crash: requests that streamed text, or were already retried once, are
         removed and returned (they fail); the others wait for the restarted runner."""

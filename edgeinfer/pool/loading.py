@@ -84,17 +84,11 @@ class ModelLoader:
             self._room.make_room(name, estimate, evict)
         except InsufficientMemory as exc:
             with self._lock:
-                entry.refused = exc
-                if entry.pending is not None and entry.runner is not None:
-                    # a changed config that does not fit: tried once, the running one stays
-                    # (left pending, every load's end would start this one again at once)
-                    entry.pending = None
-                    log.error(
-                        "model %s: its changed settings do not fit (%s); it keeps running "
-                        "with the previous ones",
-                        name,
-                        exc.message,
-                    )
+                # tried once (left pending, every load's end would start it again at once)
+                if not _keep_previous(name, entry, exc, "do not fit"):
+                    if entry.pending is not None:  # nothing serves: the new config is it
+                        entry.spec, entry.pending = entry.pending, None
+                    entry.refused = exc  # told to the request that asked for this load
             raise
         except EdgeInferError as exc:
             self._fail(name, entry, spec, exc)
@@ -173,17 +167,25 @@ class ModelLoader:
         with self._lock:
             if self._entries.get(name) is not entry:
                 return
-            serving = entry.runner is not None and entry.runner.load_error is None
-            if entry.pending is not None and serving:
-                entry.pending = None
-                log.error(
-                    "model %s: its changed settings failed to load (%s); it keeps running "
-                    "with the previous ones",
-                    name,
-                    exc.message,
-                )
+            if _keep_previous(name, entry, exc, "failed to load"):
                 return
             if entry.pending is not None:
                 entry.spec, entry.pending = spec, None
                 self._room.retire(entry, "replaced by a config that failed to load")
             entry.error = exc
+
+
+def _keep_previous(name: str, entry: Entry, exc: EdgeInferError, what: str) -> bool:
+    """A changed config that failed while the previous one still serves: drop the change and
+    keep serving, saying why in one line; False when nothing serves (caller holds the lock)."""
+    serving = entry.runner is not None and entry.runner.load_error is None
+    if entry.pending is None or not serving:
+        return False
+    entry.pending = None
+    log.error(
+        "model %s: its changed settings %s (%s); it keeps running with the previous ones",
+        name,
+        what,
+        exc.message,
+    )
+    return True

@@ -298,6 +298,8 @@ class RunnerProcess(Admission):
                 self._on_event(msg[1], event_from_wire(msg[2]), msg[3])
             elif kind == "stats":
                 self._on_stats(msg)
+            elif kind == "stuck":  # the watchdog's last word: these must not be sent again
+                self._inflight.no_retry(msg[1])
             elif kind == "loaded":
                 loaded = True
                 self._on_loaded(conn, msg[1], msg[2])

@@ -61,7 +61,7 @@ class ModelRunner(Admission):
         self.name = name
         self.params = params
         self.path = path  # the GGUF file (its metadata may hold default sampling settings)
-        self.step_timeout = step_timeout  # watched in a runner process only (pool/child.py)
+        del step_timeout  # for the maker's sake: only a runner process is watched (pool/child.py)
         self.step_started: float | None = None
         """When the engine call running now (an admission or a batch step) began, on the
         monotonic clock; None between calls."""
@@ -132,6 +132,11 @@ class ModelRunner(Admission):
             self._queue.append(req)
             self._n_in_flight += 1
             self._cond.notify_all()
+
+    def in_slots(self) -> list[GenRequest]:
+        """The requests holding a slot now (read by a runner process's watchdog while this
+        runner's thread is stuck in an engine call)."""
+        return [slot.req for slot in self._batch.active() if slot.req is not None]
 
     def snapshot(self) -> dict[str, Any]:
         """Live figures for /stats (read without the lock: ints are atomic enough here)."""

@@ -143,8 +143,10 @@ class PeerCredProtocol(H11Protocol):
 
     def send_400_response(self, msg: str) -> None:
         """A request h11 cannot parse (a bad Content-Length or chunk size, an oversized
-        header): OpenAI error JSON like every other answer, where uvicorn writes plain text."""
-        self.transport.write(_MALFORMED)
+        header): OpenAI error JSON like every other answer, where uvicorn writes plain text.
+        If an answer to it has begun (a 413 before the body ended), only the close remains."""
+        if self.cycle is None or not self.cycle.response_started:
+            self.transport.write(_MALFORMED)
         self.transport.close()
 
     def _await_headers(self) -> None:

@@ -18,6 +18,10 @@ from llama_cpp import llama_grammar
 from edgeinfer.errors import InvalidRequest
 
 _PARAM = "response_format"
+_DIGITS = 18
+_LIMIT = 10**_DIGITS
+"""Integer bounds beyond this are refused: the grammar grows with the square of a bound's
+digits (a 4,000-digit maximum built 144 MB of grammar before the size limit refused it)."""
 _SchemaConverter: Any = llama_grammar.SchemaConverter  # untyped: read through Any
 
 
@@ -44,6 +48,17 @@ def _integer_bounds(schema: Any) -> tuple[int | None, int | None] | None:
         return None
     if any(k in schema for k in ("$ref", "oneOf", "anyOf", "const", "enum")):
         return None  # the converter's own cases come first
+    for key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        value = schema.get(key)
+        if key in ("minimum", "maximum") and isinstance(value, bool):
+            raise InvalidRequest(
+                f"response_format.json_schema: {key} must be a number, not {value}", param=_PARAM
+            )
+        if isinstance(value, int | float) and not isinstance(value, bool) and abs(value) > _LIMIT:
+            raise InvalidRequest(  # its digits would make a grammar of megabytes
+                f"response_format.json_schema: integer bound {key} is beyond ±10^{_DIGITS}",
+                param=_PARAM,
+            )
     low = high = None
     try:
         if isinstance(schema.get("minimum"), int | float):

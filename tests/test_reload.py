@@ -20,6 +20,7 @@ from edgeinfer.errors import IntegrityError, ModelNotFound
 from edgeinfer.pool.reload import ReloadPlan, plan_reload
 from edgeinfer.pool.retire import Drainer
 from edgeinfer.pool.scheduler import ModelPool
+from edgeinfer.server.app import health_row
 from tests.conftest import Sink, gen_request
 
 
@@ -242,7 +243,7 @@ def test_a_changed_config_that_fails_to_load_keeps_the_running_one(
     good.write_bytes(b"fake")
 
     def resolve(s: ModelSpec) -> tuple[Path, str | None]:
-        if s.n_ctx != 256:
+        if s.n_ctx == 512:
             raise IntegrityError(f"{good}: sha256 does not match the pin")
         return good, None
 
@@ -257,5 +258,12 @@ def test_a_changed_config_that_fails_to_load_keeps_the_running_one(
         assert "its changed settings failed to load" in caplog.text
         assert p.get("a")[1] is runner and not runner.params.n_ctx == 512
         assert isinstance(submit(p, "a", max_tokens=3).wait()[1], Finished)
+        view = next(m for m in p.models() if m.name == "a")
+        row = health_row(view)  # /health says why the change did not take
+        assert row["status"] == "ready" and "sha256 does not match the pin" in row["not_applied"]
+        p.configure({"a": A})  # back to the settings it runs: nothing to apply
+        p.configure({"a": spec("a", n_ctx=300)})  # a change that loads clears it
+        assert p.wait_loaded(10) and p.get("a")[1].params.n_ctx == 300
+        assert next(m for m in p.models() if m.name == "a").not_applied is None
     finally:
         p.stop()

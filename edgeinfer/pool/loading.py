@@ -148,6 +148,7 @@ class ModelLoader:
             old = detach(entry, "replaced after a config change")
             entry.runner, entry.path, entry.digest = runner, path, digest
             entry.estimate, entry.measured, entry.error = estimate, measured, None
+            entry.not_applied = None
             entry.spec, entry.last_used = spec, self._clock()
             if entry.pending is spec:
                 entry.pending = None
@@ -182,6 +183,7 @@ def _keep_previous(name: str, entry: Entry, exc: EdgeInferError, what: str) -> b
     if entry.pending is None or not serving:
         return False
     entry.pending = None
+    entry.not_applied = f"its changed settings {what}: {exc.message}"
     log.error(
         "model %s: its changed settings %s (%s); it keeps running with the previous ones",
         name,

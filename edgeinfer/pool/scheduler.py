@@ -247,7 +247,15 @@ class ModelPool:
             return entry.spec if entry is not None else None
 
     def _view(self, name: str, entry: Entry) -> ServedModel:
-        return ServedModel(name, entry.spec, entry.digest, entry.runner, entry.error, entry.loading)
+        return ServedModel(
+            name,
+            entry.spec,
+            entry.digest,
+            entry.runner,
+            entry.error,
+            entry.loading,
+            entry.not_applied,
+        )
 
     # -- loading ---------------------------------------------------------------------------
 

@@ -31,6 +31,8 @@ class ServedModel:
     runner: Runner | None
     error: EdgeInferError | None = None
     loading: bool = False
+    not_applied: str | None = None
+    """Why the model's changed settings did not load (the previous ones still serve)."""
 
     def status(self) -> str:
         """``ready``, ``loading``, ``unloaded`` (loads on demand) or ``error``."""
@@ -58,6 +60,7 @@ class Entry:
     error: EdgeInferError | None = None  # pull or load failure; cleared by a config change
     refused: EdgeInferError | None = None  # the last on-demand load's refusal, told once
     pending: ModelSpec | None = None  # a changed spec loading while `runner` serves the old one
+    not_applied: str | None = None  # why the last change did not load; cleared by a load
     loading: bool = False
     estimate: MemoryEstimate | None = None
     measured: int | None = None
@@ -76,6 +79,7 @@ def model_row(entry: Entry, view: ServedModel) -> dict[str, Any]:
     return {
         "status": view.status(),
         "reason": view.reason(),
+        "not_applied": view.not_applied,
         "pinned": entry.spec.pin,
         "keep_alive": entry.spec.keep_alive,
         "memory": {

@@ -212,6 +212,8 @@ def _relay_stop_signals(stopping: asyncio.Event) -> None:
 def health_row(model: ServedModel) -> dict[str, Any]:
     """A model's line in /health: status and reason; for a runner process, its restarts."""
     row: dict[str, Any] = {"status": model.status(), "reason": model.reason()}
+    if model.not_applied is not None:  # ready on its previous settings; the change failed
+        row["not_applied"] = model.not_applied
     if model.runner is not None:
         process = model.runner.snapshot().get("runner")
         if process is not None:

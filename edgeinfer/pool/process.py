@@ -86,7 +86,7 @@ class RunnerProcess(Admission):
         super().__init__(
             max_queue=max_queue, max_queued_tokens=max_queued_tokens, cond=threading.Condition()
         )
-        self.step_timeout = step_timeout
+        self._step_timeout = step_timeout
         self.name = name
         self.path = path
         self.params = params
@@ -280,7 +280,7 @@ class RunnerProcess(Admission):
             n_keep=self._n_keep,
             prefix=self._prefix,
             log_level=logging.getLogger("edgeinfer").getEffectiveLevel(),
-            step_timeout=self.step_timeout,
+            step_timeout=self._step_timeout,
         )
 
     def _serve(self, conn: Connection) -> bool:

@@ -48,36 +48,36 @@ def _integer_bounds(schema: Any) -> tuple[int | None, int | None] | None:
         return None
     if any(k in schema for k in ("$ref", "oneOf", "anyOf", "const", "enum")):
         return None  # the converter's own cases come first
+    given: dict[str, float | None] = {}  # each bound that is a number (a bool is not one)
     for key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
         value = schema.get(key)
         if key in ("minimum", "maximum") and isinstance(value, bool):
             raise InvalidRequest(
                 f"response_format.json_schema: {key} must be a number, not {value}", param=_PARAM
             )
-        if isinstance(value, int | float) and not isinstance(value, bool) and abs(value) > _LIMIT:
+        number = value if isinstance(value, int | float) and not isinstance(value, bool) else None
+        if number is not None and abs(number) > _LIMIT:
             raise InvalidRequest(  # its digits would make a grammar of megabytes
                 f"response_format.json_schema: integer bound {key} is beyond ±10^{_DIGITS}",
                 param=_PARAM,
             )
-    low = high = None
+        given[key] = number
+    low: int | None = None
+    high: int | None = None
     try:
-        if isinstance(schema.get("minimum"), int | float):
-            low = math.ceil(schema["minimum"])
-            if schema.get("exclusiveMinimum") is True and low == schema["minimum"]:  # draft 4
+        if (value := given["minimum"]) is not None:
+            low = math.ceil(value)
+            if schema.get("exclusiveMinimum") is True and low == value:  # draft 4
                 low += 1
-        if isinstance(schema.get("exclusiveMinimum"), int | float) and not isinstance(
-            schema["exclusiveMinimum"], bool
-        ):
-            bound = math.floor(schema["exclusiveMinimum"]) + 1
+        if (value := given["exclusiveMinimum"]) is not None:
+            bound = math.floor(value) + 1
             low = bound if low is None else max(low, bound)
-        if isinstance(schema.get("maximum"), int | float):
-            high = math.floor(schema["maximum"])
-            if schema.get("exclusiveMaximum") is True and high == schema["maximum"]:
+        if (value := given["maximum"]) is not None:
+            high = math.floor(value)
+            if schema.get("exclusiveMaximum") is True and high == value:
                 high -= 1
-        if isinstance(schema.get("exclusiveMaximum"), int | float) and not isinstance(
-            schema["exclusiveMaximum"], bool
-        ):
-            bound = math.ceil(schema["exclusiveMaximum"]) - 1
+        if (value := given["exclusiveMaximum"]) is not None:
+            bound = math.ceil(value) - 1
             high = bound if high is None else min(high, bound)
     except (OverflowError, ValueError) as exc:  # Infinity or NaN in the schema
         raise InvalidRequest(
